@@ -1,0 +1,144 @@
+"""Command line: `python -m eolab <command> ...`.
+
+    python -m eolab ablate SPEC [--force] [--only RUN_ID ...] [--dry-run] [--results-root DIR]
+    python -m eolab table RESULTS_DIR
+    python -m eolab render NOTEBOOK.ipynb
+
+To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
+Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE = 0, 1, 2
+
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def arg(*flags: str, **kwargs: Any) -> Argument:
+    """An argparse argument, declared inline in COMMANDS: arg("--force", action="store_true")."""
+    return flags, kwargs
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its handler (returns the exit code), one-line help, and its arguments."""
+
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    arguments: tuple[Argument, ...] = ()
+
+
+class UsageError(Exception):
+    """Bad input to a command (printed as `error: ...`, exit code 2, no traceback)."""
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Validate a spec and execute its runs (or, with --dry-run, list them)."""
+    from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
+    from eolab.runner.spec import load_spec
+    from eolab.runner.store import RunStore
+
+    results_root = Path(args.results_root) if args.results_root else DEFAULT_RESULTS_ROOT
+    if args.dry_run:
+        spec = load_spec(args.spec)
+        store = RunStore(results_root / spec.name)
+        runs = select_runs(spec, args.only)
+        print(f"{spec.name}: {len(runs)} run(s) of {spec.notebook} -> {store.results_dir}")
+        for run in runs:
+            verdict = "run " if args.force or not store.is_done(run.run_id) else "skip"
+            values = " ".join(f"{k}={v!r}" for k, v in run.params.items())
+            print(f"  {verdict} {run.run_id}  {values}")
+        return EXIT_OK
+
+    summary = run_ablation(args.spec, force=args.force, only=args.only, results_root=results_root)
+    print(
+        f"{summary.name}: {len(summary.executed)} executed, {len(summary.skipped)} skipped, "
+        f"{len(summary.failed)} failed; table.csv has {summary.table_rows} rows in {summary.results_dir}"
+    )
+    if summary.summary_html:
+        print(f"summary: {summary.summary_html}")
+    if summary.failed:
+        print(f"{len(summary.failed)} run(s) failed:", file=sys.stderr)
+        for run_id, error in summary.failed.items():
+            notebook = summary.results_dir / "runs" / run_id / "notebook.ipynb"
+            print(f"  {run_id}: {error}\n    see {notebook}", file=sys.stderr)
+    if summary.summary_error:
+        print(f"summary notebook failed: {summary.summary_error}", file=sys.stderr)
+    return EXIT_OK if summary.ok else EXIT_FAILED_RUNS
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Rebuild table.csv and runs.csv from the run folders (after a crash, or an edited record)."""
+    from eolab.runner.store import RUNS_DIRNAME, rebuild_table
+
+    results_dir = Path(args.results_dir)
+    if not (results_dir / RUNS_DIRNAME).is_dir():
+        raise UsageError(f"{results_dir} is not an ablation results folder (no {RUNS_DIRNAME}/ inside)")
+    tables = rebuild_table(results_dir)
+    print(f"{results_dir}: table.csv {len(tables.table)} rows, runs.csv {len(tables.runs)} runs")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render an executed notebook to a self-contained HTML file beside it."""
+    from eolab.runner.render import render_html
+
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise UsageError(f"notebook not found: {notebook}")
+    print(render_html(notebook))
+    return EXIT_OK
+
+
+# Subcommand registry: one line per command.
+COMMANDS: dict[str, Command] = {
+    "ablate": Command(
+        cmd_ablate,
+        "run an ablation spec (YAML); resumes, skipping runs already done",
+        (
+            arg("spec", help="path to the ablation spec, e.g. ablations/mask_ratio.yaml"),
+            arg("--force", action="store_true", help="re-run runs that are already done"),
+            arg("--only", nargs="+", metavar="RUN_ID", help="run only these run ids (or their 12-hex hashes)"),
+            arg("--dry-run", action="store_true", help="validate the spec and list the runs, run nothing"),
+            arg("--results-root", metavar="DIR", help="parent of results/<name>/ (default: <repo>/results)"),
+        ),
+    ),
+    "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
+    "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser, generated from COMMANDS."""
+    parser = argparse.ArgumentParser(prog="python -m eolab", description=__doc__.split("\n\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        for flags, kwargs in command.arguments:
+            sub.add_argument(*flags, **kwargs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
+    from eolab.runner.execute import KernelError
+    from eolab.runner.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].handler(args)
+    except (SpecError, KernelError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Execute an ablation: one papermill run per spec point, resumable, failure-tolerant.
+
+Runs are described by self-contained `RunTask`s and handed to an `Executor`. Only a sequential
+`LocalExecutor` exists today; a process-pool or SLURM executor only has to implement
+`submit(tasks) -> list[RunOutcome]` (calling `execute_task` wherever the run happens), because
+all state lives in the run folder (status.json, record.json), not in the executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from papermill.exceptions import PapermillExecutionError
+
+from eolab.runner.render import render_html
+from eolab.runner.spec import (
+    OUTPUT_DIR_PARAM,
+    REPO_ROOT,
+    SUMMARY_RESULTS_PARAM,
+    AblationSpec,
+    Run,
+    SpecError,
+    load_spec,
+)
+from eolab.runner.store import DONE, FAILED, NOTEBOOK_NAME, RECORD_NAME, RunStore, rebuild_table
+
+KERNEL_NAME = "python3"
+DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
+SUMMARY_NOTEBOOK_NAME = "summary.ipynb"
+
+Log = Callable[[str], None]
+
+
+class KernelError(RuntimeError):
+    """The Jupyter kernel papermill would start is not this interpreter (wrong venv, no torch...)."""
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything needed to execute one run, anywhere: plain paths and JSON-able parameters."""
+
+    run_id: str
+    notebook: Path
+    results_dir: Path
+    parameters: dict[str, Any]  # includes output_dir
+
+    @property
+    def run_dir(self) -> Path:
+        return RunStore(self.results_dir).run_dir(self.run_id)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one run ended; the same facts are in the run's status.json."""
+
+    run_id: str
+    state: str  # DONE or FAILED
+    error: str | None
+    seconds: float
+
+
+class Executor(Protocol):
+    """Runs tasks and reports each outcome; implementations decide where and how concurrently."""
+
+    def submit(self, tasks: Sequence[RunTask]) -> list[RunOutcome]: ...
+
+
+@dataclass
+class LocalExecutor:
+    """Runs tasks one after another in this process (one kernel at a time)."""
+
+    on_finished: Callable[[RunOutcome], None] | None = None
+
+    def submit(self, tasks: Sequence[RunTask]) -> list[RunOutcome]:
+        outcomes = []
+        for task in tasks:
+            outcome = execute_task(task)
+            outcomes.append(outcome)
+            if self.on_finished:
+                self.on_finished(outcome)
+        return outcomes
+
+
+@dataclass
+class Progress:
+    """Prints one line per finished run: position, verdict, failures so far, elapsed and ETA."""
+
+    total: int
+    log: Log = print
+    started: float = field(default_factory=time.monotonic)
+    finished: int = 0
+    failed: int = 0
+
+    def __call__(self, outcome: RunOutcome) -> None:
+        self.finished += 1
+        self.failed += outcome.state == FAILED
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.finished * (self.total - self.finished)
+        self.log(
+            f"[{self.finished}/{self.total}] {outcome.state:<6} {outcome.run_id} ({outcome.seconds:.1f}s)"
+            f" | failed {self.failed} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
+        )
+
+
+@dataclass
+class AblationSummary:
+    """What `run_ablation` did; `ok` is False if any run or the summary notebook failed."""
+
+    name: str
+    results_dir: Path
+    executed: list[RunOutcome]
+    skipped: list[str]
+    table_rows: int
+    summary_html: Path | None = None
+    summary_error: str | None = None
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {o.run_id: o.error or "" for o in self.executed if o.state == FAILED}
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.summary_error is None
+
+
+def run_ablation(
+    spec_path: str | Path,
+    force: bool = False,
+    only: Sequence[str] | None = None,
+    results_root: str | Path | None = None,
+    executor: Executor | None = None,
+    log: Log = print,
+) -> AblationSummary:
+    """Validate the spec, execute the runs that are not done yet, rebuild tables, render the summary.
+
+    Failed runs do not stop the batch; they are listed in the returned summary (and in runs.csv).
+    """
+    spec = load_spec(spec_path)
+    runs = select_runs(spec, only)
+    store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
+    todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    if todo or spec.summary:
+        check_kernel()
+
+    store.write_spec(spec.to_json())
+    todo_ids = {r.run_id for r in todo}
+    skipped = [r.run_id for r in runs if r.run_id not in todo_ids]
+    for run_id in skipped:
+        log(f"skip   {run_id} (done; --force to re-run)")
+    log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
+
+    executor = executor or LocalExecutor(on_finished=Progress(total=len(todo), log=log))
+    outcomes = executor.submit([make_task(spec, store, run) for run in todo])
+    tables = rebuild_table(store.results_dir)
+    summary = AblationSummary(
+        name=spec.name,
+        results_dir=store.results_dir,
+        executed=outcomes,
+        skipped=skipped,
+        table_rows=len(tables.table),
+    )
+    if spec.summary:
+        summary.summary_html, summary.summary_error = render_summary(spec.summary, store.results_dir)
+    return summary
+
+
+def select_runs(spec: AblationSpec, only: Sequence[str] | None) -> list[Run]:
+    """All runs, or those named in `only` (full run id or its trailing hash)."""
+    runs = spec.runs()
+    if not only:
+        return runs
+    by_key = {r.run_id: r for r in runs} | {r.run_id.rsplit("-", 1)[-1]: r for r in runs}
+    unknown = [key for key in only if key not in by_key]
+    if unknown:
+        raise SpecError(
+            f"{spec.path}: --only {', '.join(unknown)} matches no run of this spec; "
+            f"run ids: {', '.join(r.run_id for r in runs)}"
+        )
+    wanted = {by_key[key].run_id for key in only}
+    return [r for r in runs if r.run_id in wanted]
+
+
+def make_task(spec: AblationSpec, store: RunStore, run: Run) -> RunTask:
+    """Bind a run to its folder: `output_dir` is the absolute run folder."""
+    parameters = dict(run.params, **{OUTPUT_DIR_PARAM: str(store.run_dir(run.run_id))})
+    return RunTask(run_id=run.run_id, notebook=spec.notebook, results_dir=store.results_dir, parameters=parameters)
+
+
+def execute_task(task: RunTask) -> RunOutcome:
+    """Execute one run with papermill and record the verdict in status.json; never raises for a
+    failing notebook (KeyboardInterrupt is recorded, then re-raised)."""
+    store = RunStore(task.results_dir)
+    status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
+    started = time.monotonic()
+    error: str | None = None
+    traceback: str | None = None
+    try:
+        execute_notebook(task.notebook, task.run_dir / NOTEBOOK_NAME, task.parameters)
+    except PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+        traceback = _strip_ansi("\n".join(exc.traceback or []))
+    except KeyboardInterrupt:
+        store.mark_finished(status, error="KeyboardInterrupt: interrupted by user")
+        raise
+    except Exception as exc:  # kernel died, notebook unreadable...: record and go on with the batch
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        if not (task.run_dir / RECORD_NAME).is_file():
+            error = f"notebook finished without writing {RECORD_NAME} to output_dir"
+    store.mark_finished(status, error=error, traceback=traceback)
+    return RunOutcome(
+        run_id=task.run_id, state=FAILED if error else DONE, error=error, seconds=time.monotonic() - started
+    )
+
+
+def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any]) -> None:
+    """papermill with the runner's conventions: kernel python3, cwd = the notebook's folder, quiet."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with eolab_importable():
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=str(notebook.parent),
+            kernel_name=KERNEL_NAME,
+            progress_bar=False,
+            log_output=False,
+        )
+
+
+def render_summary(summary_notebook: Path, results_dir: Path) -> tuple[Path | None, str | None]:
+    """Execute the summary notebook into results_dir and render it to HTML.
+
+    A failing summary is still rendered (the HTML then shows the error) so it can be read.
+    """
+    executed = results_dir / SUMMARY_NOTEBOOK_NAME
+    error = None
+    try:
+        execute_notebook(summary_notebook, executed, {SUMMARY_RESULTS_PARAM: str(results_dir)})
+    except PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # the runs are done; report a broken summary instead of losing them
+        error = f"{type(exc).__name__}: {exc}"
+    html = render_html(executed) if executed.is_file() else None
+    return html, error
+
+
+def check_kernel(kernel_name: str = KERNEL_NAME) -> str:
+    """Fail early unless the kernelspec starts this interpreter: a kernelspec registered by another
+    Python (e.g. in ~/.local/share/jupyter) would run the notebooks without this venv's packages."""
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel as exc:
+        raise KernelError(f"no Jupyter kernel named {kernel_name!r}; install ipykernel into {sys.prefix}") from exc
+    argv0 = spec.argv[0] if spec.argv else ""
+    # jupyter_client itself swaps a bare "python"/"python3"/"python3.X" for sys.executable
+    bare_names = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    executable = sys.executable if argv0 in bare_names else argv0
+    if os.path.normpath(os.path.abspath(executable)) != os.path.normpath(os.path.abspath(sys.executable)):
+        raise KernelError(
+            f"the {kernel_name!r} kernelspec in {spec.resource_dir} starts {executable}, not this "
+            f"interpreter {sys.executable}; remove that kernelspec or run "
+            f"`{sys.executable} -m ipykernel install --sys-prefix`"
+        )
+    return executable
+
+
+@contextlib.contextmanager
+def eolab_importable() -> Iterator[None]:
+    """Let kernels `import eolab` although their cwd is the notebook's folder: the kernel inherits
+    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration."""
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), previous) if p)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _hms(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

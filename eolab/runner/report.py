@@ -1,0 +1,218 @@
+"""Loading and plotting helpers for the summary notebook (kept here so they can be tested and reused).
+
+They read only the runner's outputs (spec.json, table.csv, runs.csv, runs/*/history.csv) and cope
+with partial results: missing folds, missing histories or failed runs give a message, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from eolab.runner.store import HISTORY_NAME, RUNS_DIRNAME, RUNS_TABLE_NAME, SPEC_NAME, TABLE_NAME
+
+ENCODER_ORDER = ("pretrained", "random_init", "band_stats")
+"""Linear-probe baselines, in the order they are plotted (pretrained first, the two controls after)."""
+
+LOSS_WINDOW = 0.1
+"""Fraction of the history compared at each end by `loss_fell`."""
+
+
+@dataclass
+class AblationResults:
+    """Everything the summary shows, loaded once."""
+
+    results_dir: Path
+    spec: dict[str, Any]
+    table: pd.DataFrame  # one row per (run, encoder, fold)
+    runs: pd.DataFrame  # one row per run
+    histories: pd.DataFrame  # long format: run_id, step, loss, ...
+
+    @property
+    def grid_keys(self) -> list[str]:
+        """The ablated parameters (spec.json's grid), restricted to those present in the table."""
+        return [k for k in self.spec.get("grid", {}) if k in self.table.columns or k in self.runs.columns]
+
+
+def load_results(results_dir: str | Path) -> AblationResults:
+    """Read an ablation's results folder (as written by `python -m eolab ablate`)."""
+    results_dir = Path(results_dir).resolve()
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder not found: {results_dir}")
+    spec_path = results_dir / SPEC_NAME
+    spec = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.is_file() else {}
+    return AblationResults(
+        results_dir=results_dir,
+        spec=spec,
+        table=_read_csv(results_dir / TABLE_NAME),
+        runs=_read_csv(results_dir / RUNS_TABLE_NAME),
+        histories=load_histories(results_dir),
+    )
+
+
+def load_histories(results_dir: Path) -> pd.DataFrame:
+    """Concatenate every run's history.csv with a `run_id` column (empty frame if there are none)."""
+    frames = [
+        pd.read_csv(path).assign(run_id=path.parent.name)
+        for path in sorted((results_dir / RUNS_DIRNAME).glob(f"*/{HISTORY_NAME}"))
+    ]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "step", "loss"])
+
+
+def run_label(run_id: str) -> str:
+    """The readable part of a run id (`mask_ratio=0.5-seed=0`), for legends."""
+    head, _, tail = run_id.rpartition("-")
+    return head if head and len(tail) == 12 else run_id
+
+
+def loss_fell(history: pd.DataFrame, window: float = LOSS_WINDOW) -> bool | None:
+    """Whether the mean loss over the last `window` of steps is below that over the first.
+
+    A cheap sanity check that pre-training learned anything; None if there are too few steps.
+    """
+    if "loss" not in history:
+        return None
+    loss = (history.sort_values("step") if "step" in history else history)["loss"].dropna()
+    if len(loss) < 2:
+        return None
+    k = max(1, math.ceil(len(loss) * window))
+    return bool(loss.iloc[-k:].mean() < loss.iloc[:k].mean())
+
+
+def describe(results: AblationResults) -> str:
+    """A markdown paragraph: what was ablated, over which values, and how many runs succeeded."""
+    spec = results.spec
+    lines = [f"**{spec.get('name', results.results_dir.name)}**: {spec.get('description') or '(no description)'}", ""]
+    for key, values in spec.get("grid", {}).items():
+        lines.append(f"- ablated `{key}`: {', '.join(map(str, values))}")
+    if spec.get("seeds") is not None:
+        lines.append(f"- seeds: {', '.join(map(str, spec['seeds']))}")
+    if spec.get("base"):
+        lines.append("- fixed: " + ", ".join(f"`{k}={v}`" for k, v in spec["base"].items()))
+    if not results.runs.empty and "status" in results.runs:
+        counts = results.runs["status"].value_counts()
+        lines.append("- runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    lines.append(f"- results folder: `{results.results_dir}`")
+    return "\n".join(lines)
+
+
+def plot_accuracy(results: AblationResults) -> Figure | None:
+    """Linear-probe accuracy versus the first ablated parameter, one series per encoder.
+
+    Points are fold means with a +-1 sd bar; the individual folds are drawn behind them.
+    Further grid parameters become one panel per combination.
+    """
+    table = results.table
+    if table.empty or not {"encoder", "accuracy"} <= set(table.columns):
+        print("No linear-probe folds in table.csv: nothing to plot.")
+        return None
+    table = table.dropna(subset=["accuracy"])
+    keys = results.grid_keys
+    x = keys[0] if keys else "run_id"
+    facet_keys = keys[1:]
+    panels = list(table.groupby(facet_keys, sort=True)) if facet_keys else [((), table)]
+    encoders = [e for e in ENCODER_ORDER if e in set(table["encoder"])]
+    encoders += sorted(set(table["encoder"]) - set(encoders))
+    order = sorted(table[x].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(2 + 4.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (facet_values, panel) in zip(axes[0], panels, strict=True):
+        common = dict(data=panel, x=x, y="accuracy", hue="encoder", hue_order=encoders, order=order, ax=ax)
+        sns.stripplot(**common, dodge=True, alpha=0.35, size=4, legend=False)
+        sns.pointplot(**common, dodge=0.8 - 0.8 / len(encoders), errorbar="sd", capsize=0.1, markers="o")
+        ax.set_title(_facet_title(facet_keys, facet_values))
+        ax.set_ylabel("linear-probe accuracy")
+        ax.grid(axis="y", alpha=0.3)
+        if ax is not axes[0][-1] and ax.get_legend():
+            ax.get_legend().remove()  # one legend per figure is enough
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(results: AblationResults) -> Figure | None:
+    """Pre-training loss per step, one line per run (log scale when the loss spans a decade)."""
+    history = results.histories
+    if history.empty or not {"step", "loss"} <= set(history.columns):
+        print("No history.csv with `step` and `loss`: no loss curves.")
+        return None
+    history = history.assign(run=history["run_id"].map(run_label))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(data=history, x="step", y="loss", hue="run", ax=ax)
+    positive = history["loss"] > 0
+    if positive.all() and history["loss"].max() > 10 * history["loss"].min():
+        ax.set_yscale("log")
+    ax.set_ylabel("pre-training loss")
+    ax.legend(title="run", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_summary(results: AblationResults) -> pd.DataFrame:
+    """Mean +- std accuracy per run (rows) and encoder (columns), plus the `loss fell` check."""
+    table, runs = results.table, results.runs
+    if not table.empty and {"encoder", "accuracy"} <= set(table.columns):
+        keys = [k for k in results.grid_keys if k in table.columns]
+        frame = _accuracy_cells(table, keys)
+    elif not runs.empty:  # no folds recorded: still list the runs and their loss check
+        keys = [k for k in results.grid_keys if k in runs.columns]
+        frame = runs[["run_id", *keys]].copy()
+    else:
+        return pd.DataFrame()
+    fell = loss_checks(results.histories)
+    frame["loss fell"] = frame["run_id"].map(lambda run_id: fell.get(run_id))
+    return frame.sort_values([*keys, "run_id"]).reset_index(drop=True)
+
+
+def loss_checks(histories: pd.DataFrame) -> dict[str, bool | None]:
+    """`loss_fell` for every run that has a history."""
+    if histories.empty:
+        return {}
+    return {run_id: loss_fell(history) for run_id, history in histories.groupby("run_id")}
+
+
+def _accuracy_cells(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per run, one 'mean ± std' column per encoder (known encoders first)."""
+    stats = table.groupby(["run_id", *keys, "encoder"], dropna=False)["accuracy"].agg(["mean", "std", "count"])
+    cells = stats.apply(_mean_std, axis=1).rename("accuracy").reset_index()
+    frame = cells.pivot(index=["run_id", *keys], columns="encoder", values="accuracy").reset_index()
+    frame.columns.name = None
+    encoders = [e for e in ENCODER_ORDER if e in frame.columns]
+    encoders += sorted(c for c in frame.columns if c not in {"run_id", *keys, *encoders})
+    return frame[["run_id", *keys, *encoders]]
+
+
+def failed_runs(results: AblationResults) -> pd.DataFrame:
+    """Runs that did not finish, with their error (empty when all succeeded)."""
+    runs = results.runs
+    if runs.empty or "status" not in runs:
+        return pd.DataFrame(columns=["run_id", "status", "error"])
+    bad = runs[~runs["status"].isin(["done", "unknown"])]
+    return bad[["run_id", "status", "error"]].reset_index(drop=True)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A missing or empty table reads as an empty frame."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def _mean_std(row: pd.Series) -> str:
+    if row["count"] > 1 and not math.isnan(row["std"]):
+        return f"{row['mean']:.3f} ± {row['std']:.3f}"
+    return f"{row['mean']:.3f}"
+
+
+def _facet_title(keys: list[str], values: Any) -> str:
+    if not keys:
+        return ""
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))

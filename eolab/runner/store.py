@@ -1,0 +1,225 @@
+"""On-disk layout of an ablation's results, and the tables rebuilt from it.
+
+Layout::
+
+    results/<name>/
+        spec.json              resolved spec (written by the executor, read by the summary notebook)
+        table.csv              tidy: one row per (run, encoder, fold); rebuilt, never appended
+        runs.csv               one row per run: params, scalar metrics, status, error
+        summary.ipynb/.html    executed + rendered summary notebook (if the spec names one)
+        runs/<run_id>/
+            notebook.ipynb     executed (or partially executed) job notebook
+            record.json        written by the job notebook
+            history.csv        written by the job notebook
+            status.json        written by the runner: running|done|failed
+
+The record files are the source of truth; the CSV tables are derived and can always be rebuilt
+(`python -m eolab table results/<name>`), so a crash mid-batch never corrupts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+RUNS_DIRNAME = "runs"
+NOTEBOOK_NAME = "notebook.ipynb"
+RECORD_NAME = "record.json"
+HISTORY_NAME = "history.csv"
+STATUS_NAME = "status.json"
+SPEC_NAME = "spec.json"
+TABLE_NAME = "table.csv"
+RUNS_TABLE_NAME = "runs.csv"
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+INVALID_RECORD = "invalid_record"
+"""Status shown in runs.csv for a run whose record.json cannot be used."""
+
+REQUIRED_RECORD_KEYS = ("run_id", "params", "metrics", "seed", "git_commit", "wall_time_s")
+
+
+class Tables(NamedTuple):
+    """The two derived tables: per-fold rows (`table`) and per-run rows (`runs`)."""
+
+    table: pd.DataFrame
+    runs: pd.DataFrame
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, comparable across the machines a batch may run on."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Atomic JSON write (see write_text_atomic)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class RunStore:
+    """The results folder of one ablation: where each run lives and what state it is in."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        self.results_dir = Path(results_dir).resolve()
+        self.runs_dir = self.results_dir / RUNS_DIRNAME
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def status(self, run_id: str) -> dict[str, Any] | None:
+        """The run's status.json, or None if it never started (or the file is unreadable)."""
+        return _read_json(self.run_dir(run_id) / STATUS_NAME)
+
+    def is_done(self, run_id: str) -> bool:
+        """Done means both the runner's verdict and the notebook's record are there (resume rule)."""
+        status = self.status(run_id) or {}
+        return status.get("state") == DONE and (self.run_dir(run_id) / RECORD_NAME).is_file()
+
+    def mark_running(self, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's."""
+        run_dir = self.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (RECORD_NAME, HISTORY_NAME):
+            (run_dir / stale).unlink(missing_ok=True)
+        status = {
+            "run_id": run_id,
+            "state": RUNNING,
+            "params": params,
+            "error": None,
+            "started_at": utc_now(),
+            "ended_at": None,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        write_json_atomic(run_dir / STATUS_NAME, status)
+        return status
+
+    def mark_finished(self, status: dict[str, Any], error: str | None, traceback: str | None = None) -> dict[str, Any]:
+        """Record the outcome of a run started with mark_running."""
+        final = dict(status, state=FAILED if error else DONE, error=error, ended_at=utc_now())
+        if traceback:
+            final["traceback"] = traceback
+        write_json_atomic(self.run_dir(status["run_id"]) / STATUS_NAME, final)
+        return final
+
+    def write_spec(self, spec_json: dict[str, Any]) -> None:
+        write_json_atomic(self.results_dir / SPEC_NAME, spec_json)
+
+
+def rebuild_table(results_dir: str | Path) -> Tables:
+    """Rebuild table.csv and runs.csv from every run folder, atomically; return both tables.
+
+    Rows are sorted by run id, so rebuilding twice gives byte-identical files.
+    """
+    store = RunStore(results_dir)
+    run_dirs = sorted(p for p in store.runs_dir.glob("*") if p.is_dir()) if store.runs_dir.is_dir() else []
+    fold_rows: list[dict[str, Any]] = []
+    run_rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        run_row, record = _run_row(run_dir)
+        run_rows.append(run_row)
+        if record is not None and run_row["status"] not in (FAILED, RUNNING, INVALID_RECORD):
+            fold_rows.extend(_fold_rows(run_dir.name, run_row["status"], record))
+
+    table = _ordered(pd.DataFrame(fold_rows), first=["run_id", "status"])
+    runs = _ordered(pd.DataFrame(run_rows), first=["run_id", "status", "error"])
+    write_text_atomic(store.results_dir / TABLE_NAME, table.to_csv(index=False))
+    write_text_atomic(store.results_dir / RUNS_TABLE_NAME, runs.to_csv(index=False))
+    return Tables(table=table, runs=runs)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _record_problem(record: dict[str, Any] | None) -> str | None:
+    """Why a record.json cannot be tabulated, or None if it follows the contract."""
+    if record is None:
+        return f"{RECORD_NAME} is missing or not a JSON object"
+    missing = [k for k in REQUIRED_RECORD_KEYS if k not in record]
+    if missing:
+        return f"{RECORD_NAME} lacks key(s) {', '.join(missing)}"
+    if not isinstance(record["params"], dict) or not isinstance(record["metrics"], dict):
+        return f"{RECORD_NAME}: `params` and `metrics` must be objects"
+    return None
+
+
+def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One runs.csv row; params come from the record, or from status.json for failed runs."""
+    status = _read_json(run_dir / STATUS_NAME) or {}
+    state = status.get("state") or "unknown"
+    error = status.get("error")
+    record = None
+    if (run_dir / RECORD_NAME).is_file() and state not in (FAILED, RUNNING):
+        record = _read_json(run_dir / RECORD_NAME)
+        problem = _record_problem(record)
+        if problem:
+            state, error, record = INVALID_RECORD, problem, None
+    params = dict(record["params"]) if record else dict(status.get("params") or {})
+    params.pop("output_dir", None)
+    row: dict[str, Any] = {"run_id": run_dir.name, "status": state, "error": error, **params}
+    if record:
+        for name, value in record["metrics"].items():
+            if _is_scalar(value):
+                row[name if name not in row else f"metric.{name}"] = value
+        row.update(
+            seed=record.get("seed"),
+            wall_time_s=record.get("wall_time_s"),
+            git_commit=record.get("git_commit"),
+        )
+    return row, record
+
+
+def _fold_rows(run_id: str, state: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """table.csv rows of one run: one per (encoder, fold), or a single row if there are no folds."""
+    params = {k: v for k, v in record["params"].items() if k != "output_dir"}
+    common = {
+        "run_id": run_id,
+        "status": state,
+        **params,
+        "seed": record.get("seed"),
+        "wall_time_s": record.get("wall_time_s"),
+        "git_commit": record.get("git_commit"),
+    }
+    folds = record.get("folds")
+    if not isinstance(folds, list) or not folds:
+        return [common]
+    return [{**common, **fold} for fold in folds if isinstance(fold, dict)]
+
+
+def _is_scalar(value: Any) -> bool:
+    """Only scalars become table columns; arrays or nested objects in `metrics` are left out."""
+    return value is None or isinstance(value, (int, float, str, bool))
+
+
+def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+    """Put identifying columns first and keep the rest in first-seen order (stable output)."""
+    if frame.empty:
+        return pd.DataFrame(columns=first)
+    lead = [c for c in first if c in frame.columns]
+    return frame[lead + [c for c in frame.columns if c not in lead]]

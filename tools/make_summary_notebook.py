@@ -1,0 +1,74 @@
+"""Write notebooks/summary.ipynb (kept as a script so the notebook's source is reviewable in diffs).
+
+The plotting and loading code lives in eolab/runner/report.py; the notebook only calls it.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+cells = [
+    new_markdown_cell(
+        "# Ablation summary\n\n"
+        "Executed by `python -m eolab ablate SPEC` after a batch (with `results_dir` pointing at "
+        "`results/<name>/`) and rendered to `results/<name>/summary.html`. It only reads the runner's "
+        "outputs: `spec.json`, `table.csv` (one row per run, encoder and fold), `runs.csv` "
+        "(one row per run) and each run's `history.csv`; the helpers live in `eolab/runner/report.py`."
+    ),
+    new_code_cell(
+        'results_dir: str = "../results/mask_ratio"  # folder of an executed ablation',
+        metadata={"tags": ["parameters"]},
+    ),
+    new_code_cell(
+        "import sys\n"
+        "from pathlib import Path\n\n"
+        "from IPython.display import Markdown, display\n\n"
+        "try:\n"
+        "    from eolab.runner import report\n"
+        "except ImportError:  # opened by hand from notebooks/: make the repository importable\n"
+        "    sys.path.insert(0, str(Path.cwd().parent))\n"
+        "    from eolab.runner import report\n\n"
+        "results = report.load_results(results_dir)\n"
+        "display(Markdown(report.describe(results)))"
+    ),
+    new_markdown_cell(
+        "## Linear-probe accuracy versus the ablated parameter\n\n"
+        "Each large point is the mean accuracy over the cross-validation folds, with a ±1 standard "
+        "deviation bar; the faint dots are the individual folds. Three encoders are probed with the "
+        "same linear classifier:\n\n"
+        "- **pretrained**: the encoder produced by this run's pre-training;\n"
+        "- **random_init**: the same architecture with untrained weights (what the architecture alone gives);\n"
+        "- **band_stats**: per-band mean/std features, no network (what the spectra alone give).\n\n"
+        "Pre-training is only worth its cost where *pretrained* sits clearly above both controls, "
+        "by more than the fold spread."
+    ),
+    new_code_cell("report.plot_accuracy(results);"),
+    new_markdown_cell(
+        "## Pre-training loss\n\n"
+        "Training loss per step for every run (read from each run's `history.csv`). Curves that stay "
+        "flat or diverge point to a broken run even when its probe accuracy looks plausible."
+    ),
+    new_code_cell("report.plot_loss_curves(results);"),
+    new_markdown_cell(
+        "## Accuracy per run and encoder\n\n"
+        "Mean ± standard deviation over folds. **loss fell** checks that the mean loss over the last "
+        "10% of steps is below that over the first 10% (empty when a run has no history)."
+    ),
+    new_code_cell("report.accuracy_summary(results)"),
+    new_markdown_cell(
+        "## Failed runs\n\nRuns that did not finish, with the error recorded by the runner (empty if none)."
+    ),
+    new_code_cell("report.failed_runs(results)"),
+]
+nb = new_notebook(
+    cells=cells,
+    metadata={
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    },
+)
+for i, cell in enumerate(nb.cells):  # stable ids keep diffs of the committed notebook small
+    cell["id"] = f"summary-{i:02d}"
+nbformat.validate(nb)
+nbformat.write(nb, str(Path(__file__).resolve().parents[1] / "notebooks" / "summary.ipynb"))

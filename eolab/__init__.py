@@ -1,0 +1,1 @@
+"""eolab: a workbench for ablation studies of Earth-observation foundation-model pre-training."""

@@ -1,0 +1,1 @@
+"""Data: band metadata, readers for real EO sources, the sample schema, the packed cache, statistics."""

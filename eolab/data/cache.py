@@ -1,0 +1,188 @@
+"""Packed on-disk cache of pre-training scenes, and the patch index over it.
+
+Decoding and resampling per-band GeoTIFFs costs far more than a training step, so scenes are decoded
+once into memory-mappable ``.npy`` arrays (uint16, reflectance x 10000, C x H x W on the 10 m grid)
+plus a JSON manifest. Patches are windows into those arrays: a patch read is a slice of a memmap.
+
+The cache key hashes the source files (path, size, mtime), the band set and the cache format
+version, so changed inputs rebuild it. A build writes into a temporary folder and renames it into
+place, so a killed build never leaves a half-written cache that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rasterio.warp import transform as warp_transform
+from torch.utils.data import Dataset
+
+from .bands import S2_L2A
+from .paths import cache_root, data_root
+from .scenes import READERS
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+_SOURCE_DIRS = {"major_tom": "major-tom", "hydro": "hydro", "ssl4eo": "ssl4eo-s12"}
+
+
+def _fingerprint(root: Path, sources: tuple[str, ...], bands: tuple[str, ...]) -> str:
+    h = hashlib.sha1(json.dumps([FORMAT_VERSION, sources, bands]).encode())
+    for src in sources:
+        for f in sorted((root / _SOURCE_DIRS[src]).rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class SceneCache:
+    """A built cache: the manifest plus lazily memory-mapped scene arrays."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.manifest["bands"])
+
+    @property
+    def scenes(self) -> list[dict]:
+        return self.manifest["scenes"]
+
+    def array(self, i: int) -> np.ndarray:
+        return np.load(self.path / f"scene_{i:05d}.npy", mmap_mode="r")
+
+    def valid(self, i: int) -> np.ndarray:
+        return np.load(self.path / f"valid_{i:05d}.npy", mmap_mode="r")
+
+    def tiles(self, patch: int = 64, stride: int = 32, min_valid: float = 0.95) -> pd.DataFrame:
+        """Index of patch windows: one row per (scene, row, col) with >= ``min_valid`` valid pixels.
+
+        Columns: scene, source, row, col, lon, lat, valid_frac, time, id. The id is stable across
+        cache rebuilds, so a sample manifest can refer to it.
+        """
+        rows = []
+        for i, sc in enumerate(self.scenes):
+            h, w = sc["shape"][1:]
+            if h < patch or w < patch:
+                continue
+            valid = np.asarray(self.valid(i), dtype=np.float32)
+            # Valid fraction of every window from a summed-area table (cheap even at stride 1).
+            sat = np.pad(valid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            r = np.arange(0, h - patch + 1, stride)
+            c = np.arange(0, w - patch + 1, stride)
+            rr, cc = np.meshgrid(r, c, indexing="ij")
+            frac = (sat[rr + patch, cc + patch] - sat[rr, cc + patch] - sat[rr + patch, cc] + sat[rr, cc]) / patch**2
+            keep = frac >= min_valid
+            rr, cc, frac = rr[keep], cc[keep], frac[keep]
+            a, b, c0, d, e, f0 = sc["transform"]  # affine of the scene's 10 m grid
+            x_pix, y_pix = cc + patch / 2, rr + patch / 2  # window centres in pixel coordinates
+            xs, ys = c0 + a * x_pix + b * y_pix, f0 + d * x_pix + e * y_pix
+            lon, lat = warp_transform(sc["crs"], "EPSG:4326", np.ravel(xs), np.ravel(ys)) if len(rr) else ([], [])
+            rows.append(pd.DataFrame({
+                "scene": i, "source": sc["source"], "row": rr, "col": cc, "lon": lon, "lat": lat,
+                "valid_frac": frac, "time": sc["time"],
+                "id": [f"{sc['id']}@{a},{b}+{patch}" for a, b in zip(rr, cc)],
+            }))
+        if not rows:
+            raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}")
+        return pd.concat(rows, ignore_index=True)
+
+
+def build_scene_cache(
+    root: str | Path | None = None,
+    sources: tuple[str, ...] = ("major_tom", "hydro", "ssl4eo"),
+    bands: tuple[str, ...] = S2_L2A,
+    cache_dir: Path | None = None,
+) -> SceneCache:
+    """Decode the scenes of ``sources`` once into a packed cache; reuse it when inputs are unchanged."""
+    root = data_root(root)
+    unknown = [s for s in sources if s not in READERS]
+    if unknown:
+        raise ValueError(f"unknown pre-training source(s) {unknown}; known: {sorted(READERS)}")
+    sources, bands = tuple(sources), tuple(bands)
+    key = _fingerprint(root, sources, bands)
+    final = (cache_dir or cache_root()) / f"scenes-{key}"
+    if (final / "manifest.json").exists():
+        return SceneCache(final, json.loads((final / "manifest.json").read_text()))
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        scenes = []
+        for src in sources:
+            for scene in READERS[src](root, bands):
+                i = len(scenes)
+                np.save(tmp / f"scene_{i:05d}.npy", scene.dn)
+                np.save(tmp / f"valid_{i:05d}.npy", scene.valid)
+                for note in scene.notes:
+                    log.info("%s: %s", scene.id, note)
+                scenes.append({
+                    "id": scene.id, "source": scene.source, "shape": list(scene.dn.shape), "crs": scene.crs,
+                    "transform": list(scene.transform), "time": scene.time, "level": scene.level,
+                    "notes": scene.notes,
+                })
+        manifest = {"format": FORMAT_VERSION, "key": key, "data_root": str(root), "sources": list(sources),
+                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same build first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SceneCache(final, json.loads((final / "manifest.json").read_text()))
+
+
+class PatchDataset(Dataset):
+    """Pre-training patches read from the scene cache; samples follow the eolab schema."""
+
+    def __init__(self, cache: SceneCache, tiles: pd.DataFrame, patch: int = 64, bands: tuple[str, ...] | None = None):
+        self.cache, self.patch = cache, patch
+        self.bands = tuple(bands or cache.bands)
+        missing = [b for b in self.bands if b not in cache.bands]
+        if missing:
+            raise ValueError(f"bands {missing} are not in the scene cache (it has {list(cache.bands)})")
+        # A slice when the bands are the cache's own, so the common case copies nothing extra.
+        self._channels = slice(None) if self.bands == cache.bands else [cache.bands.index(b) for b in self.bands]
+        self.scene = tiles["scene"].to_numpy()
+        self.row = tiles["row"].to_numpy()
+        self.col = tiles["col"].to_numpy()
+        self.lonlat = tiles[["lon", "lat"]].to_numpy(np.float32)
+        self.ids = tiles["id"].tolist()
+        self.sources = tiles["source"].tolist()
+        self.times = tiles["time"].tolist()
+        self._arrays: dict[int, np.ndarray] = {}  # memmaps opened lazily, per worker process
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        s = int(self.scene[i])
+        if s not in self._arrays:
+            self._arrays[s] = self.cache.array(s)
+        r, c, p = self.row[i], self.col[i], self.patch
+        window = np.asarray(self._arrays[s][self._channels, r : r + p, c : c + p], dtype=np.float32)
+        sample = {
+            "image": torch.from_numpy(window * self.cache.manifest["scale"]),
+            "bands": self.bands,
+            "unit": "reflectance",
+            "source": self.sources[i],
+            "lonlat": torch.tensor(self.lonlat[i]),
+            "id": self.ids[i],
+        }
+        if self.times[i]:
+            sample["time"] = self.times[i]
+        return sample

@@ -1,0 +1,96 @@
+"""A Vision Transformer encoder for any number of bands, built from timm blocks.
+
+The encoder = a tokeniser (passed in) + a [CLS] token + timm ``Block``s + a final norm. It can run
+on a subset of tokens (``keep``), which is what makes masked pre-training cheap: masked tokens
+never enter the encoder (MAE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from .tokenizers import PatchTokenizer, init_weights
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+    patch_size: int = 8
+    img_size: int = 64
+
+
+# Sizes by name, for notebooks and sweeps. Widths/depths follow the DeiT/ViT ladder, shrunk at the
+# bottom so that CPU ablations fit in minutes.
+SIZES: dict[str, ViTConfig] = {
+    "vit_nano": ViTConfig(dim=64, depth=2, heads=2),
+    "vit_micro": ViTConfig(dim=128, depth=4, heads=4),
+    "vit_mini": ViTConfig(dim=192, depth=6, heads=3),
+    "vit_tiny": ViTConfig(dim=192, depth=12, heads=3),
+    "vit_small": ViTConfig(dim=384, depth=12, heads=6),
+    "vit_base": ViTConfig(dim=768, depth=12, heads=12),
+}
+
+
+class ViTEncoder(nn.Module):
+    def __init__(self, tokenizer: nn.Module, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.dim = dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # timm's Block uses F.scaled_dot_product_attention (fused attention) when available.
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.apply(init_weights)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.tokenizer.bands
+
+    def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False):
+        """Encode ``image`` (B, C, H, W); with ``keep`` (B, K) only those token indices are encoded.
+
+        Returns (B, 1+K, D) tokens, [CLS] first; with ``return_layers`` also every block's output.
+        """
+        x = self.tokenizer(image)  # (B, N, D) with positions added
+        if keep is not None:
+            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
+        layers = []
+        for block in self.blocks:
+            x = block(x)
+            layers.append(x)
+        x = self.norm(x)
+        return (x, layers) if return_layers else x
+
+    @torch.no_grad()
+    def embed(self, image: Tensor, pool: str = "mean") -> Tensor:
+        """One vector per image: the mean of patch tokens ("mean") or the [CLS] token ("cls")."""
+        x = self.forward(image)
+        if pool == "mean":
+            return x[:, 1:].mean(1)
+        if pool == "cls":
+            return x[:, 0]
+        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+
+
+def build_encoder(size: str, bands: tuple[str, ...], img_size: int = 64, patch_size: int = 8) -> ViTEncoder:
+    """Encoder by size name, for the given band names."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    cfg = SIZES[size]
+    tok = PatchTokenizer(bands, img_size, patch_size, cfg.dim)
+    return ViTEncoder(tok, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio)
+
+
+def encoder_config(size: str, bands, img_size: int, patch_size: int) -> dict:
+    """Plain-data description of an encoder, stored in checkpoints to rebuild it."""
+    return {"size": size, "bands": list(bands), "img_size": img_size, "patch_size": patch_size,
+            **{k: v for k, v in asdict(SIZES[size]).items() if k not in ("patch_size", "img_size")}}

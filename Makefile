@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the default ablation on real data, rendered) and `make test`.
+# Both create the virtual environment from requirements.txt when it is missing or out of date.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SPEC ?= ablations/mask_ratio.yaml
+
+.PHONY: demo test test-fast env clean-results
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+demo: env
+	$(PY) -m eolab ablate $(SPEC)
+
+test: env
+	$(PY) -m pytest
+
+# The unit suite only: skips the slow end-to-end tests (CI runs everything through `make test`).
+test-fast: env
+	$(PY) -m pytest -m "not slow"

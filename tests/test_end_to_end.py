@@ -1,0 +1,69 @@
+"""The real thing, small: pre-train on real scenes through the notebook and the ablation command.
+
+Slow (papermill kernels plus a short training run per notebook): runs in CI through `make test`,
+skipped locally with `-m "not slow"`.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from eolab.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: e2e
+notebook: notebooks/pretrain.ipynb
+summary: notebooks/summary.ipynb
+base:
+  epochs: 2
+  n_pretrain: 256
+  batch_size: 32
+  model_size: vit_nano
+  decoder_depth: 1
+  probe_folds: 3
+  probe_repeats: 1
+grid:
+  mask_ratio: [0.5, 0.9]
+seeds: [0]
+"""
+
+
+def test_real_ablation_end_to_end(tmp_path):
+    spec = tmp_path / "e2e.yaml"
+    spec.write_text(SPEC)
+    assert main(["ablate", str(spec), "--results-root", str(tmp_path / "results")]) == 0
+    out = tmp_path / "results" / "e2e"
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/record.json"))]
+    assert [r["params"]["mask_ratio"] for r in records] == [0.5, 0.9]
+    for r in records:
+        assert r["data"]["n_patches"] == 256 and r["data"]["n_labelled"] == 273
+        assert r["git_commit"] and r["seed"] == 0 and r["wall_time_s"] > 0
+        assert set(r["normalization"]["mean"]) == set(r["params"]["bands"].split(","))
+        assert 0.0 <= r["metrics"]["pretrained_acc_mean"] <= 1.0
+    table = pd.read_csv(out / "table.csv")
+    assert len(table) == 2 * 3 * 3  # runs x encoders x folds
+    assert set(table["encoder"]) == {"pretrained", "random_init", "band_stats"}
+    history = pd.read_csv(next(out.glob("runs/*/history.csv")))
+    assert {"step", "loss", "lr"} <= set(history.columns) and len(history) == 2 * (256 // 32)
+    html = (out / "summary.html").read_text()
+    assert "data:image/png;base64" in html
+
+
+def test_bad_parameter_value_fails_before_any_run(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(SPEC.replace("epochs: 2", "epochs: two"))
+    assert main(["ablate", str(spec), "--results-root", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs" in err and "bad.yaml" in err
+    assert not (tmp_path / "results" / "bad").exists() or not list((tmp_path / "results").rglob("record.json"))
+
+
+def test_invalid_value_in_the_notebook_names_the_parameter(tmp_path):
+    spec = tmp_path / "e2e_badsize.yaml"
+    spec.write_text(SPEC.replace("model_size: vit_nano", "model_size: vit_huge").replace("[0.5, 0.9]", "[0.5]"))
+    assert main(["ablate", str(spec), "--results-root", str(tmp_path / "results")]) == 1
+    status = json.loads(next((tmp_path / "results").glob("*/runs/*/status.json")).read_text())
+    assert status["state"] == "failed" and "model_size" in status["error"] and "vit_huge" in status["error"]

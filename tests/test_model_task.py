@@ -1,0 +1,91 @@
+"""Encoder, masking and the masked-autoencoder task on tiny tensors."""
+
+import pytest
+import torch
+
+from eolab.checkpoint import CheckpointError, load_encoder, save_encoder
+from eolab.data.stats import Normalization
+from eolab.models.tokenizers import PatchTokenizer
+from eolab.models.vit import build_encoder, encoder_config
+from eolab.tasks.mae import MaskedAutoencoder
+from eolab.tasks.masking import random_mask
+from eolab.train import dihedral_augment
+
+BANDS5 = ("B02", "B03", "B04", "B08", "B11")
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9])
+def test_random_mask_keeps_exactly_the_requested_ratio(ratio):
+    keep, masked = random_mask(4, 64, ratio, torch.Generator().manual_seed(0))
+    assert masked.shape == (4, round(64 * ratio)) and keep.shape == (4, 64 - round(64 * ratio))
+    together = torch.cat([keep, masked], 1).sort(1).values
+    assert torch.equal(together, torch.arange(64).expand(4, -1))  # a partition of the tokens
+
+
+def test_random_mask_is_seeded_and_differs_per_sample():
+    a, _ = random_mask(2, 16, 0.5, torch.Generator().manual_seed(1))
+    b, _ = random_mask(2, 16, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+    with pytest.raises(ValueError, match="mask ratio"):
+        random_mask(2, 16, 1.0)
+
+
+def test_patchify_matches_token_grid():
+    tok = PatchTokenizer(BANDS5, img_size=16, patch_size=4, dim=8)
+    x = torch.arange(2 * 5 * 16 * 16, dtype=torch.float32).reshape(2, 5, 16, 16)
+    patches = tok.patchify(x)  # (B, N, p*p*C)
+    assert patches.shape == (2, 16, 4 * 4 * 5)
+    # token 1 is the second patch of the first row: columns 4..7, rows 0..3, channel-last
+    expected = x[0, :, 0:4, 4:8].permute(1, 2, 0).reshape(-1)
+    torch.testing.assert_close(patches[0, 1], expected)
+
+
+@pytest.mark.parametrize("bands", [("B04",), BANDS5, tuple(f"B{i:02d}" for i in range(1, 10))])
+def test_mae_loss_is_finite_and_reaches_the_encoder(bands):
+    torch.manual_seed(0)
+    enc = build_encoder("vit_nano", bands, img_size=16, patch_size=4)
+    task = MaskedAutoencoder(enc, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    out = task({"image": torch.randn(3, len(bands), 16, 16)}, generator=torch.Generator().manual_seed(0))
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grad = enc.tokenizer.proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_mae_is_deterministic_under_a_seed():
+    def loss():
+        torch.manual_seed(0)
+        enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
+        task = MaskedAutoencoder(enc, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+        return task({"image": torch.ones(2, 5, 16, 16)}, generator=torch.Generator().manual_seed(3))["loss"]
+    assert loss().item() == loss().item()
+
+
+def test_encoder_on_visible_tokens_only():
+    enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
+    keep, _ = random_mask(2, 16, 0.75)
+    assert enc(torch.randn(2, 5, 16, 16), keep=keep).shape == (2, 1 + 4, 64)
+    assert enc.embed(torch.randn(2, 5, 16, 16)).shape == (2, 64)
+
+
+def test_dihedral_augment_preserves_per_band_values():
+    x = torch.randn(8, 3, 6, 6)
+    y = dihedral_augment(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x.flatten(2).sort(-1).values, y.flatten(2).sort(-1).values)
+
+
+def test_checkpoint_round_trip_carries_normalization(tmp_path):
+    enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
+    norm = Normalization(BANDS5, "reflectance", {b: 0.1 for b in BANDS5}, {b: 0.05 for b in BANDS5}, "test")
+    path = save_encoder(tmp_path / "enc.pt", enc, encoder_config("vit_nano", BANDS5, 16, 4), norm)
+    enc2, norm2, cfg = load_encoder(path)
+    assert norm2 == norm and cfg["bands"] == list(BANDS5)
+    x = torch.randn(1, 5, 16, 16)
+    torch.testing.assert_close(enc.eval()(x), enc2.eval()(x))
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_encoder(bad)

@@ -3,6 +3,7 @@
     python -m eolab ablate SPEC [--force] [--only RUN_ID ...] [--dry-run] [--results-root DIR]
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
+    python -m eolab data [--data-root DIR]
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
@@ -98,6 +99,27 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """Check the data root and build the packed scene cache (a preflight before long batches)."""
+    from eolab.data import eurosat
+    from eolab.data.cache import build_scene_cache
+    from eolab.data.paths import data_root
+    from eolab.data.raster import RasterError
+
+    try:
+        root = data_root(args.data_root)
+        labelled = eurosat.load(root)
+        cache = build_scene_cache(root)
+    except (FileNotFoundError, RasterError) as exc:
+        raise UsageError(str(exc)) from exc
+    tiles = cache.tiles(patch=64, stride=32)
+    print(f"data root {root}: {len(labelled['label'])} labelled EuroSAT patches")
+    print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
+    for source, n in tiles.groupby("source").size().items():
+        print(f"  {source}: {n}")
+    return EXIT_OK
+
+
 # Subcommand registry: one line per command.
 COMMANDS: dict[str, Command] = {
     "ablate": Command(
@@ -113,6 +135,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
     "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
+    "data": Command(cmd_data, "check the data root and build the scene cache", (arg("--data-root", metavar="DIR"),)),
 }
 
 

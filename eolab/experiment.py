@@ -34,7 +34,7 @@ from .data.bands import S2_L2A
 from .data.scenes import READERS
 from .data.stats import Normalization, compute_normalization
 from .evaluate import band_stats_features, embed, linear_probe
-from .models.vit import SIZES, build_encoder, encoder_config
+from .models.vit import POOLS, SIZES, build_encoder, encoder_config
 from .tasks.mae import MaskedAutoencoder
 from .train import fit
 
@@ -55,14 +55,14 @@ class PretrainConfig:
     patch_size: int = 8
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
-    decoder_dim: int = 64
-    decoder_depth: int = 2
-    epochs: int = 30
+    decoder_dim: int = 128
+    decoder_depth: int = 4
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     seed: int = 0
-    pool: str = "mean"
+    pool: str = "mean_std"
     probe_folds: int = 5
     probe_repeats: int = 5
     accelerator: str = "auto"
@@ -85,7 +85,7 @@ class PretrainConfig:
             ("bands", bool(self.band_list) and all(b in S2_L2A for b in self.band_list),
              f"comma-separated Sentinel-2 L2A band names from {list(S2_L2A)}"),
             ("eurosat", self.eurosat in ("local", "torchgeo"), "'local' or 'torchgeo'"),
-            ("pool", self.pool in ("mean", "cls"), "'mean' or 'cls'"),
+            ("pool", self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"),
@@ -217,6 +217,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, s
     })
     record = {
         "run_id": Path(cfg.output_dir).resolve().name,
+        "task": "mae",
         "params": dataclasses.asdict(cfg),
         "metrics": metrics,
         "folds": scores.to_dict(orient="records"),
@@ -225,7 +226,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, s
         "wall_time_s": time.perf_counter() - started if started else run.train_time_s,
         "data": data.manifest,
         "normalization": data.normalization.to_dict(),
-        "checkpoint": str(run.checkpoint),
+        "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }

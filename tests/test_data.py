@@ -113,3 +113,10 @@ def test_normalization_selects_bands_by_name_and_refuses_mismatches(cache):
     with pytest.raises(NormalizationMismatch, match=r"lacks bands \['B01'\]"):
         norm(x[:, 1:], S2_L1C[1:], "reflectance")
     assert Normalization.from_dict(norm.to_dict()) == norm
+
+
+def test_data_preflight_command_names_a_missing_root(tmp_path, capsys):
+    from eolab.__main__ import main
+
+    assert main(["data", "--data-root", str(tmp_path / "absent")]) == 2
+    assert "absent" in capsys.readouterr().err

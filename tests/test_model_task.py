@@ -65,7 +65,13 @@ def test_encoder_on_visible_tokens_only():
     enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
     keep, _ = random_mask(2, 16, 0.75)
     assert enc(torch.randn(2, 5, 16, 16), keep=keep).shape == (2, 1 + 4, 64)
-    assert enc.embed(torch.randn(2, 5, 16, 16)).shape == (2, 64)
+    x = torch.randn(2, 5, 16, 16)
+    assert enc.embed(x).shape == (2, 64) and enc.embed(x, pool="cls").shape == (2, 64)
+    stats = enc.embed(x, pool="mean_std")
+    assert stats.shape == (2, 128)
+    torch.testing.assert_close(stats[:, :64], enc.embed(x))
+    with pytest.raises(ValueError, match="pool"):
+        enc.embed(x, pool="max")
 
 
 def test_dihedral_augment_preserves_per_band_values():

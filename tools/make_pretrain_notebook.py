@@ -19,10 +19,10 @@ patch_size: int = 8                      # token size in pixels (64x64 input -> 
 # --- proxy task: masked autoencoder -------------------------------------------------------
 mask_ratio: float = 0.75                 # fraction of tokens hidden from the encoder
 norm_pix_loss: bool = True               # reconstruct per-patch normalised pixels (MAE default)
-decoder_dim: int = 64                    # width of the light decoder
-decoder_depth: int = 2                   # transformer blocks in the decoder
+decoder_dim: int = 128                   # width of the decoder
+decoder_depth: int = 4                   # transformer blocks in the decoder (deeper helps linear probes)
 # --- optimisation -------------------------------------------------------------------------
-epochs: int = 30                         # passes over the pre-training patches
+epochs: int = 20                         # passes over the pre-training patches
 batch_size: int = 64                     # images per step
 lr: float = 1.5e-3                       # peak AdamW learning rate (warm-up then cosine decay)
 weight_decay: float = 0.05               # AdamW weight decay (not on biases, norms, tokens)
@@ -30,7 +30,7 @@ seed: int = 0                            # seeds weights, masks, data order and 
 accelerator: str = "auto"                # Lightning accelerator: auto | cpu | gpu
 precision: str = "32-true"               # Lightning precision: 32-true | bf16-mixed | 16-mixed
 # --- evaluation ---------------------------------------------------------------------------
-pool: str = "mean"                       # embedding: "mean" of patch tokens or "cls" token
+pool: str = "mean_std"                   # embedding: mean | cls | mean_std (mean and spatial std of patch tokens)
 probe_folds: int = 5                     # stratified folds of the linear probe
 probe_repeats: int = 5                   # repeats of the k-fold split (folds x repeats scores)
 # --- output -------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ SIZES: dict[str, ViTConfig] = {
 }
 
 
+POOLS = ("mean", "cls", "mean_std")
+
+
 class ViTEncoder(nn.Module):
     def __init__(self, tokenizer: nn.Module, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -72,13 +75,21 @@ class ViTEncoder(nn.Module):
 
     @torch.no_grad()
     def embed(self, image: Tensor, pool: str = "mean") -> Tensor:
-        """One vector per image: the mean of patch tokens ("mean") or the [CLS] token ("cls")."""
+        """One vector per image from the final tokens (B, 1+N, D):
+
+        "mean": mean of patch tokens (D); "cls": the [CLS] token (D); "mean_std": mean and standard
+        deviation of patch tokens over space (2D), statistics pooling, which keeps how much the scene
+        varies within the image (texture, heterogeneity) that a mean averages away.
+        """
         x = self.forward(image)
+        patches = x[:, 1:]  # (B, N, D)
         if pool == "mean":
-            return x[:, 1:].mean(1)
+            return patches.mean(1)
         if pool == "cls":
             return x[:, 0]
-        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        if pool == "mean_std":
+            return torch.cat([patches.mean(1), patches.std(1)], dim=1)  # (B, 2D)
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
 
 def build_encoder(size: str, bands: tuple[str, ...], img_size: int = 64, patch_size: int = 8) -> ViTEncoder:

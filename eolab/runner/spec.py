@@ -30,10 +30,7 @@ import nbformat
 import papermill
 import yaml
 
-import eolab
-
-REPO_ROOT: Path = Path(eolab.__file__).resolve().parents[1]
-"""Root that relative paths in a spec are resolved against, so specs work from any cwd."""
+from eolab.data.paths import REPO_ROOT  # relative paths in a spec resolve here, so specs work from any cwd
 
 OUTPUT_DIR_PARAM = "output_dir"
 """Parameter every job notebook declares; the runner injects the run folder into it."""

@@ -3,8 +3,8 @@
     cfg = PretrainConfig(mask_ratio=0.75, ...)   # validated before any work starts
     data = prepare_data(cfg)                     # scene cache, patch index, statistics, EuroSAT
     run = pretrain(cfg, data)                    # trains the proxy task, saves the encoder
-    scores = evaluate(cfg, data, run)            # linear probe: pre-trained / random init / band stats
-    record = write_record(cfg, data, run, scores)
+    evaluation = evaluate(cfg, data, run)        # linear probe: pre-trained / random init / band stats
+    record = write_record(cfg, data, run, evaluation)
 
 Results leave the run as files in ``cfg.output_dir``: ``record.json`` (parameters, metrics, folds,
 seed, git commit, wall time, data manifest), ``history.csv`` (loss per step) and ``encoder.pt``.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -28,12 +27,14 @@ import torch
 
 from .checkpoint import save_encoder
 from .data import eurosat
+from .data.bands import S2_L2A
 from .data.cache import PatchDataset, build_scene_cache
 from .data.paths import REPO_ROOT, data_root
-from .data.bands import S2_L2A
 from .data.scenes import READERS
 from .data.stats import Normalization, compute_normalization
 from .evaluate import band_stats_features, embed, linear_probe
+from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
+from .io import write_json_atomic
 from .models.vit import POOLS, SIZES, build_encoder, encoder_config
 from .tasks.mae import MaskedAutoencoder
 from .train import fit
@@ -174,8 +175,15 @@ def pretrain(cfg: PretrainConfig, data: PreparedData) -> PretrainResult:
     return PretrainResult(encoder, history, train_time, ckpt)
 
 
-def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> pd.DataFrame:
-    """Linear-probe accuracy per fold for the pre-trained encoder and both baselines (tidy frame)."""
+@dataclass
+class Evaluation:
+    scores: pd.DataFrame  # tidy: encoder, fold, accuracy
+    diagnostics: dict[str, float]  # label-free health of each feature set: effective rank, std, collapse
+
+
+def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Evaluation:
+    """Linear-probe accuracy per fold for the pre-trained encoder and both baselines, plus
+    label-free diagnostics of each feature set (a collapsed encoder is flagged even if it probes well)."""
     labels = data.eurosat["label"].numpy()
     torch.manual_seed(cfg.seed)  # the random-init encoder is the same draw for a given seed
     random_encoder = _build_task(cfg, data.normalization.bands).encoder.eval()
@@ -184,11 +192,14 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> pd
         "random_init": embed(random_encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT"),
         "band_stats": band_stats_features(data.eurosat, data.normalization.bands),
     }
-    rows = []
+    rows, diagnostics = [], {}
     for name, x in features.items():
         for fold, acc in enumerate(linear_probe(x, labels, cfg.probe_folds, cfg.probe_repeats, cfg.seed)):
             rows.append({"encoder": name, "fold": fold, "accuracy": acc})
-    return pd.DataFrame(rows)
+        diagnostics[f"{name}_effective_rank"] = effective_rank(x)
+        diagnostics[f"{name}_embedding_std"] = embedding_std(x)
+        diagnostics[f"{name}_collapsed"] = float(is_collapsed(x))
+    return Evaluation(pd.DataFrame(rows), diagnostics)
 
 
 def _git_commit() -> str:
@@ -201,9 +212,10 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, scores: pd.DataFrame,
+def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, evaluation: Evaluation,
                  started: float | None = None) -> dict:
     """Write ``record.json`` into the run folder and return it."""
+    scores = evaluation.scores
     h = run.history
     n = max(1, len(h) // 10)
     first, last = float(h["loss"].iloc[:n].mean()), float(h["loss"].iloc[-n:].mean())
@@ -214,11 +226,13 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, s
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,
         "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
         "final_embedding_std": float(h["embedding_std"].iloc[-n:].mean()),
+        **evaluation.diagnostics,
     })
     record = {
         "run_id": Path(cfg.output_dir).resolve().name,
         "task": "mae",
-        "params": dataclasses.asdict(cfg),
+        # output_dir is where this record lies; keeping it out makes records relocatable
+        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"},
         "metrics": metrics,
         "folds": scores.to_dict(orient="records"),
         "seed": cfg.seed,
@@ -230,10 +244,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, s
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
-    path = Path(cfg.output_dir) / "record.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(path)
+    write_json_atomic(Path(cfg.output_dir) / "record.json", record)
     return record
 
 

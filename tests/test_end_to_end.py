@@ -43,6 +43,8 @@ def test_real_ablation_end_to_end(tmp_path):
         assert r["git_commit"] and r["seed"] == 0 and r["wall_time_s"] > 0
         assert set(r["normalization"]["mean"]) == set(r["params"]["bands"].split(","))
         assert 0.0 <= r["metrics"]["pretrained_acc_mean"] <= 1.0
+        assert r["metrics"]["pretrained_effective_rank"] > 1 and r["metrics"]["pretrained_collapsed"] == 0.0
+        assert "output_dir" not in r["params"] and r["checkpoint"] == "encoder.pt"
     table = pd.read_csv(out / "table.csv")
     assert len(table) == 2 * 3 * 3  # runs x encoders x folds
     assert set(table["encoder"]) == {"pretrained", "random_init", "band_stats"}

@@ -391,3 +391,20 @@ def test_summary_renders_on_fake_results(tmp_path: Path, job_notebook: Path) -> 
     (store.results_dir / "summary.html").unlink()
     assert main(["render", str(store.results_dir / "summary.ipynb")]) == 0
     assert "data:image/png;base64" in (store.results_dir / "summary.html").read_text(encoding="utf-8")
+
+
+def test_paired_gains_pair_folds_and_apply_the_fold_sd_margin(tmp_path: Path) -> None:
+    from eolab.runner.report import AblationResults, paired_gains
+
+    folds = range(4)
+    table = pd.DataFrame(
+        [{"run_id": "r", "m": 1, "encoder": "pretrained", "fold": f, "accuracy": 0.80 + 0.01 * f} for f in folds]
+        + [{"run_id": "r", "m": 1, "encoder": "random_init", "fold": f, "accuracy": 0.70 + 0.01 * f} for f in folds]
+        + [{"run_id": "r", "m": 1, "encoder": "band_stats", "fold": f, "accuracy": 0.81} for f in folds]
+    )
+    results = AblationResults(tmp_path, {"grid": {"m": [1]}}, table, pd.DataFrame(), pd.DataFrame())
+    gains = paired_gains(results).set_index("baseline")
+    assert gains.loc["random_init", "gain"] == pytest.approx(0.10) and gains.loc["random_init", "gain_sd"] == 0
+    assert bool(gains.loc["random_init", "beats"]) is True  # 0.10 > fold sd of about 0.013
+    assert gains.loc["band_stats", "gain"] == pytest.approx(0.005)
+    assert bool(gains.loc["band_stats", "beats"]) is False  # 0.005 is inside the fold sd

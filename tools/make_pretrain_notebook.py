@@ -52,9 +52,11 @@ nb.cells = [
     md("## Pre-training"),
     code("run = ex.pretrain(cfg, data)\n"
          "ax = run.history.plot(x='step', y='loss', logy=True, title='masked-reconstruction loss', legend=False)"),
-    md("## Linear probe on EuroSAT-MS\nRepeated stratified k-fold; every encoder sees the same folds."),
-    code("scores = ex.evaluate(cfg, data, run)\nex.summarize(scores)"),
-    code("record = ex.write_record(cfg, data, run, scores, started)\n"
+    md("## Linear probe on EuroSAT-MS\nRepeated stratified k-fold; every encoder sees the same folds. "
+       "The record also carries label-free diagnostics of each feature set (effective rank, "
+       "embedding spread, a collapse flag)."),
+    code("evaluation = ex.evaluate(cfg, data, run)\nex.summarize(evaluation.scores)"),
+    code("record = ex.write_record(cfg, data, run, evaluation, started)\n"
          "{k: round(v, 4) for k, v in record['metrics'].items()}"),
 ]
 nbf.write(nb, "notebooks/pretrain.ipynb")

@@ -57,6 +57,13 @@ cells = [
     ),
     new_code_cell("report.accuracy_summary(results)"),
     new_markdown_cell(
+        "## What pre-training added, fold by fold\n\n"
+        "Accuracy of the pre-trained encoder minus each baseline on the same folds (`gain`, with the "
+        "standard deviation of the per-fold differences, `gain_sd`). `beats` is true when the mean gain "
+        "exceeds the standard deviation of the pre-trained encoder's fold accuracies (`fold_sd`)."
+    ),
+    new_code_cell("report.paired_gains(results)"),
+    new_markdown_cell(
         "## Failed runs\n\nRuns that did not finish, with the error recorded by the runner (empty if none)."
     ),
     new_code_cell("report.failed_runs(results)"),

@@ -93,7 +93,7 @@ class SceneCache:
             rows.append(pd.DataFrame({
                 "scene": i, "source": sc["source"], "row": rr, "col": cc, "lon": lon, "lat": lat,
                 "valid_frac": frac, "time": sc["time"],
-                "id": [f"{sc['id']}@{a},{b}+{patch}" for a, b in zip(rr, cc)],
+                "id": [f"{sc['id']}@{a},{b}+{patch}" for a, b in zip(rr, cc, strict=True)],
             }))
         if not rows:
             raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}")

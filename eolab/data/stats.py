@@ -93,4 +93,4 @@ def compute_normalization(dataset, max_samples: int = 2000, seed: int = 0, corpu
         count += x.shape[1]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
-    return Normalization(bands, unit, dict(zip(bands, mean.tolist())), dict(zip(bands, std.tolist())), corpus)
+    return Normalization(bands, unit, dict(zip(bands, mean.tolist(), strict=True)), dict(zip(bands, std.tolist(), strict=True)), corpus)

@@ -7,7 +7,6 @@ band identity is part of the model, not an accident of channel position.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

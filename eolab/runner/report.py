@@ -171,6 +171,33 @@ def accuracy_summary(results: AblationResults) -> pd.DataFrame:
     return frame.sort_values([*keys, "run_id"]).reset_index(drop=True)
 
 
+def paired_gains(results: AblationResults, reference: str = "pretrained") -> pd.DataFrame:
+    """Per run: accuracy of ``reference`` minus each baseline, paired fold by fold.
+
+    Every encoder of a run is probed on the same folds, so per-fold differences remove the
+    variance that comes from which patches land in the test fold. ``beats`` is True when the mean
+    gain exceeds the standard deviation of the reference's fold accuracies (the margin the
+    foundation issue asks for), False otherwise.
+    """
+    table = results.table
+    if table.empty or not {"encoder", "fold", "accuracy"} <= set(table.columns):
+        return pd.DataFrame()
+    keys = [k for k in results.grid_keys if k in table.columns]
+    rows = []
+    for (run_id, *values), run in table.groupby(["run_id", *keys], dropna=False):
+        wide = run.pivot_table(index="fold", columns="encoder", values="accuracy")
+        if reference not in wide:
+            continue
+        for baseline in [c for c in wide.columns if c != reference]:
+            diff = (wide[reference] - wide[baseline]).dropna()
+            rows.append({
+                "run_id": run_id, **dict(zip(keys, values, strict=True)), "baseline": baseline,
+                "gain": diff.mean(), "gain_sd": diff.std(), "fold_sd": wide[reference].std(),
+                "beats": bool(diff.mean() > wide[reference].std()),
+            })
+    return pd.DataFrame(rows).round(4)
+
+
 def loss_checks(histories: pd.DataFrame) -> dict[str, bool | None]:
     """`loss_fell` for every run that has a history."""
     if histories.empty:

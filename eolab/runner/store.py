@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
+
+from eolab.io import write_json_atomic, write_text_atomic
 
 RUNS_DIRNAME = "runs"
 NOTEBOOK_NAME = "notebook.ipynb"
@@ -55,26 +56,6 @@ class Tables(NamedTuple):
 def utc_now() -> str:
     """ISO-8601 UTC timestamp, comparable across the machines a batch may run on."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Atomic JSON write (see write_text_atomic)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 class RunStore:

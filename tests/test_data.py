@@ -120,3 +120,25 @@ def test_data_preflight_command_names_a_missing_root(tmp_path, capsys):
 
     assert main(["data", "--data-root", str(tmp_path / "absent")]) == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_torchgeo_variant_reads_torchgeo_layout_with_the_same_labels(root, tmp_path):
+    """torchgeo's EuroSAT (the full-dataset path) on a torchgeo-style folder built from the local files:
+    no download happens because the split files and image folder exist, as after a real download."""
+    from torchgeo.datasets import EuroSAT
+
+    tg = tmp_path / "eurosat-torchgeo"
+    local = eurosat.list_files(root, splits=("train", "test"))
+    for f in local:
+        target = tg / EuroSAT.base_dir / f.path.parent.name / f.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(f.path)
+    for split, name in EuroSAT.split_filenames.items():
+        wanted = {"train": "train", "val": "test", "test": "test"}[split]  # reuse local test files for val
+        (tg / name).write_text("".join(f.path.name.replace(".tif", ".jpg") + "\n" for f in local if f.split == wanted))
+    data = eurosat.load(tmp_path, variant="torchgeo")
+    by_id = {i.split("/", 1)[1]: int(y) for i, y in zip(data["id"], data["label"], strict=True)}
+    expected = {f"{f.path.parent.name}/{f.path.name}": f.label for f in local}
+    assert by_id == expected
+    assert sorted(set(data["split"])) == ["test", "train", "val"]
+    assert data["image"].shape[1:] == (13, 64, 64) and data["lonlat"].shape == (len(data["id"]), 2)

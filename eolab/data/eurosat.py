@@ -40,13 +40,20 @@ class EuroSATFile:
     split: str
 
 
-def list_files(root: Path | None = None, splits=("train", "test", "extra"), variant: str = "local") -> list[EuroSATFile]:
-    """List labelled EuroSAT files with their split; raise naming the folder if none are found."""
+DEFAULT_SPLITS = {"local": ("train", "test", "extra"), "torchgeo": ("train", "val", "test")}
+
+
+def list_files(root: Path | None = None, splits=None, variant: str = "local") -> list[EuroSATFile]:
+    """List labelled EuroSAT files with their split; raise naming the folder if none are found.
+
+    ``splits`` defaults to every split of the variant (local: train, test, extra; torchgeo: train,
+    val, test)."""
     root = data_root(root)
+    if variant not in DEFAULT_SPLITS:
+        raise ValueError(f"eurosat variant must be 'local' or 'torchgeo', got {variant!r}")
+    splits = tuple(splits or DEFAULT_SPLITS[variant])
     if variant == "torchgeo":
         return _torchgeo_files(root / "eurosat-torchgeo", splits)
-    if variant != "local":
-        raise ValueError(f"eurosat variant must be 'local' or 'torchgeo', got {variant!r}")
     base = root / "eurosat-ms"
     files = []
     for split in splits:
@@ -88,7 +95,7 @@ def read_sample(f: EuroSATFile) -> dict:
     }
 
 
-def load(root: Path | None = None, splits=("train", "test", "extra"), variant: str = "local") -> dict:
+def load(root: Path | None = None, splits=None, variant: str = "local") -> dict:
     """Load all labelled patches into memory as one stacked dict (small: 273 patches locally).
 
     Every file is read before any work starts, so a corrupt file fails fast with its name.

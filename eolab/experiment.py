@@ -37,6 +37,7 @@ from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
 from .io import write_json_atomic
 from .models.vit import POOLS, SIZES, build_encoder, encoder_config
 from .tasks.mae import MaskedAutoencoder
+from .tasks.masking import MASKS
 from .train import fit
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class PretrainConfig:
     model_size: str = "vit_micro"
     patch_size: int = 8
     mask_ratio: float = 0.75
+    mask: str = "random"
     norm_pix_loss: bool = True
     decoder_dim: int = 128
     decoder_depth: int = 4
@@ -82,6 +84,7 @@ class PretrainConfig:
         checks = [
             ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
             ("model_size", self.model_size in SIZES, f"one of {sorted(SIZES)}"),
+            ("mask", self.mask in MASKS, f"one of {sorted(MASKS)}"),
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
             ("bands", bool(self.band_list) and all(b in S2_L2A for b in self.band_list),
              f"comma-separated Sentinel-2 L2A band names from {list(S2_L2A)}"),
@@ -154,7 +157,7 @@ class PretrainResult:
 
 def _build_task(cfg: PretrainConfig, bands: tuple[str, ...]) -> MaskedAutoencoder:
     encoder = build_encoder(cfg.model_size, bands, img_size=64, patch_size=cfg.patch_size)
-    return MaskedAutoencoder(encoder, mask_ratio=cfg.mask_ratio, decoder_dim=cfg.decoder_dim,
+    return MaskedAutoencoder(encoder, mask_ratio=cfg.mask_ratio, mask=cfg.mask, decoder_dim=cfg.decoder_dim,
                              decoder_depth=cfg.decoder_depth, decoder_heads=max(1, cfg.decoder_dim // 32),
                              norm_pix_loss=cfg.norm_pix_loss)
 

@@ -8,18 +8,32 @@ from eolab.data.stats import Normalization
 from eolab.models.tokenizers import PatchTokenizer
 from eolab.models.vit import build_encoder, encoder_config
 from eolab.tasks.mae import MaskedAutoencoder
-from eolab.tasks.masking import random_mask
+from eolab.tasks.masking import MASKS, block_mask, random_mask
 from eolab.train import dihedral_augment
 
 BANDS5 = ("B02", "B03", "B04", "B08", "B11")
 
 
+@pytest.mark.parametrize("name", sorted(MASKS))
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9])
-def test_random_mask_keeps_exactly_the_requested_ratio(ratio):
-    keep, masked = random_mask(4, 64, ratio, torch.Generator().manual_seed(0))
+def test_every_mask_keeps_exactly_the_requested_ratio(name, ratio):
+    """The contract every registered masking scheme passes: exact ratio, a partition, seeded."""
+    fn = MASKS[name]
+    keep, masked = fn(4, 64, ratio, torch.Generator().manual_seed(0))
     assert masked.shape == (4, round(64 * ratio)) and keep.shape == (4, 64 - round(64 * ratio))
     together = torch.cat([keep, masked], 1).sort(1).values
     assert torch.equal(together, torch.arange(64).expand(4, -1))  # a partition of the tokens
+    again, _ = fn(4, 64, ratio, torch.Generator().manual_seed(0))
+    assert torch.equal(keep, again)
+
+
+def test_block_mask_hides_whole_blocks():
+    _, masked = block_mask(8, 64, 0.5, torch.Generator().manual_seed(0))  # 8x8 grid, 2x2 blocks
+    grid = torch.zeros(8, 64).scatter_(1, masked, 1.0).view(8, 4, 2, 4, 2)  # (B, by, y, bx, x)
+    per_block = grid.sum((2, 4))  # (B, 4, 4) masked tokens per 2x2 block
+    assert ((per_block == 0) | (per_block == 4)).all()  # 32 = 8 whole blocks: none split
+    with pytest.raises(ValueError, match="square grid"):
+        block_mask(1, 48, 0.5)
 
 
 def test_random_mask_is_seeded_and_differs_per_sample():
@@ -40,11 +54,12 @@ def test_patchify_matches_token_grid():
     torch.testing.assert_close(patches[0, 1], expected)
 
 
+@pytest.mark.parametrize("mask", sorted(MASKS))
 @pytest.mark.parametrize("bands", [("B04",), BANDS5, tuple(f"B{i:02d}" for i in range(1, 10))])
-def test_mae_loss_is_finite_and_reaches_the_encoder(bands):
+def test_mae_loss_is_finite_and_reaches_the_encoder(bands, mask):
     torch.manual_seed(0)
     enc = build_encoder("vit_nano", bands, img_size=16, patch_size=4)
-    task = MaskedAutoencoder(enc, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    task = MaskedAutoencoder(enc, mask_ratio=0.75, mask=mask, decoder_dim=32, decoder_depth=1, decoder_heads=1)
     out = task({"image": torch.randn(3, len(bands), 16, 16)}, generator=torch.Generator().manual_seed(0))
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()

@@ -18,6 +18,7 @@ model_size: str = "vit_micro"            # vit_nano | vit_micro | vit_mini | vit
 patch_size: int = 8                      # token size in pixels (64x64 input -> (64/patch_size)^2 tokens)
 # --- proxy task: masked autoencoder -------------------------------------------------------
 mask_ratio: float = 0.75                 # fraction of tokens hidden from the encoder
+mask: str = "random"                     # masking scheme: random (MAE) or block (2x2-token blocks)
 norm_pix_loss: bool = True               # reconstruct per-patch normalised pixels (MAE default)
 decoder_dim: int = 128                   # width of the decoder
 decoder_depth: int = 4                   # transformer blocks in the decoder (deeper helps linear probes)

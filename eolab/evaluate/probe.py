@@ -44,19 +44,24 @@ def band_stats_features(data: dict, bands: tuple[str, ...]) -> np.ndarray:
     return torch.cat([x.mean(-1), x.std(-1)], dim=1).numpy()
 
 
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int = 0, c_grid: tuple[float, ...] | None = C_GRID):
+    """Standardise, then logistic regression; C chosen by inner stratified 3-fold CV on (x, y) only,
+    or fixed at 0.1 when ``c_grid`` is None (too few samples per class to cross-validate)."""
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, tol=1e-3, C=0.1))
+    model = pipe if c_grid is None else GridSearchCV(
+        pipe, {"logisticregression__C": c_grid}, cv=StratifiedKFold(3, shuffle=True, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
+    return model
+
+
 def linear_probe(features: np.ndarray, labels: np.ndarray, folds: int = 5, repeats: int = 5, seed: int = 0) -> list[float]:
     """Accuracy of each outer fold (folds x repeats values) of a nested-CV logistic-regression probe."""
     labels = np.asarray(labels)
     outer = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     scores = []
     for train, test in outer.split(features, labels):
-        model = GridSearchCV(
-            make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, tol=1e-3)),
-            {"logisticregression__C": C_GRID},
-            cv=StratifiedKFold(3, shuffle=True, random_state=seed),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(features[train], labels[train])
+        model = fit_linear_probe(features[train], labels[train], seed)
         scores.append(float(model.score(features[test], labels[test])))
     return scores

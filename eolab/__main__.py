@@ -1,9 +1,18 @@
 """Command line: `python -m eolab <command> ...`.
 
     python -m eolab ablate SPEC [--force] [--only RUN_ID ...] [--dry-run] [--results-root DIR]
+                                [--workers N] [--executor local|slurm]
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
+
+`ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
+killed by the OOM killer (or SIGKILL) is recorded as failed and the others go on; the default 1
+runs them one after another in this process. Several `ablate` processes may share one results
+folder: each run is claimed (runs/<run_id>/claim) before it executes, so none runs twice.
+`ablate --executor slurm` submits one SLURM job per run (a job array, through submitit; resources
+from the spec's `resources:` section) and waits for them; the results folder must be on a file
+system the compute nodes share.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
@@ -59,7 +68,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print(f"  {verdict} {run.run_id}  {values}")
         return EXIT_OK
 
-    summary = run_ablation(args.spec, force=args.force, only=args.only, results_root=results_root)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.executor == "slurm" and args.workers != 1:
+        raise UsageError("--workers applies to --executor local; SLURM runs every job of the array it can")
+    summary = run_ablation(
+        args.spec,
+        force=args.force,
+        only=args.only,
+        results_root=results_root,
+        workers=args.workers,
+        executor_kind=args.executor,
+    )
     print(
         f"{summary.name}: {len(summary.executed)} executed, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; table.csv has {summary.table_rows} rows in {summary.results_dir}"
@@ -131,6 +151,19 @@ COMMANDS: dict[str, Command] = {
             arg("--only", nargs="+", metavar="RUN_ID", help="run only these run ids (or their 12-hex hashes)"),
             arg("--dry-run", action="store_true", help="validate the spec and list the runs, run nothing"),
             arg("--results-root", metavar="DIR", help="parent of results/<name>/ (default: <repo>/results)"),
+            arg(
+                "--workers",
+                type=int,
+                default=1,
+                metavar="N",
+                help="run up to N notebooks at once, each in a child process (default 1: sequential)",
+            ),
+            arg(
+                "--executor",
+                choices=("local", "slurm"),
+                default="local",
+                help="where runs execute: this machine (default) or SLURM jobs (a job array via submitit)",
+            ),
         ),
     ),
     "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
@@ -152,13 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
-    from eolab.runner.execute import KernelError
+    from eolab.runner.execute import ExecutorError, KernelError
     from eolab.runner.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].handler(args)
-    except (SpecError, KernelError, UsageError) as exc:
+    except (SpecError, KernelError, ExecutorError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -138,6 +138,10 @@ def test_relative_notebook_path_resolves_against_repo_root(tmp_path: Path, monke
         ("base:\n  seed: 1\nseeds: [0]\n", ["set by `seeds`"]),
         ("grids:\n  x: [1]\n", ["unknown top-level key 'grids'", "did you mean `grid`"]),
         ("base: [\n", ["invalid YAML"]),
+        ("resources:\n  timeout_mins: 5\n", ["unknown key 'timeout_mins' in `resources`", "`timeout_min`"]),
+        ("resources:\n  mem_gb: -1\n", ["`resources.mem_gb` must be a positive number"]),
+        ("resources:\n  partition: 3\n", ["`resources.partition` must be a non-empty string"]),
+        ("resources: 4\n", ["`resources` must be a mapping"]),
     ],
 )
 def test_spec_errors_name_file_and_culprit(
@@ -150,6 +154,13 @@ def test_spec_errors_name_file_and_culprit(
     assert str(spec) in message
     for fragment in expected:
         assert fragment in message
+
+
+def test_resources_are_parsed_and_optional(tmp_path: Path, job_notebook: Path) -> None:
+    text = spec_text(job_notebook, extra="resources:\n  cpus_per_task: 4\n  mem_gb: 7.5\n  partition: gpu\n")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", text))
+    assert spec.resources == {"cpus_per_task": 4, "mem_gb": 7.5, "partition": "gpu"}
+    assert load_spec(write_spec(tmp_path / "t.yaml", spec_text(job_notebook))).resources == {}
 
 
 def test_int_accepted_for_float(tmp_path: Path, job_notebook: Path) -> None:

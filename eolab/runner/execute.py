@@ -1,9 +1,14 @@
 """Execute an ablation: one papermill run per spec point, resumable, failure-tolerant.
 
-Runs are described by self-contained `RunTask`s and handed to an `Executor`. Only a sequential
-`LocalExecutor` exists today; a process-pool or SLURM executor only has to implement
-`submit(tasks) -> list[RunOutcome]` (calling `execute_task` wherever the run happens), because
-all state lives in the run folder (status.json, record.json), not in the executor.
+Runs are described by self-contained `RunTask`s and handed to an `Executor`: the sequential
+`LocalExecutor` here, `eolab.runner.pool.PoolExecutor` (N child processes) or
+`eolab.runner.slurm.SlurmExecutor` (one SLURM job per run, a job array). An executor only has
+to implement `submit(tasks) -> list[RunOutcome]` (calling `execute_task` wherever the run happens),
+because all state lives in the run folder (status.json, record.json), not in the executor.
+
+Every executor claims a run (`eolab.runner.claim`) right before executing it and re-checks that it
+is not done, so two `ablate` processes on one results folder share the work instead of running a
+run twice; a run claimed by the other process is reported as skipped (outcome state `skipped`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
 
+from eolab.runner.claim import Claim, claim_holder, try_claim
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
     OUTPUT_DIR_PARAM,
@@ -37,12 +43,18 @@ from eolab.runner.store import DONE, FAILED, NOTEBOOK_NAME, RECORD_NAME, RunStor
 KERNEL_NAME = "python3"
 DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
 SUMMARY_NOTEBOOK_NAME = "summary.ipynb"
+SKIPPED = "skipped"
+"""Outcome state (never written to status.json) of a run another process claimed or finished."""
 
 Log = Callable[[str], None]
 
 
 class KernelError(RuntimeError):
     """The Jupyter kernel papermill would start is not this interpreter (wrong venv, no torch...)."""
+
+
+class ExecutorError(RuntimeError):
+    """The requested executor cannot be used here (unknown kind, bad worker count, submitit missing)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,31 @@ class RunTask:
     notebook: Path
     results_dir: Path
     parameters: dict[str, Any]  # includes output_dir
+    force: bool = False  # execute even if another process finished the run after it was planned
 
     @property
     def run_dir(self) -> Path:
         return RunStore(self.results_dir).run_dir(self.run_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form, to hand the task to a worker process."""
+        return {
+            "run_id": self.run_id,
+            "notebook": str(self.notebook),
+            "results_dir": str(self.results_dir),
+            "parameters": self.parameters,
+            "force": self.force,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RunTask:
+        return cls(
+            run_id=obj["run_id"],
+            notebook=Path(obj["notebook"]),
+            results_dir=Path(obj["results_dir"]),
+            parameters=dict(obj["parameters"]),
+            force=bool(obj.get("force", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,8 +97,8 @@ class RunOutcome:
     """How one run ended; the same facts are in the run's status.json."""
 
     run_id: str
-    state: str  # DONE or FAILED
-    error: str | None
+    state: str  # DONE or FAILED; SKIPPED if another process claimed or finished it
+    error: str | None  # for SKIPPED: why
     seconds: float
 
 
@@ -84,11 +117,33 @@ class LocalExecutor:
     def submit(self, tasks: Sequence[RunTask]) -> list[RunOutcome]:
         outcomes = []
         for task in tasks:
-            outcome = execute_task(task)
+            claimed = claim_task(task)
+            if isinstance(claimed, RunOutcome):
+                outcome = claimed
+            else:
+                try:
+                    outcome = execute_task(task)
+                finally:
+                    claimed.release()
             outcomes.append(outcome)
             if self.on_finished:
                 self.on_finished(outcome)
         return outcomes
+
+
+def claim_task(task: RunTask) -> Claim | RunOutcome:
+    """Claim the run for this process, or return the SKIPPED outcome saying who has it.
+
+    Checks `is_done` again after claiming: another process may have finished the run between
+    planning the batch and now.
+    """
+    claim = try_claim(task.run_dir)
+    if claim is None:
+        return RunOutcome(task.run_id, SKIPPED, f"claimed by {claim_holder(task.run_dir)}", 0.0)
+    if not task.force and RunStore(task.results_dir).is_done(task.run_id):
+        claim.release()
+        return RunOutcome(task.run_id, SKIPPED, "done by another process meanwhile", 0.0)
+    return claim
 
 
 @dataclass
@@ -106,8 +161,9 @@ class Progress:
         self.failed += outcome.state == FAILED
         elapsed = time.monotonic() - self.started
         eta = elapsed / self.finished * (self.total - self.finished)
+        detail = f"{outcome.error}" if outcome.state == SKIPPED else f"{outcome.seconds:.1f}s"
         self.log(
-            f"[{self.finished}/{self.total}] {outcome.state:<6} {outcome.run_id} ({outcome.seconds:.1f}s)"
+            f"[{self.finished}/{self.total}] {outcome.state:<6} {outcome.run_id} ({detail})"
             f" | failed {self.failed} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
         )
 
@@ -140,15 +196,22 @@ def run_ablation(
     results_root: str | Path | None = None,
     executor: Executor | None = None,
     log: Log = print,
+    workers: int = 1,
+    executor_kind: str = "local",
 ) -> AblationSummary:
     """Validate the spec, execute the runs that are not done yet, rebuild tables, render the summary.
 
     Failed runs do not stop the batch; they are listed in the returned summary (and in runs.csv).
+    Unless an `executor` is given, `executor_kind` picks one: "local" runs `workers` notebooks at
+    once on this machine (1: sequentially, in this process), "slurm" submits them to SLURM.
     """
     spec = load_spec(spec_path)
     runs = select_runs(spec, only)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
+        executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
+    )
     if todo or spec.summary:
         check_kernel()
 
@@ -159,19 +222,51 @@ def run_ablation(
         log(f"skip   {run_id} (done; --force to re-run)")
     log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
 
-    executor = executor or LocalExecutor(on_finished=Progress(total=len(todo), log=log))
-    outcomes = executor.submit([make_task(spec, store, run) for run in todo])
+    outcomes = executor.submit([make_task(spec, store, run, force=force) for run in todo])
     tables = rebuild_table(store.results_dir)
     summary = AblationSummary(
         name=spec.name,
         results_dir=store.results_dir,
-        executed=outcomes,
-        skipped=skipped,
+        executed=[o for o in outcomes if o.state != SKIPPED],
+        skipped=skipped + [o.run_id for o in outcomes if o.state == SKIPPED],
         table_rows=len(tables.table),
     )
     if spec.summary:
         summary.summary_html, summary.summary_error = render_summary(spec.summary, store.results_dir)
     return summary
+
+
+EXECUTOR_KINDS = ("local", "slurm")
+
+
+def make_executor(
+    kind: str,
+    workers: int,
+    spec: AblationSpec,
+    store: RunStore,
+    on_finished: Callable[[RunOutcome], None] | None = None,
+) -> Executor:
+    """"slurm": a SlurmExecutor with the spec's `resources`; "local": the sequential in-process
+    executor for 1 worker (as before pools existed), else a process pool."""
+    if kind not in EXECUTOR_KINDS:
+        raise ExecutorError(f"executor must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
+    if workers < 1:
+        raise ExecutorError(f"workers must be at least 1, got {workers}")
+    if kind == "slurm":
+        try:
+            from eolab.runner.slurm import SlurmExecutor  # imports submitit, and this module
+        except ModuleNotFoundError as exc:
+            install = f"{sys.executable} -m pip install submitit"
+            raise ExecutorError(f"the slurm executor needs submitit; install it with `{install}`") from exc
+
+        return SlurmExecutor(
+            results_dir=store.results_dir, resources=spec.resources, on_finished=on_finished, job_name=spec.name
+        )
+    if workers == 1:
+        return LocalExecutor(on_finished=on_finished)
+    from eolab.runner.pool import PoolExecutor  # imports this module
+
+    return PoolExecutor(workers=workers, on_finished=on_finished)
 
 
 def select_runs(spec: AblationSpec, only: Sequence[str] | None) -> list[Run]:
@@ -190,10 +285,12 @@ def select_runs(spec: AblationSpec, only: Sequence[str] | None) -> list[Run]:
     return [r for r in runs if r.run_id in wanted]
 
 
-def make_task(spec: AblationSpec, store: RunStore, run: Run) -> RunTask:
+def make_task(spec: AblationSpec, store: RunStore, run: Run, force: bool = False) -> RunTask:
     """Bind a run to its folder: `output_dir` is the absolute run folder."""
     parameters = dict(run.params, **{OUTPUT_DIR_PARAM: str(store.run_dir(run.run_id))})
-    return RunTask(run_id=run.run_id, notebook=spec.notebook, results_dir=store.results_dir, parameters=parameters)
+    return RunTask(
+        run_id=run.run_id, notebook=spec.notebook, results_dir=store.results_dir, parameters=parameters, force=force
+    )
 
 
 def execute_task(task: RunTask) -> RunOutcome:

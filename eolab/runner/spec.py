@@ -12,6 +12,8 @@ Spec format (paths are relative to the repository root, not the cwd)::
     base: {epochs: 4}                # parameters fixed for every run
     grid: {mask_ratio: [0.5, 0.75]}  # cartesian product over these
     seeds: [0, 1]                    # optional; every grid point x every seed (sets `seed`)
+    resources:                       # optional; per-run SLURM request (`ablate --executor slurm`)
+      {cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32, timeout_min: 120, partition: gpu}
 """
 
 from __future__ import annotations
@@ -41,8 +43,17 @@ SEED_PARAM = "seed"
 SUMMARY_RESULTS_PARAM = "results_dir"
 """Parameter of the summary notebook that receives the ablation's results folder."""
 
-ALLOWED_KEYS = ("name", "notebook", "summary", "description", "base", "grid", "seeds")
+ALLOWED_KEYS = ("name", "notebook", "summary", "description", "base", "grid", "seeds", "resources")
 REQUIRED_KEYS = ("name", "notebook")
+
+RESOURCE_TYPES: dict[str, tuple[type, ...]] = {
+    "cpus_per_task": (int,),
+    "gpus_per_node": (int,),
+    "mem_gb": (int, float),
+    "timeout_min": (int,),
+    "partition": (str,),
+}
+"""Keys of the optional `resources` section (what one run asks the scheduler for) and their types."""
 
 HASH_LENGTH = 12
 _SLUG_VALUE_MAX = 32
@@ -95,6 +106,7 @@ class AblationSpec:
     grid: dict[str, list[Any]]
     seeds: list[int] | None
     parameters: dict[str, NotebookParameter] = field(repr=False)
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def varied_keys(self) -> list[str]:
@@ -127,6 +139,7 @@ class AblationSpec:
             "base": self.base,
             "grid": self.grid,
             "seeds": self.seeds,
+            "resources": self.resources,
             "varied_keys": self.varied_keys,
             "runs": [{"run_id": r.run_id, "params": r.params} for r in self.runs()],
         }
@@ -211,7 +224,29 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
         grid=checked_grid,
         seeds=seeds,
         parameters=parameters,
+        resources=_resources(path, raw.get("resources")),
     )
+
+
+def _resources(path: Path, value: Any) -> dict[str, Any]:
+    """The optional `resources` mapping; unknown keys and wrong types are errors (a misspelt
+    `timeout_min` would otherwise silently give a job the cluster's default time limit)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: `resources` must be a mapping with keys {', '.join(RESOURCE_TYPES)}, got {value!r}")
+    for key, item in value.items():
+        if key not in RESOURCE_TYPES:
+            raise SpecError(
+                f"{path}: unknown key {key!r} in `resources`{_suggestion(str(key), RESOURCE_TYPES)}; "
+                f"allowed keys: {', '.join(RESOURCE_TYPES)}"
+            )
+        types = RESOURCE_TYPES[key]
+        valid = not isinstance(item, bool) and isinstance(item, types)
+        if not valid or (item.strip() == "" if isinstance(item, str) else item <= 0):
+            expected = "a non-empty string" if types == (str,) else "a positive number"
+            raise SpecError(f"{path}: `resources.{key}` must be {expected}, got {item!r}")
+    return dict(value)
 
 
 def notebook_parameters(notebook: Path, spec_path: Path | None = None) -> dict[str, NotebookParameter]:

@@ -14,14 +14,20 @@ Layout::
             status.json        written by the runner: running|done|failed
 
 The record files are the source of truth; the CSV tables are derived and can always be rebuilt
-(`python -m eolab table results/<name>`), so a crash mid-batch never corrupts them.
+(`python -m eolab table results/<name>`), so a crash mid-batch never corrupts them. Several
+processes may rebuild at once (two `ablate` on one folder): each file is replaced atomically, and
+rebuilds are serialised by an flock on `.table.lock`, so a rebuild that scanned the run folders
+earlier can never overwrite the tables of one that scanned later (which would drop rows).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +44,7 @@ STATUS_NAME = "status.json"
 SPEC_NAME = "spec.json"
 TABLE_NAME = "table.csv"
 RUNS_TABLE_NAME = "runs.csv"
+TABLE_LOCK_NAME = ".table.lock"
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 INVALID_RECORD = "invalid_record"
@@ -114,6 +121,24 @@ def rebuild_table(results_dir: str | Path) -> Tables:
     Rows are sorted by run id, so rebuilding twice gives byte-identical files.
     """
     store = RunStore(results_dir)
+    with _table_lock(store.results_dir):
+        return _rebuild_locked(store)
+
+
+@contextlib.contextmanager
+def _table_lock(results_dir: Path) -> Iterator[None]:
+    """Exclusive flock for the scan-and-write of a rebuild; released by the kernel if we die."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(results_dir / TABLE_LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _rebuild_locked(store: RunStore) -> Tables:
+    """rebuild_table's body; the caller holds the table lock."""
     run_dirs = sorted(p for p in store.runs_dir.glob("*") if p.is_dir()) if store.runs_dir.is_dir() else []
     fold_rows: list[dict[str, Any]] = []
     run_rows: list[dict[str, Any]] = []

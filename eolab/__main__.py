@@ -5,6 +5,7 @@
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
+    python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
 
 `ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
 killed by the OOM killer (or SIGKILL) is recorded as failed and the others go on; the default 1
@@ -140,6 +141,33 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Probe a saved encoder on EuroSAT with a random and a spatially blocked split, next to the
+    band-statistics baseline: the gap shows how much a score leans on having seen the place."""
+    import numpy as np
+
+    from eolab.checkpoint import CheckpointError, load_encoder
+    from eolab.data import eurosat
+    from eolab.evaluate import band_stats_features, embed, linear_probe
+    from eolab.evaluate.protocols import spatial_block_probe, spatial_blocks
+
+    try:
+        encoder, norm, _ = load_encoder(args.checkpoint)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    data = eurosat.load(args.data_root)
+    labels, lonlat = data["label"].numpy(), data["lonlat"].numpy()
+    features = {"encoder": embed(encoder, norm, data, args.pool), "band_stats": band_stats_features(data, norm.bands)}
+    n_cells = len(np.unique(spatial_blocks(lonlat, args.cell_deg)))
+    print(f"EuroSAT: {len(labels)} patches in {n_cells} cells of {args.cell_deg} degrees; 5x5 folds; mean +- sd")
+    for name, x in features.items():
+        random = linear_probe(x, labels, 5, 5)
+        blocked = spatial_block_probe(x, labels, lonlat, 5, 5, args.cell_deg)
+        print(f"  {name:<10} random split {np.mean(random):.3f} +- {np.std(random, ddof=1):.3f}   "
+              f"spatially blocked {np.mean(blocked):.3f} +- {np.std(blocked, ddof=1):.3f}")
+    return EXIT_OK
+
+
 # Subcommand registry: one line per command.
 COMMANDS: dict[str, Command] = {
     "ablate": Command(
@@ -169,6 +197,16 @@ COMMANDS: dict[str, Command] = {
     "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
     "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
     "data": Command(cmd_data, "check the data root and build the scene cache", (arg("--data-root", metavar="DIR"),)),
+    "probe": Command(
+        cmd_probe,
+        "probe a saved encoder on EuroSAT: random vs spatially blocked split, with the band-stats baseline",
+        (
+            arg("checkpoint", help="encoder.pt of a run"),
+            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std")),
+            arg("--cell-deg", type=float, default=2.0, help="size of the held-out lon/lat cells"),
+            arg("--data-root", metavar="DIR"),
+        ),
+    ),
 }
 
 

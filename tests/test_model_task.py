@@ -110,3 +110,12 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="broken.pt"):
         load_encoder(bad)
+
+
+def test_probe_command_names_a_corrupt_checkpoint(tmp_path, capsys):
+    from eolab.__main__ import main
+
+    bad = tmp_path / "encoder.pt"
+    bad.write_bytes(b"\x00" * 10)
+    assert main(["probe", str(bad)]) == 2
+    assert "encoder.pt" in capsys.readouterr().err

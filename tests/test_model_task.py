@@ -119,3 +119,12 @@ def test_probe_command_names_a_corrupt_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 10)
     assert main(["probe", str(bad)]) == 2
     assert "encoder.pt" in capsys.readouterr().err
+
+
+def test_mae_runs_under_bf16_autocast():
+    """Mixed precision mixes bf16 activations with fp32 parameters (a GPU run found this)."""
+    enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
+    task = MaskedAutoencoder(enc, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = task({"image": torch.randn(2, 5, 16, 16)})
+    assert torch.isfinite(out["loss"].float())

@@ -51,7 +51,8 @@ class MaskedAutoencoder(nn.Module):
 
         # Decoder input: visible latents and mask tokens scattered back to their grid positions.
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        full = self.mask_token.expand(b, n, -1).clone()  # (B, N, Dd)
+        # Under autocast the projected latents are bf16/fp16 while the parameter is fp32: match them.
+        full = self.mask_token.to(x.dtype).expand(b, n, -1).clone()  # (B, N, Dd)
         full.scatter_(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
         full = full + self.decoder_pos
         y = torch.cat([x[:, :1], full], dim=1)  # (B, 1+N, Dd), [CLS] first

@@ -34,6 +34,7 @@ from .data.scenes import READERS
 from .data.stats import Normalization, compute_normalization
 from .evaluate import band_stats_features, embed, linear_probe
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
+from .history import ends
 from .io import write_json_atomic
 from .models.vit import POOLS, SIZES, build_encoder, encoder_config
 from .tasks.mae import MaskedAutoencoder
@@ -88,7 +89,7 @@ class PretrainConfig:
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
             ("bands", bool(self.band_list) and all(b in S2_L2A for b in self.band_list),
              f"comma-separated Sentinel-2 L2A band names from {list(S2_L2A)}"),
-            ("eurosat", self.eurosat in ("local", "torchgeo"), "'local' or 'torchgeo'"),
+            ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -103,16 +104,21 @@ class PretrainConfig:
 
     @property
     def source_list(self) -> tuple[str, ...]:
-        return tuple(s.strip() for s in self.sources.split(",") if s.strip())
+        return _names(self.sources)
 
     @property
     def band_list(self) -> tuple[str, ...]:
-        return tuple(b.strip() for b in self.bands.split(",") if b.strip())
+        return _names(self.bands)
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> PretrainConfig:
         """Build from a notebook's globals: picks exactly the config's fields."""
         return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names of a notebook parameter, blanks dropped."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @dataclass
@@ -220,15 +226,14 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     """Write ``record.json`` into the run folder and return it."""
     scores = evaluation.scores
     h = run.history
-    n = max(1, len(h) // 10)
-    first, last = float(h["loss"].iloc[:n].mean()), float(h["loss"].iloc[-n:].mean())
+    first, last = ends(h, "loss")
     summary = scores.groupby("encoder")["accuracy"].agg(["mean", "std"])
     metrics = {f"{enc}_acc_{stat}": float(summary.loc[enc, stat]) for enc in summary.index for stat in ("mean", "std")}
     metrics.update({
         "loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first),
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,
         "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
-        "final_embedding_std": float(h["embedding_std"].iloc[-n:].mean()),
+        "final_embedding_std": ends(h, "embedding_std")[1],
         **evaluation.diagnostics,
     })
     record = {

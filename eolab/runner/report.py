@@ -17,13 +17,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from eolab.history import LOSS_WINDOW, ends
 from eolab.runner.store import HISTORY_NAME, RUNS_DIRNAME, RUNS_TABLE_NAME, SPEC_NAME, TABLE_NAME
 
 ENCODER_ORDER = ("pretrained", "random_init", "band_stats")
 """Linear-probe baselines, in the order they are plotted (pretrained first, the two controls after)."""
 
-LOSS_WINDOW = 0.1
-"""Fraction of the history compared at each end by `loss_fell`."""
 
 
 @dataclass
@@ -79,13 +78,8 @@ def loss_fell(history: pd.DataFrame, window: float = LOSS_WINDOW) -> bool | None
 
     A cheap sanity check that pre-training learned anything; None if there are too few steps.
     """
-    if "loss" not in history:
-        return None
-    loss = (history.sort_values("step") if "step" in history else history)["loss"].dropna()
-    if len(loss) < 2:
-        return None
-    k = max(1, math.ceil(len(loss) * window))
-    return bool(loss.iloc[-k:].mean() < loss.iloc[:k].mean())
+    first_last = ends(history, "loss", window)
+    return None if first_last is None else bool(first_last[1] < first_last[0])
 
 
 def describe(results: AblationResults) -> str:

@@ -43,7 +43,12 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> tuple[ViTEncode
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an eolab encoder checkpoint (expected format {FORMAT!r})")
     cfg = ckpt["config"]
-    encoder = build_encoder(cfg["size"], tuple(cfg["bands"]), cfg["img_size"], cfg["patch_size"])
+    try:
+        encoder = build_encoder(cfg["size"], tuple(cfg["bands"]), cfg["img_size"], cfg["patch_size"],
+                                cfg.get("tokenizer", "patch"), tuple(tuple(g) for g in cfg.get("groups", ())),
+                                cfg.get("num_dates", 1))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its encoder config {cfg} cannot be rebuilt: {exc}") from exc
     try:
         encoder.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -13,7 +13,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .tokenizers import PatchTokenizer, init_weights
+from .tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer, init_weights
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,13 @@ class ViTEncoder(nn.Module):
     def bands(self) -> tuple[str, ...]:
         return self.tokenizer.bands
 
-    def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False):
-        """Encode ``image`` (B, C, H, W); with ``keep`` (B, K) only those token indices are encoded.
+    def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False, **context):
+        """Encode ``image`` (B, C, H, W) or a time series (B, T, C, H, W) with ``context`` such as
+        ``doy``; with ``keep`` (B, K) only those token indices are encoded.
 
         Returns (B, 1+K, D) tokens, [CLS] first; with ``return_layers`` also every block's output.
         """
-        x = self.tokenizer(image)  # (B, N, D) with positions added
+        x = self.tokenizer(image, **context)  # (B, N, D) with positions added
         if keep is not None:
             x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
@@ -74,34 +75,58 @@ class ViTEncoder(nn.Module):
         return (x, layers) if return_layers else x
 
     @torch.no_grad()
-    def embed(self, image: Tensor, pool: str = "mean") -> Tensor:
-        """One vector per image from the final tokens (B, 1+N, D):
+    def embed(self, image: Tensor, pool: str = "mean", keep: Tensor | None = None, **context) -> Tensor:
+        """One vector per image from the final tokens (B, 1+N, D) (or only the ``keep`` tokens, e.g.
+        one modality's):
 
         "mean": mean of patch tokens (D); "cls": the [CLS] token (D); "mean_std": mean and standard
         deviation of patch tokens over space (2D), statistics pooling, which keeps how much the scene
         varies within the image (texture, heterogeneity) that a mean averages away.
         """
-        x = self.forward(image)
-        patches = x[:, 1:]  # (B, N, D)
-        if pool == "mean":
-            return patches.mean(1)
-        if pool == "cls":
-            return x[:, 0]
-        if pool == "mean_std":
-            return torch.cat([patches.mean(1), patches.std(1)], dim=1)  # (B, 2D)
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        return pool_tokens(self.forward(image, keep=keep, **context), pool)
 
 
-def build_encoder(size: str, bands: tuple[str, ...], img_size: int = 64, patch_size: int = 8) -> ViTEncoder:
-    """Encoder by size name, for the given band names."""
+def pool_tokens(x: Tensor, pool: str) -> Tensor:
+    """Pool encoder output (B, 1+N, D), [CLS] first, into one vector per sample (see ``embed``)."""
+    patches = x[:, 1:]  # (B, N, D)
+    if pool == "mean":
+        return patches.mean(1)
+    if pool == "cls":
+        return x[:, 0]
+    if pool == "mean_std":
+        return torch.cat([patches.mean(1), patches.std(1)], dim=1)  # (B, 2D)
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+TOKENIZERS = ("patch", "groups", "temporal")
+
+
+def build_tokenizer(kind: str, bands: tuple[str, ...], img_size: int, patch_size: int, dim: int,
+                    groups: tuple[tuple[str, ...], ...] = (), num_dates: int = 1) -> nn.Module:
+    """Tokeniser by name: "patch" (all bands), "groups" (one token per band group and patch),
+    "temporal" (one token per date and patch)."""
+    if kind == "patch":
+        return PatchTokenizer(bands, img_size, patch_size, dim)
+    if kind == "groups":
+        return GroupTokenizer(bands, groups, img_size, patch_size, dim)
+    if kind == "temporal":
+        return TemporalTokenizer(bands, num_dates, img_size, patch_size, dim)
+    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {TOKENIZERS}")
+
+
+def build_encoder(size: str, bands: tuple[str, ...], img_size: int = 64, patch_size: int = 8, tokenizer: str = "patch",
+                  groups: tuple[tuple[str, ...], ...] = (), num_dates: int = 1) -> ViTEncoder:
+    """Encoder by size name, for the given band names (and band groups or number of dates)."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
     cfg = SIZES[size]
-    tok = PatchTokenizer(bands, img_size, patch_size, cfg.dim)
+    tok = build_tokenizer(tokenizer, tuple(bands), img_size, patch_size, cfg.dim, groups, num_dates)
     return ViTEncoder(tok, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio)
 
 
-def encoder_config(size: str, bands, img_size: int, patch_size: int) -> dict:
+def encoder_config(size: str, bands, img_size: int, patch_size: int, tokenizer: str = "patch",
+                   groups: tuple[tuple[str, ...], ...] = (), num_dates: int = 1) -> dict:
     """Plain-data description of an encoder, stored in checkpoints to rebuild it."""
     return {"size": size, "bands": list(bands), "img_size": img_size, "patch_size": patch_size,
+            "tokenizer": tokenizer, "groups": [list(g) for g in groups], "num_dates": num_dates,
             **{k: v for k, v in asdict(SIZES[size]).items() if k not in ("patch_size", "img_size")}}

@@ -1,0 +1,65 @@
+"""Small parts that several proxy tasks share."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from ..models.tokenizers import init_weights, sincos_2d
+
+CONTEXT_KEYS = ("doy",)
+"""Batch fields, besides the image, that an encoder's tokeniser may need (day of year of dates)."""
+
+
+def encoder_context(batch: dict) -> dict:
+    """The batch's tokeniser inputs besides the image (e.g. ``doy`` for a time series)."""
+    return {k: batch[k] for k in CONTEXT_KEYS if k in batch}
+
+
+class TokenDecoder(nn.Module):
+    """A light transformer over a full token layout (G x grid*grid) predicting each token's pixels.
+
+    Shared by the masked autoencoder (mask tokens fill the hidden positions) and the denoiser
+    (every position is visible). Positions: 2-D sin-cos per cell plus a learned embedding per group,
+    so the decoder knows which spectral group, modality or date a token belongs to.
+    """
+
+    def __init__(self, tokenizer: nn.Module, in_dim: int, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.groups, self.cells = tokenizer.groups, tokenizer.grid**2
+        self.embed = nn.Linear(in_dim, dim)
+        self.register_buffer("pos", sincos_2d(tokenizer.grid, dim), persistent=False)  # (N, Dd)
+        self.group_embed = nn.Parameter(torch.zeros(self.groups, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.pred = nn.Linear(dim, tokenizer.target_mask.shape[1])
+        for m in (self.embed, self.blocks, self.norm, self.pred):
+            m.apply(init_weights)
+        nn.init.normal_(self.group_embed, std=0.02)
+
+    def position(self) -> Tensor:
+        """(G*N, Dd) encoding of every token position in the layout, group-major."""
+        return (self.group_embed[:, None] + self.pos[None]).flatten(0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 1+G*N, Dd) tokens, [CLS] first, positions added -> (B, G*N, P) pixel predictions."""
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+def patch_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean squared error per token over its real target entries: (B, N, P) x2, (N, P) -> (B, N)."""
+    valid = valid.to(pred.dtype)
+    return ((pred - target) ** 2 * valid).sum(-1) / valid.sum(-1)
+
+
+def normalize_patches(target: Tensor, valid: Tensor, eps: float = 1e-6) -> Tensor:
+    """Standardise each token's target over its real entries (MAE's norm-pix loss): the target
+    becomes local structure rather than absolute brightness. Padding stays zero."""
+    v = valid.to(target.dtype)
+    count = v.sum(-1, keepdim=True)
+    mean = (target * v).sum(-1, keepdim=True) / count
+    var = (((target - mean) * v) ** 2).sum(-1, keepdim=True) / (count - 1).clamp_min(1)
+    return (target - mean) / (var + eps).sqrt() * v

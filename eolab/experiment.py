@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -24,22 +25,36 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from .checkpoint import save_encoder
+from .compute import parameter_count, training_flops
 from .data import eurosat
 from .data.bands import S2_L2A
 from .data.cache import PatchDataset, build_scene_cache
+from .data.pairs import S1_BANDS, PairedS1S2
 from .data.paths import REPO_ROOT, data_root
+from .data.samplers import SceneDiverseBatchSampler
 from .data.scenes import READERS
+from .data.schema import collate
 from .data.stats import Normalization, compute_normalization
+from .data.timeseries import SloveniaSeries, SSL4EOSeries
 from .evaluate import band_stats_features, embed, linear_probe
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
 from .history import ends
 from .io import write_json_atomic
-from .models.vit import POOLS, SIZES, build_encoder, encoder_config
-from .tasks.mae import MaskedAutoencoder
-from .tasks.masking import MASKS
-from .train import fit
+from .models.vit import POOLS, SIZES, TOKENIZERS, build_encoder, encoder_config
+from .tasks import AUGMENTATIONS, MASKS, TaskParams, build_task, parse_objective
+from .train import KnnProbe, fit
+
+DATASET_BANDS: dict[str, tuple[str, ...]] = {
+    "scenes": S2_L2A,  # Major-TOM, Hydro, SSL4EO-S12 scenes through the packed cache
+    "s1s2": S2_L2A + S1_BANDS,  # co-registered Sentinel-2 + Sentinel-1 windows (SSL4EO-S12, BigEarthNet)
+    "slovenia": ("NDVI",),  # 68-date NDVI series over Slovenia (eo-learn)
+    "ssl4eo_series": S2_L2A,  # two seasons of one SSL4EO-S12 location
+}
+"""Pre-training datasets by name, with the bands each can provide."""
+TIME_SERIES = ("slovenia", "ssl4eo_series")
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +64,37 @@ class PretrainConfig:
     """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
 
     data_root: str = ""
+    dataset: str = "scenes"
     sources: str = "major_tom,hydro,ssl4eo"
     bands: str = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"
     n_pretrain: int = 0
     tile_stride: int = 32
+    img_size: int = 64
+    num_dates: int = 4
+    batch_sampling: str = "diverse"
     eurosat: str = "local"
     model_size: str = "vit_micro"
     patch_size: int = 8
+    tokenizer: str = "patch"
+    band_groups: str = "B02,B03,B04,B08|B05,B06,B07,B8A|B11,B12"
+    objective: str = "mae"
+    objective_weights: str = ""
     mask_ratio: float = 0.75
     mask: str = "random"
     norm_pix_loss: bool = True
     decoder_dim: int = 128
     decoder_depth: int = 4
+    view_augment: str = "eo"
+    temperature: float = 0.2
+    denoise_target: str = "eps"
+    augment: str = "dihedral"
     epochs: int = 20
+    train_tflops: float = 0.0
     batch_size: int = 64
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     seed: int = 0
+    knn_every: int = 100
     pool: str = "mean_std"
     probe_folds: int = 5
     probe_repeats: int = 5
@@ -82,20 +111,43 @@ class PretrainConfig:
                 ok = True
             if not ok:
                 raise TypeError(f"parameter {f.name!r} must be {f.type}, got {value!r} ({type(value).__name__})")
+        try:
+            parse_objective(self.objective)
+        except ValueError as exc:
+            raise ValueError(f"parameter 'objective': {exc}") from None
+        dataset_bands = DATASET_BANDS.get(self.dataset, ())
         checks = [
+            ("dataset", self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
             ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
             ("model_size", self.model_size in SIZES, f"one of {sorted(SIZES)}"),
             ("mask", self.mask in MASKS, f"one of {sorted(MASKS)}"),
+            ("tokenizer", self.tokenizer in TOKENIZERS, f"one of {TOKENIZERS}"),
+            ("tokenizer", self.tokenizer != "temporal" or self.dataset in TIME_SERIES,
+             f"'temporal' only for the time-series datasets {TIME_SERIES}"),
+            ("tokenizer", self.dataset not in TIME_SERIES or self.tokenizer == "temporal",
+             f"'temporal' for the time-series datasets {TIME_SERIES}"),
+            ("band_groups", self.tokenizer != "groups" or sorted(b for g in self.group_list for b in g) == sorted(self.band_list),
+             f"groups (bands by comma, groups by '|') that partition the bands {self.band_list}"),
+            ("objective_weights", not self.objective_weights or len(self.weight_list) == len(parse_objective(self.objective)),
+             f"one comma-separated weight per part of the objective {self.objective!r}"),
+            ("view_augment", self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("augment", self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("batch_sampling", self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
+            ("denoise_target", self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("train_tflops", self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
+            ("knn_every", self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
+            ("num_dates", self.num_dates >= 1, ">= 1"),
+            ("img_size", self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
-            ("bands", bool(self.band_list) and all(b in S2_L2A for b in self.band_list),
-             f"comma-separated Sentinel-2 L2A band names from {list(S2_L2A)}"),
+            ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
+             f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
             ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"),
             ("n_pretrain", self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
-            ("patch_size", 64 % self.patch_size == 0, "a divisor of the 64-pixel patch"),
             ("probe_folds", self.probe_folds >= 2, ">= 2"),
         ]
         for name, ok, what in checks:
@@ -110,6 +162,14 @@ class PretrainConfig:
     def band_list(self) -> tuple[str, ...]:
         return _names(self.bands)
 
+    @property
+    def group_list(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(_names(g) for g in self.band_groups.split("|") if _names(g))
+
+    @property
+    def weight_list(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in _names(self.objective_weights))
+
     @classmethod
     def from_namespace(cls, namespace: dict) -> PretrainConfig:
         """Build from a notebook's globals: picks exactly the config's fields."""
@@ -123,10 +183,38 @@ def _names(text: str) -> tuple[str, ...]:
 
 @dataclass
 class PreparedData:
-    pretrain: PatchDataset
+    pretrain: Dataset
     normalization: Normalization
     eurosat: dict
     manifest: dict
+    tiles: pd.DataFrame | None = None  # window index (scene, row, col) when the data are scene tiles
+
+
+def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.DataFrame | None, list[str], list[str]]:
+    """The unlabelled pre-training set of ``cfg.dataset``: (dataset, tiles or None, sample ids, sources)."""
+    if cfg.dataset == "scenes":
+        cache = build_scene_cache(root, cfg.source_list)
+        tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        if cfg.n_pretrain:
+            if cfg.n_pretrain > len(tiles):
+                raise ValueError(f"parameter 'n_pretrain' = {cfg.n_pretrain} exceeds the {len(tiles)} available patches")
+            tiles = tiles.sample(n=cfg.n_pretrain, random_state=cfg.seed).sort_index().reset_index(drop=True)
+        dataset = PatchDataset(cache, tiles, patch=cfg.img_size, bands=cfg.band_list)
+        return dataset, tiles, list(tiles["id"]), list(tiles["source"])
+    if cfg.dataset == "s1s2":
+        s2 = tuple(b for b in cfg.band_list if b not in S1_BANDS)
+        if tuple(cfg.band_list) != s2 + S1_BANDS:
+            raise ValueError(f"parameter 'bands' for dataset 's1s2' must list Sentinel-2 bands, then {','.join(S1_BANDS)}")
+        dataset = PairedS1S2(root, patch=cfg.img_size, stride=cfg.tile_stride, s2_bands=s2)
+    elif cfg.dataset == "slovenia":
+        dataset = SloveniaSeries(root, patch=cfg.img_size, stride=cfg.tile_stride, num_dates=cfg.num_dates, seed=cfg.seed)
+    else:  # ssl4eo_series: two seasons of one SSL4EO-S12 location
+        dataset = SSL4EOSeries(root, bands=cfg.band_list, patch=cfg.img_size, stride=cfg.tile_stride)
+    if cfg.n_pretrain:
+        raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {cfg.dataset!r}")
+    ids = [dataset[i]["id"] for i in range(len(dataset))]
+    sources = [cfg.dataset] * len(dataset)
+    return dataset, None, ids, sources
 
 
 def prepare_data(cfg: PretrainConfig) -> PreparedData:
@@ -136,21 +224,16 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     """
     root = data_root(cfg.data_root or None)
     labelled = eurosat.load(root, variant=cfg.eurosat)
-    cache = build_scene_cache(root, cfg.source_list)
-    tiles = cache.tiles(patch=64, stride=cfg.tile_stride)
-    if cfg.n_pretrain:
-        if cfg.n_pretrain > len(tiles):
-            raise ValueError(f"parameter 'n_pretrain' = {cfg.n_pretrain} exceeds the {len(tiles)} available patches")
-        tiles = tiles.sample(n=cfg.n_pretrain, random_state=cfg.seed).sort_index()
-    dataset = PatchDataset(cache, tiles, bands=cfg.band_list)
-    norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"scene cache {cache.manifest['key']}, {len(dataset)} patches")
-    ids = "\n".join(tiles["id"])
+    dataset, tiles, ids, sources = _pretrain_dataset(cfg, root)
+    norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
     manifest = {
-        "cache_key": cache.manifest["key"], "sources": list(cfg.source_list), "n_patches": len(dataset),
-        "patches_sha1": hashlib.sha1(ids.encode()).hexdigest(),
-        "per_source": tiles.groupby("source").size().to_dict(), "n_labelled": int(len(labelled["label"])),
+        "dataset": cfg.dataset, "sources": sorted(set(sources)), "n_patches": len(dataset),
+        "patches_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest(),
+        "per_source": pd.Series(sources).value_counts().to_dict(), "n_labelled": len(labelled["label"]),
     }
-    return PreparedData(dataset, norm, labelled, manifest)
+    if tiles is not None:
+        manifest["cache_key"] = dataset.cache.manifest["key"]
+    return PreparedData(dataset, norm, labelled, manifest, tiles)
 
 
 @dataclass
@@ -159,47 +242,120 @@ class PretrainResult:
     history: pd.DataFrame
     train_time_s: float
     checkpoint: Path
+    compute: dict  # FLOPs per step, steps, total training FLOPs, parameters
 
 
-def _build_task(cfg: PretrainConfig, bands: tuple[str, ...]) -> MaskedAutoencoder:
-    encoder = build_encoder(cfg.model_size, bands, img_size=64, patch_size=cfg.patch_size)
-    return MaskedAutoencoder(encoder, mask_ratio=cfg.mask_ratio, mask=cfg.mask, decoder_dim=cfg.decoder_dim,
-                             decoder_depth=cfg.decoder_depth, decoder_heads=max(1, cfg.decoder_dim // 32),
-                             norm_pix_loss=cfg.norm_pix_loss)
+def _encoder_spec(cfg: PretrainConfig, bands: tuple[str, ...]) -> dict:
+    """Arguments of ``build_encoder`` / ``encoder_config`` for this run."""
+    groups = cfg.group_list if cfg.tokenizer == "groups" else ()
+    return {"size": cfg.model_size, "bands": bands, "img_size": cfg.img_size, "patch_size": cfg.patch_size,
+            "tokenizer": cfg.tokenizer, "groups": groups, "num_dates": cfg.num_dates if cfg.tokenizer == "temporal" else 1}
 
 
-def pretrain(cfg: PretrainConfig, data: PreparedData) -> PretrainResult:
+def _cross_views(cfg: PretrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Cross-view contrast: Sentinel-2 groups vs Sentinel-1 groups for band groups; two random dates
+    (None) for a time series."""
+    if cfg.tokenizer != "groups":
+        return None
+    sar = tuple(i for i, g in enumerate(cfg.group_list) if all(b in S1_BANDS for b in g))
+    optical = tuple(i for i in range(len(cfg.group_list)) if i not in sar)
+    if "cross_view" in parse_objective(cfg.objective) and not (sar and optical):
+        raise ValueError("parameter 'objective': cross_view with band groups needs Sentinel-1 and Sentinel-2 groups "
+                         f"(band_groups {cfg.band_groups!r})")
+    return optical, sar
+
+
+def _build_task(cfg: PretrainConfig, bands: tuple[str, ...]) -> torch.nn.Module:
+    spec = _encoder_spec(cfg, bands)
+    encoder = build_encoder(spec.pop("size"), **spec)
+    params = TaskParams(mask_ratio=cfg.mask_ratio, mask=cfg.mask, norm_pix_loss=cfg.norm_pix_loss,
+                        decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, view_augment=cfg.view_augment,
+                        temperature=cfg.temperature, denoise_target=cfg.denoise_target, views=_cross_views(cfg),
+                        weights=cfg.weight_list)
+    return build_task(cfg.objective, encoder, params)
+
+
+def _sample_batch(cfg: PretrainConfig, data: PreparedData) -> dict:
+    """One normalised training batch (for counting the FLOPs of a step)."""
+    batch = collate([data.pretrain[i] for i in range(min(cfg.batch_size, len(data.pretrain)))])
+    return {**batch, "image": data.normalization(batch["image"], batch["bands"], batch["unit"], where="pre-training data")}
+
+
+def _knn_probe(cfg: PretrainConfig, data: PreparedData) -> KnnProbe | None:
+    """The in-loop k-NN probe on EuroSAT's own train/test split, where the encoder can read EuroSAT."""
+    if not cfg.knn_every or cfg.tokenizer == "temporal" or not set(data.normalization.bands) <= set(data.eurosat["bands"]):
+        return None
+    train = torch.tensor([s == "train" for s in data.eurosat["split"]])
+
+    def part(rows: torch.Tensor) -> dict:
+        return {"image": data.eurosat["image"][rows], "label": data.eurosat["label"][rows],
+                "bands": data.eurosat["bands"], "unit": data.eurosat["unit"]}
+
+    return KnnProbe(part(train), part(~train), data.normalization, every=cfg.knn_every)
+
+
+def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = ()) -> PretrainResult:
+    """Train the proxy task; ``callbacks`` (Lightning) e.g. report intermediate values to Optuna."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     task = _build_task(cfg, data.normalization.bands)
+    flops_per_step = training_flops(task, _sample_batch(cfg, data), seed=cfg.seed)
+    steps_per_epoch = len(data.pretrain) // cfg.batch_size
+    # A FLOP budget makes objectives of different cost per step comparable at equal compute.
+    max_steps = math.ceil(cfg.train_tflops * 1e12 / flops_per_step) if cfg.train_tflops else 0
+    sampler = None
+    if cfg.batch_sampling == "diverse" and data.tiles is not None:
+        sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
+    knn = _knn_probe(cfg, data)
     t0 = time.perf_counter()
-    history = fit(task, data.pretrain, data.normalization, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  weight_decay=cfg.weight_decay, seed=cfg.seed, accelerator=cfg.accelerator,
-                  precision=cfg.precision, history_path=out / "history.csv")
+    history = fit(task, data.pretrain, data.normalization, epochs=cfg.epochs, max_steps=max_steps,
+                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                  augment=cfg.augment, batch_sampler=sampler, callbacks=[*callbacks, *([knn] if knn else [])],
+                  accelerator=cfg.accelerator, precision=cfg.precision, history_path=out / "history.csv")
     train_time = time.perf_counter() - t0
+    steps = int(history["step"].max()) if len(history) else 0
+    compute = {"flops_per_step": flops_per_step, "train_steps": steps, "train_flops": flops_per_step * steps,
+               "steps_per_epoch": steps_per_epoch, "encoder_params": parameter_count(task.encoder),
+               "task_params": parameter_count(task)}
     encoder = task.encoder.cpu().eval()
-    ckpt = save_encoder(out / "encoder.pt", encoder,
-                        encoder_config(cfg.model_size, data.normalization.bands, 64, cfg.patch_size), data.normalization)
-    return PretrainResult(encoder, history, train_time, ckpt)
+    spec = _encoder_spec(cfg, data.normalization.bands)
+    ckpt = save_encoder(out / "encoder.pt", encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
+    return PretrainResult(encoder, history, train_time, ckpt, compute)
 
 
 @dataclass
 class Evaluation:
-    scores: pd.DataFrame  # tidy: encoder, fold, accuracy
+    scores: pd.DataFrame  # tidy: encoder, fold, accuracy (empty when not applicable)
     diagnostics: dict[str, float]  # label-free health of each feature set: effective rank, std, collapse
+    not_applicable: str = ""  # why the EuroSAT probe could not run for this encoder, if it could not
 
 
 def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Evaluation:
     """Linear-probe accuracy per fold for the pre-trained encoder and both baselines, plus
-    label-free diagnostics of each feature set (a collapsed encoder is flagged even if it probes well)."""
+    label-free diagnostics of each feature set (a collapsed encoder is flagged even if it probes well).
+
+    An encoder that cannot read EuroSAT (a time-series encoder, or one needing Sentinel-1 bands) gets
+    a not-applicable result with the reason, never a probe on wrong inputs. An S1+S2 group encoder is
+    probed on its Sentinel-2 tokens only (Sentinel-1 missing at test time).
+    """
+    bands = data.normalization.bands
+    empty = pd.DataFrame(columns=["encoder", "fold", "accuracy"])
+    if cfg.tokenizer == "temporal":
+        return Evaluation(empty, {}, "EuroSAT probe not applicable: the encoder reads time series of "
+                                     f"{list(bands)}, EuroSAT has single-date Sentinel-2 images")
+    missing = [b for b in bands if b not in data.eurosat["bands"]]
+    eval_bands = tuple(b for b in bands if b not in missing)
+    if missing and (cfg.tokenizer != "groups" or any(set(g) & set(missing) and not set(g) <= set(missing) for g in cfg.group_list)):
+        return Evaluation(empty, {}, f"EuroSAT probe not applicable: EuroSAT lacks bands {missing} "
+                                     "and they do not form whole token groups that could be left out")
     labels = data.eurosat["label"].numpy()
     torch.manual_seed(cfg.seed)  # the random-init encoder is the same draw for a given seed
-    random_encoder = _build_task(cfg, data.normalization.bands).encoder.eval()
+    random_encoder = _build_task(cfg, bands).encoder.eval()
     features = {
         "pretrained": embed(run.encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT"),
         "random_init": embed(random_encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT"),
-        "band_stats": band_stats_features(data.eurosat, data.normalization.bands),
+        "band_stats": band_stats_features(data.eurosat, eval_bands),
     }
     rows, diagnostics = [], {}
     for name, x in features.items():
@@ -229,16 +385,23 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     first, last = ends(h, "loss")
     summary = scores.groupby("encoder")["accuracy"].agg(["mean", "std"])
     metrics = {f"{enc}_acc_{stat}": float(summary.loc[enc, stat]) for enc in summary.index for stat in ("mean", "std")}
+    health = {name: ends(h, name) for name in ("embedding_std", "effective_rank", "knn_accuracy")}
     metrics.update({
         "loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first),
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,
         "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
-        "final_embedding_std": ends(h, "embedding_std")[1],
+        **{f"final_{name}": v[1] for name, v in health.items() if v},
+        **{k: float(v) for k, v in run.compute.items()},
         **evaluation.diagnostics,
     })
+    # Collapse while the loss falls is the silent failure of self-supervised runs: flag it.
+    collapsed_batch = health["effective_rank"] is not None and health["effective_rank"][1] < 2.0
+    metrics["collapsed"] = float(collapsed_batch or bool(evaluation.diagnostics.get("pretrained_collapsed", 0.0)))
+    metrics["collapsed_while_loss_fell"] = float(metrics["collapsed"] and last < first)
     record = {
         "run_id": Path(cfg.output_dir).resolve().name,
-        "task": "mae",
+        "task": cfg.objective,
+        "evaluation": {"not_applicable": evaluation.not_applicable} if evaluation.not_applicable else {},
         # output_dir is where this record lies; keeping it out makes records relocatable
         "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"},
         "metrics": metrics,

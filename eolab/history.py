@@ -25,3 +25,23 @@ def ends(history: pd.DataFrame, column: str = "loss", window: float = LOSS_WINDO
         return None
     k = window_steps(len(values), window)
     return float(values.iloc[:k].mean()), float(values.iloc[-k:].mean())
+
+
+HEALTH = ("embedding_std", "effective_rank", "knn_accuracy")
+"""Health columns of a history, logged every few steps (NaN in between)."""
+
+
+def plot_history(history: pd.DataFrame, title: str = ""):
+    """Loss (log scale) and, where logged, the health columns against the step: one row of panels."""
+    import matplotlib.pyplot as plt
+
+    panels = ["loss"] + [c for c in HEALTH if c in history and history[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, column in zip(axes[0], panels, strict=True):
+        values = history[["step", column]].dropna()
+        ax.plot(values["step"], values[column], marker="." if column != "loss" else None)
+        ax.set(xlabel="step", title=column, yscale="log" if column == "loss" else "linear")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -19,23 +19,22 @@ from torch.utils.data import DataLoader
 
 from .data.schema import collate
 from .data.stats import Normalization
+from .tasks.augment import Augment, dihedral
+from .tasks.common import encoder_context
 
 
 def dihedral_augment(image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Random flips and 90-degree rotations per sample: label- and spectrum-preserving for nadir
-    imagery (no colour jitter: band ratios carry the physics)."""
-    b = image.shape[0]
-    k = torch.randint(0, 4, (b,), generator=generator)
-    flip = torch.randint(0, 2, (b,), generator=generator).bool()
-    out = torch.empty_like(image)
-    for r in range(4):
-        for f in (False, True):
-            sel = ((k == r) & (flip == f)).nonzero().flatten().to(image.device)
-            if len(sel):
-                x = image[sel]
-                x = x.flip(-1) if f else x
-                out[sel] = torch.rot90(x, r, dims=(-2, -1))
-    return out
+    """Random flips and 90-degree rotations per sample (kept for callers of the first version;
+    the training module now takes any named set from ``eolab.tasks.augment``)."""
+    return dihedral(image, generator)
+
+
+def _health(embedding: Tensor) -> dict[str, Tensor]:
+    """Label-free health of a batch of pooled embeddings (B, D): spread and effective rank."""
+    x = embedding.float()
+    s = torch.linalg.svdvals(x - x.mean(0, keepdim=True))
+    p = s / s.sum().clamp_min(1e-12) + 1e-12
+    return {"embedding_std": x.std(0).mean(), "effective_rank": torch.exp(-(p * p.log()).sum())}
 
 
 class PretrainModule(L.LightningModule):
@@ -47,26 +46,41 @@ class PretrainModule(L.LightningModule):
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
         max_steps: int = 1000,
-        augment: bool = True,
+        augment: str = "dihedral",
+        health_every: int = 50,
     ):
         super().__init__()
         self.task, self.normalization = task, normalization
-        self.lr, self.weight_decay, self.warmup_steps, self.max_steps, self.augment = (
-            lr, weight_decay, warmup_steps, max_steps, augment)
+        self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
+        self.augment, self.health_every = Augment(augment), health_every
+        self.fresh_health: dict[str, float] = {}  # health values of the current step, for History
+
+    def log_health(self, values: dict[str, float]) -> None:
+        """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter)."""
+        self.fresh_health.update(values)
+        self.log_dict({f"health/{k}": v for k, v in values.items()}, on_step=True, batch_size=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image = self.normalization(batch["image"], batch["bands"], batch["unit"], where="training batch")
-        if self.augment:
-            image = dihedral_augment(image)
-        out = self.task({**batch, "image": image})
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, on_step=True,
-                      batch_size=image.shape[0])
+        image = self.augment(image)
+        batch = {**batch, "image": image}
+        out = self.task(batch)
+        b = image.shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, on_step=True, batch_size=b)
+        if self.health_every and self.global_step % self.health_every == 0:
+            # Collapse shows in the embeddings, not in the loss: watch them every few steps.
+            with torch.no_grad():
+                emb = self.task.encoder.embed(image, pool="mean", **encoder_context(batch))
+            health = {k: float(v) for k, v in _health(emb).items()}
+            self.log_health(health)
         return out["loss"]
 
     def configure_optimizers(self):
         # No weight decay on biases, norms, tokens and position parameters (MAE/timm convention).
         decay, no_decay = [], []
         for name, p in self.task.named_parameters():
+            if not p.requires_grad:  # e.g. a momentum encoder, updated by moving average
+                continue
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -83,8 +97,58 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class KnnProbe(L.Callback):
+    """A cheap in-loop probe: k-nearest-neighbour accuracy of frozen embeddings on a fixed labelled
+    split (EuroSAT), every ``every`` steps, logged as ``health/knn_accuracy``.
+
+    It tracks whether the representation is improving while training runs, and is the intermediate
+    value that Optuna pruners use. Weighted cosine k-NN (as in DINO's evaluation) needs no fitting.
+    """
+
+    def __init__(self, train: dict, test: dict, normalization: Normalization, every: int = 100, k: int = 20,
+                 pool: str = "mean", batch_size: int = 256):
+        """``train``/``test``: dicts with image, bands, unit and label (a fixed labelled split)."""
+        # Normalised once (bands selected by name, checked), not at every probe.
+        self.train = {"x": normalization(train["image"], train["bands"], train["unit"], where="k-NN probe data"),
+                      "label": train["label"]}
+        self.test = {"x": normalization(test["image"], test["bands"], test["unit"], where="k-NN probe data"),
+                     "label": test["label"]}
+        self.every, self.k, self.pool, self.batch_size = every, k, pool, batch_size
+        self.classes = int(max(train["label"].max(), test["label"].max())) + 1
+
+    @torch.no_grad()
+    def _embed(self, encoder: nn.Module, data: dict, device) -> Tensor:
+        x = data["x"]
+        out = [encoder.embed(x[i : i + self.batch_size].to(device), pool=self.pool)
+               for i in range(0, len(x), self.batch_size)]
+        return nn.functional.normalize(torch.cat(out).float(), dim=1)
+
+    @torch.no_grad()
+    def accuracy(self, encoder: nn.Module) -> float:
+        device = next(encoder.parameters()).device
+        was_training = encoder.training
+        encoder.eval()
+        train, test = self._embed(encoder, self.train, device), self._embed(encoder, self.test, device)
+        encoder.train(was_training)
+        sim = test @ train.T  # (N_test, N_train) cosine similarities
+        k = min(self.k, train.shape[0])
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(test.shape[0], self.classes, device=device)
+        votes.scatter_add_(1, self.train["label"].to(device)[idx], (top / 0.07).exp())
+        return float((votes.argmax(1).cpu() == self.test["label"]).float().mean())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step  # already counts this batch's optimiser step
+        if step == 1 or step % self.every == 0 or step == trainer.estimated_stepping_batches:
+            pl_module.log_health({"knn_accuracy": self.accuracy(pl_module.task.encoder)})
+
+
 class History(L.Callback):
-    """Keeps every step's logged values (loss curve) in memory and as CSV; cheap and logger-free."""
+    """Keeps every step's logged values (loss curve, health) in memory and as CSV; logger-free.
+
+    Health values (``health/*``) are logged every few steps only: a row carries them on the step
+    they were computed and is empty (NaN) for them otherwise.
+    """
 
     def __init__(self, path: Path | None = None):
         self.rows: list[dict] = []
@@ -96,7 +160,12 @@ class History(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "time_s": time.perf_counter() - self._t0}
-        row.update({k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+        for key, value in trainer.callback_metrics.items():
+            prefix, _, name = key.partition("/")
+            if prefix == "train":
+                row[name] = float(value)
+        row.update(pl_module.fresh_health)  # health values computed at this step only
+        pl_module.fresh_health.clear()
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         self.rows.append(row)
 
@@ -113,40 +182,50 @@ def fit(
     dataset,
     normalization: Normalization,
     *,
-    epochs: int,
     batch_size: int,
     lr: float,
+    epochs: int = 1,
+    max_steps: int = 0,
     weight_decay: float = 0.05,
     warmup_frac: float = 0.05,
     seed: int = 0,
+    augment: str = "dihedral",
+    batch_sampler=None,
     num_workers: int = 0,
+    callbacks: list[L.Callback] | tuple = (),
+    health_every: int = 50,
     accelerator: str = "auto",
     devices: int | str = "auto",
     strategy: str = "auto",
     precision: str = "32-true",
     history_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Train ``task`` on ``dataset``; returns the per-step history (loss, lr, time).
+    """Train ``task`` on ``dataset``; returns the per-step history (losses, health, lr, time).
 
-    Device-agnostic: ``accelerator``/``devices``/``strategy``/``precision`` go straight to Lightning
-    (e.g. "gpu", 4, "ddp", "bf16-mixed"); the defaults run on whatever the machine has.
+    Length: ``max_steps`` optimiser steps when given (e.g. from a FLOP budget, so that objectives of
+    different cost get the same compute), else ``epochs`` passes. ``batch_sampler`` (e.g. one that
+    mixes scenes, for contrastive tasks) replaces the default seeded shuffle. Device-agnostic:
+    ``accelerator``/``devices``/``strategy``/``precision`` go straight to Lightning (e.g. "gpu", 4,
+    "ddp", "bf16-mixed"); the defaults run on whatever the machine has.
     """
     L.seed_everything(seed, workers=True)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-        num_workers=num_workers, persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    common = {"collate_fn": collate, "num_workers": num_workers, "persistent_workers": num_workers > 0}
+    if batch_sampler is not None:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(seed), **common)
     if len(loader) == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the pre-training set ({len(dataset)} patches)")
-    max_steps = epochs * len(loader)
-    module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay,
-                            warmup_steps=max(1, int(warmup_frac * max_steps)), max_steps=max_steps)
+    total = max_steps or epochs * len(loader)
+    module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay, augment=augment,
+                            warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+        max_epochs=-1 if max_steps else epochs, max_steps=max_steps or -1,
+        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[history], log_every_n_steps=1, deterministic=False,
+        callbacks=[*callbacks, history], log_every_n_steps=1, deterministic=False,
     )
     trainer.fit(module, loader)
     return history.frame()

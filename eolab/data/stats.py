@@ -87,7 +87,8 @@ def compute_normalization(dataset, max_samples: int = 2000, seed: int = 0, corpu
     total_sq = torch.zeros_like(total)
     count = 0
     for i in idx:
-        x = dataset[int(i)]["image"].double().flatten(1)  # (C, H*W)
+        image = dataset[int(i)]["image"].double()  # (C, H, W) or a time series (T, C, H, W)
+        x = image.transpose(0, 1).flatten(1) if image.ndim == 4 else image.flatten(1)  # (C, [T*]H*W)
         total += x.sum(1)
         total_sq += (x * x).sum(1)
         count += x.shape[1]

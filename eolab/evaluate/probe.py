@@ -15,7 +15,11 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
+from sklearn.model_selection import (
+    GridSearchCV,
+    RepeatedStratifiedKFold,
+    StratifiedKFold,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -28,12 +32,42 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 @torch.no_grad()
 def embed(encoder: nn.Module, normalization: Normalization, data: dict, pool: str = "mean",
           batch_size: int = 128, where: str = "evaluation data") -> np.ndarray:
-    """Embeddings (N, D) of ``data['image']`` through a frozen encoder, with checked normalisation."""
+    """Embeddings (N, D) of ``data['image']`` through a frozen encoder, with checked normalisation.
+
+    When the data lack some of the encoder's bands and those bands form whole token groups (e.g. the
+    Sentinel-1 group of an S1+S2 encoder on Sentinel-2-only data), the encoder embeds the other
+    groups' tokens only: a modality missing at test time, handled explicitly rather than zero-filled
+    into tokens it would read.
+    """
     encoder.eval()
     device = next(encoder.parameters()).device
-    x = normalization(data["image"], data["bands"], data["unit"], where=where)
-    out = [encoder.embed(x[i : i + batch_size].to(device), pool=pool).float().cpu() for i in range(0, len(x), batch_size)]
+    x, keep = _inputs(encoder, normalization, data, where)
+    out = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size].to(device)
+        k = None if keep is None else keep.to(device).expand(len(chunk), -1)
+        out.append(encoder.embed(chunk, pool=pool, keep=k).float().cpu())
     return torch.cat(out).numpy()
+
+
+def _inputs(encoder: nn.Module, normalization: Normalization, data: dict, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised inputs for ``encoder`` and the token indices to keep (None: all)."""
+    absent = [b for b in normalization.bands if b not in data["bands"]]
+    tok = encoder.tokenizer
+    groups = getattr(tok, "group_bands", ())
+    if not absent or not groups or any(set(g) & set(absent) and not set(g) <= set(absent) for g in groups):
+        return normalization(data["image"], data["bands"], data["unit"], where=where), None  # raises on absent bands
+    present = tuple(b for b in normalization.bands if b not in absent)
+    # A multi-modal normalisation's unit names its parts ("reflectance+dB"); the data may carry one.
+    unit = data["unit"] if data["unit"] in normalization.unit.split("+") else normalization.unit
+    part = Normalization(present, unit, normalization.mean, normalization.std, normalization.corpus)
+    x_present = part(data["image"], data["bands"], data["unit"], where=where)  # (N, C_present, H, W)
+    x = x_present.new_zeros(x_present.shape[0], len(normalization.bands), *x_present.shape[2:])
+    x[:, [normalization.bands.index(b) for b in present]] = x_present  # absent channels: never read
+    cells = tok.grid**2
+    kept_groups = [i for i, g in enumerate(groups) if not set(g) & set(absent)]
+    keep = torch.cat([torch.arange(i * cells, (i + 1) * cells) for i in kept_groups])[None]  # (1, K)
+    return x, keep
 
 
 def band_stats_features(data: dict, bands: tuple[str, ...]) -> np.ndarray:

@@ -51,6 +51,19 @@ cells = [
     ),
     new_code_cell("report.plot_loss_curves(results);"),
     new_markdown_cell(
+        "## Representation health during pre-training\n\n"
+        "Logged inside every run: the in-loop k-NN accuracy on EuroSAT's own train/test split, and the "
+        "effective rank and spread of the training batch's embeddings. A run whose rank drops towards 1 "
+        "while its loss falls has collapsed, however good its loss looks."
+    ),
+    new_code_cell("report.plot_health(results);"),
+    new_markdown_cell(
+        "## Compute and health per run\n\n"
+        "Training FLOPs are counted per step from the model (forward and backward); with a FLOP budget "
+        "(`train_tflops`) every run spends the same total, so costlier objectives take fewer steps."
+    ),
+    new_code_cell("report.compute_summary(results)"),
+    new_markdown_cell(
         "## Accuracy per run and encoder\n\n"
         "Mean ± standard deviation over folds. **loss fell** checks that the mean loss over the last "
         "10% of steps is below that over the first 10% (empty when a run has no history)."

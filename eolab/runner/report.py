@@ -137,16 +137,66 @@ def plot_loss_curves(results: AblationResults) -> Figure | None:
     if history.empty or not {"step", "loss"} <= set(history.columns):
         print("No history.csv with `step` and `loss`: no loss curves.")
         return None
-    history = history.assign(run=history["run_id"].map(run_label))
+    history = history.dropna(subset=["loss"]).assign(run=history["run_id"].map(run_label))
+    # Different objectives have losses on different scales (NT-Xent ~ log(batch), MSE ~ 1): then
+    # each curve is shown relative to its own start, which still shows whether and how fast it fell.
+    start = history.groupby("run_id")["loss"].transform(lambda v: v.iloc[: max(1, len(v) // 10)].mean())
+    relative = start.max() > 3 * start.min() > 0
+    y = "loss / start" if relative else "loss"
+    if relative:
+        history[y] = history["loss"] / start
     fig, ax = plt.subplots(figsize=(8, 4))
-    sns.lineplot(data=history, x="step", y="loss", hue="run", ax=ax)
-    positive = history["loss"] > 0
-    if positive.all() and history["loss"].max() > 10 * history["loss"].min():
+    sns.lineplot(data=history, x="step", y=y, hue="run", ax=ax)
+    positive = history[y] > 0
+    if positive.all() and history[y].max() > 10 * history[y].min():
         ax.set_yscale("log")
-    ax.set_ylabel("pre-training loss")
+    ax.set_ylabel("pre-training loss" + (" relative to its first 10% of steps" if relative else ""))
     ax.legend(title="run", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+HEALTH_COLUMNS = ("knn_accuracy", "effective_rank", "embedding_std")
+"""Health values logged during training (every few steps; NaN in between)."""
+
+
+def plot_health(results: AblationResults) -> Figure | None:
+    """In-loop EuroSAT k-NN accuracy, effective rank and embedding spread against the step, per run."""
+    history = results.histories
+    columns = [c for c in HEALTH_COLUMNS if c in history.columns and history[c].notna().any()]
+    if history.empty or not columns:
+        print("No health values in the histories (runs from before they were logged).")
+        return None
+    history = history.assign(run=history["run_id"].map(run_label))
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 3.5), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        sns.lineplot(data=history.dropna(subset=[column]), x="step", y=column, hue="run", marker=".", ax=ax,
+                     legend=column == columns[-1])
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(title="run", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+COMPUTE_COLUMNS = {"flops_per_step": "GFLOP/step", "train_steps": "steps", "train_flops": "train TFLOP",
+                   "train_time_s": "train s", "final_knn_accuracy": "final k-NN", "final_effective_rank": "final rank",
+                   "collapsed": "collapsed", "collapsed_while_loss_fell": "collapsed, loss fell"}
+"""Per-run cost and health columns of runs.csv shown by `compute_summary`, with display names."""
+
+
+def compute_summary(results: AblationResults) -> pd.DataFrame:
+    """What each run cost (FLOPs per step, steps, total training FLOPs, time) and how healthy it ended."""
+    runs = results.runs
+    present = [c for c in COMPUTE_COLUMNS if c in runs.columns]
+    if runs.empty or not present:
+        return pd.DataFrame()
+    keys = [k for k in results.grid_keys if k in runs.columns]
+    frame = runs[["run_id", *keys, *present]].copy()
+    scale = {"flops_per_step": 1e9, "train_flops": 1e12}
+    for column, factor in scale.items():
+        if column in frame:
+            frame[column] = frame[column] / factor
+    return frame.rename(columns=COMPUTE_COLUMNS).round(3).sort_values([*keys, "run_id"]).reset_index(drop=True)
 
 
 def accuracy_summary(results: AblationResults) -> pd.DataFrame:

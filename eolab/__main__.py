@@ -6,6 +6,7 @@
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
+    python -m eolab bench [-- BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
 
 `ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
 killed by the OOM killer (or SIGKILL) is recorded as failed and the others go on; the default 1
@@ -168,6 +169,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Pre-training throughput benchmark; its options live in eolab.bench (passed after `--`), so
+    that `python -m eolab` itself does not import torch to build its parser."""
+    from eolab.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 # Subcommand registry: one line per command.
 COMMANDS: dict[str, Command] = {
     "ablate": Command(
@@ -207,6 +216,8 @@ COMMANDS: dict[str, Command] = {
             arg("--data-root", metavar="DIR"),
         ),
     ),
+    "bench": Command(cmd_bench, "training-step and loader throughput: eolab's MAE vs lightly's and HF's",
+                     (arg("bench_args", nargs="*", metavar="-- OPTION", help="options of python -m eolab.bench"),)),
 }
 
 

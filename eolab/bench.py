@@ -1,0 +1,642 @@
+"""Pre-training throughput benchmark: eolab's MAE against lightly's and Hugging Face's, and the loader.
+
+    python -m eolab.bench [--device auto|cpu|cuda] [--precisions fp32,bf16] [--models eolab,lightly,hf]
+                          [--batch-size 64] [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
+                          [--loader-workers 0,2] [--loader-batches 32] [--loader-seconds 10]
+                          [--out bench.csv|bench.json] [--quick]
+
+Why: an ablation budget is set in images/s, so we need to know whether eolab's own masked autoencoder
+costs more per step than the libraries we could have used instead, and whether the data loader or the
+model limits a run. All three models are built to one configuration (13 bands, 64 px, patch 8, encoder
+128 wide x 4 deep with 4 heads, decoder 64 x 2 with 2 heads, mask ratio 0.75, per-patch normalised
+pixel loss, AdamW) and timed on the same synthetic batch, machine, threads and precision, so the
+throughputs are comparable with each other (not across machines).
+
+What a number means:
+  images/s   one training step (masking, forward, loss, backward, AdamW step) per batch, after
+             warm-up; the median over repeats. Repeats are interleaved across models (round robin),
+             so a load change on a shared machine hits every model alike; "best" is the fastest
+             repeat and "spread" (max - min) / median says how much the machine's load moved them.
+  ratio      images/s divided by the fastest *other* model at the same precision (> 1: the fastest).
+  MFU        FLOPs of one step (torch.utils.flop_counter: forward + backward matmuls, convolutions and
+             attention) x steps/s, divided by this machine's measured matmul peak at that precision
+             (best of repeated large torch.matmul, same device and threads), not a datasheet figure.
+  loader     images/s of eolab's packed scene cache vs decoding the original GeoTIFFs per sample
+             (real data), and their ratio to eolab's training throughput (>= 1: the loader keeps up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+MODELS = ("eolab", "lightly", "hf")
+PRECISIONS = ("fp32", "bf16")
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class MAEShape:
+    """The one configuration every model is built to (so images/s compare like with like)."""
+
+    bands: int = 13
+    img_size: int = 64
+    patch_size: int = 8
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    decoder_dim: int = 64
+    decoder_depth: int = 2
+    decoder_heads: int = 2
+    mask_ratio: float = 0.75
+    mlp_ratio: float = 4.0
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_visible(self) -> int:
+        return self.num_patches - round(self.num_patches * self.mask_ratio)
+
+
+# A loss function of a batch of images: the model's whole training forward pass, masking included.
+LossFn = Callable[[Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def build_eolab(shape: MAEShape) -> tuple[nn.Module, LossFn]:
+    """eolab's masked autoencoder, through its public constructors only."""
+    from eolab.data.bands import S2_L1C
+    from eolab.models.tokenizers import PatchTokenizer
+    from eolab.models.vit import ViTEncoder
+    from eolab.tasks.mae import MaskedAutoencoder
+
+    bands = S2_L1C[: shape.bands]
+    tok = PatchTokenizer(bands, shape.img_size, shape.patch_size, shape.dim)
+    encoder = ViTEncoder(tok, dim=shape.dim, depth=shape.depth, heads=shape.heads)
+    model = MaskedAutoencoder(
+        encoder, mask_ratio=shape.mask_ratio, mask="random", decoder_dim=shape.decoder_dim,
+        decoder_depth=shape.decoder_depth, decoder_heads=shape.decoder_heads, norm_pix_loss=True,
+    )
+    return model, lambda x: model({"image": x})["loss"]
+
+
+class LightlyMAE(nn.Module):
+    """lightly's MAE as its examples build it (benchmarks/imagenet/vitb16/mae.py, lightly 1.6): a timm
+    ViT wrapped in MaskedVisionTransformerTIMM, MaskedVisionTransformerDecoderTIMM (the replacement of
+    the deprecated MAEDecoderTIMM) with a linear embedding and prediction head around it, and
+    lightly.models.utils for masking and patchify. The example's plain MSE target is normalised per
+    patch (utils.normalize_mean_var) so the loss matches the other two models' norm_pix_loss."""
+
+    def __init__(self, shape: MAEShape):
+        super().__init__()
+        from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
+        from timm.models.vision_transformer import VisionTransformer
+
+        vit = VisionTransformer(
+            img_size=shape.img_size, patch_size=shape.patch_size, in_chans=shape.bands, num_classes=0,
+            embed_dim=shape.dim, depth=shape.depth, num_heads=shape.heads, mlp_ratio=shape.mlp_ratio,
+            qkv_bias=True,
+        )
+        self.mask_ratio, self.patch_size = shape.mask_ratio, shape.patch_size
+        self.sequence_length = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        self.backbone = MaskedVisionTransformerTIMM(vit=vit)
+        self.decoder_embed = nn.Linear(vit.embed_dim, shape.decoder_dim)
+        self.decoder = MaskedVisionTransformerDecoderTIMM(
+            num_patches=vit.patch_embed.num_patches, embed_dim=shape.decoder_dim, depth=shape.decoder_depth,
+            num_heads=shape.decoder_heads, num_prefix_tokens=vit.num_prefix_tokens, mlp_ratio=shape.mlp_ratio,
+        )
+        self.prediction_head = nn.Linear(shape.decoder_dim, shape.patch_size**2 * shape.bands)
+
+    def forward(self, images: Tensor) -> Tensor:
+        from lightly.models import utils
+
+        b = images.shape[0]
+        idx_keep, idx_mask = utils.random_token_mask(
+            size=(b, self.sequence_length), mask_ratio=self.mask_ratio, device=images.device
+        )
+        features = self.backbone.encode(images=images, idx_keep=idx_keep)
+        x = self.decoder_embed(features)
+        x_masked = x.new_zeros(b, self.sequence_length, x.shape[-1])
+        x_masked = utils.set_at_index(x_masked, idx_keep, x.type_as(x_masked))
+        decoded = self.decoder(x_masked, idx_mask=idx_mask)
+        pred = self.prediction_head(utils.get_at_index(decoded, idx_mask))
+        target = utils.get_at_index(utils.patchify(images, self.patch_size), idx_mask - 1)  # no [CLS]
+        target = utils.normalize_mean_var(target, dim=-1)
+        return nn.functional.mse_loss(pred, target)
+
+
+def build_lightly(shape: MAEShape) -> tuple[nn.Module, LossFn]:
+    model = LightlyMAE(shape)
+    return model, model
+
+
+def build_hf(shape: MAEShape) -> tuple[nn.Module, LossFn]:
+    """transformers' ViTMAEForPreTraining, with PyTorch SDPA attention (its fastest on CPU and GPU)."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    config = ViTMAEConfig(
+        image_size=shape.img_size, patch_size=shape.patch_size, num_channels=shape.bands,
+        hidden_size=shape.dim, num_hidden_layers=shape.depth, num_attention_heads=shape.heads,
+        intermediate_size=int(shape.dim * shape.mlp_ratio), decoder_hidden_size=shape.decoder_dim,
+        decoder_num_hidden_layers=shape.decoder_depth, decoder_num_attention_heads=shape.decoder_heads,
+        decoder_intermediate_size=int(shape.decoder_dim * shape.mlp_ratio), mask_ratio=shape.mask_ratio,
+        norm_pix_loss=True,
+    )
+    model = ViTMAEForPreTraining._from_config(config, attn_implementation="sdpa")
+    return model, lambda x: model(pixel_values=x).loss
+
+
+BUILDERS: dict[str, Callable[[MAEShape], tuple[nn.Module, LossFn]]] = {
+    "eolab": build_eolab, "lightly": build_lightly, "hf": build_hf,
+}
+
+
+def attention_impl(name: str, model: nn.Module) -> str:
+    """Which attention kernel a model runs (reported, since it dominates at long sequences)."""
+    if name == "hf":
+        return str(model.config._attn_implementation)
+    blocks = [m for m in model.modules() if hasattr(m, "fused_attn")]  # timm Attention
+    return "sdpa (timm fused_attn)" if blocks and all(m.fused_attn for m in blocks) else "timm eager"
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The processor's model name: peaks and MFU only mean something next to it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}"
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so a wall-clock interval covers the work it claims to time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Trainer:
+    """One model, its optimiser and its precision: the unit that is warmed up, counted and timed."""
+
+    name: str
+    precision: str
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def step(self, x: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(x)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed_block(self, x: Tensor, steps: int) -> float:
+        """Seconds for ``steps`` consecutive steps (one synchronisation at the end, not per step)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(x)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
+# F.scaled_dot_product_attention dispatches to on CPU; without these, attention would count as zero.
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+}
+
+
+def step_flops(trainer: Trainer, x: Tensor) -> int:
+    """FLOPs of one training step (forward + backward) as torch's FlopCounterMode counts them.
+
+    The optimiser step is elementwise and counts as zero, as in the usual MFU convention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        with autocast(trainer.device, trainer.precision):
+            loss = trainer.loss_fn(x)
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def analytic_flops(shape: MAEShape, batch: int) -> float:
+    """Textbook estimate of one step's FLOPs: 2 x (multiply-adds) forward, x3 for forward + backward
+    (x2 for the patch embedding, whose input needs no gradient). A cross-check of the FlopCounter
+    count, not a substitute: it assumes pixel predictions for every token (eolab, hf)."""
+    n, k, p2c = shape.num_patches, shape.num_visible, shape.patch_size**2 * shape.bands
+    d, dd, r = shape.dim, shape.decoder_dim, shape.mlp_ratio
+    te, td = 1 + k, 1 + n  # encoder and decoder sequence lengths, [CLS] included
+
+    def block_macs(width: int, tokens: int) -> float:  # qkv + proj + MLP, plus QK^T and AV
+        return tokens * (4 + 2 * r) * width**2 + 2 * tokens**2 * width
+
+    embed = n * p2c * d  # the patch embedding runs on all patches before the visible ones are kept
+    forward = shape.depth * block_macs(d, te) + te * d * dd + shape.decoder_depth * block_macs(dd, td) + n * dd * p2c
+    return 2 * batch * (3 * forward + 2 * embed)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best FLOP/s of a square torch.matmul of ``size`` on this device and thread count.
+
+    The best, not the median, of ``repeats`` timings: a peak is an upper bound, and on a shared
+    machine the slow samples measure the neighbours, not the hardware."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    inner = max(1, int(2e11 // (2 * size**3))) if device.type == "cuda" else 1  # amortise launches
+    torch.matmul(a, b)  # warm-up: kernel selection, page faults
+    synchronize(device)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / inner)
+    return 2 * size**3 / best
+
+
+def bench_models(
+    models: Sequence[str],
+    precisions: Sequence[str],
+    shape: MAEShape,
+    batch: int,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    device: torch.device,
+    peaks: dict[str, float],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Train every (model, precision) on the same synthetic batch; one row each."""
+    x = torch.randn(batch, shape.bands, shape.img_size, shape.img_size,
+                    generator=torch.Generator().manual_seed(0)).to(device)
+    trainers: list[Trainer] = []
+    for name in models:
+        for precision in precisions:
+            torch.manual_seed(0)
+            model, loss_fn = BUILDERS[name](shape)
+            model.to(device).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+            trainers.append(Trainer(name, precision, model, loss_fn, optimizer, device))
+
+    rows = []
+    for t in trainers:
+        flops = step_flops(t, x)
+        for _ in range(warmup):
+            t.step(x)
+        rows.append({
+            "model": t.name, "precision": t.precision,
+            "params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+            "attention": attention_impl(t.name, t.model), "gflop_per_step": flops / 1e9,
+        })
+        log(f"  {t.name}/{t.precision}: {flops / 1e9:.2f} GFLOP/step, warmed up")
+
+    seconds: list[list[float]] = [[] for _ in trainers]
+    for r in range(repeats):  # round robin, so slow phases of a shared machine are shared out
+        for i, t in enumerate(trainers):
+            seconds[i].append(t.timed_block(x, steps))
+        log(f"  repeat {r + 1}/{repeats} done")
+
+    for row, secs in zip(rows, seconds, strict=True):
+        per_step = statistics.median(secs) / steps
+        row["images_per_s"] = batch / per_step
+        row["ms_per_step"] = 1e3 * per_step
+        row["spread"] = (max(secs) - min(secs)) / statistics.median(secs)  # how noisy the repeats were
+        row["best_images_per_s"] = batch * steps / min(secs)  # the least disturbed repeat (shared machines)
+        row["achieved_tflops"] = row["gflop_per_step"] / per_step / 1e3
+        row["peak_tflops"] = peaks[row["precision"]] / 1e12
+        row["mfu"] = row["achieved_tflops"] / row["peak_tflops"]
+    for row in rows:
+        peers = [o["images_per_s"] for o in rows if o["precision"] == row["precision"] and o["model"] != row["model"]]
+        row["ratio_to_fastest_peer"] = row["images_per_s"] / max(peers) if peers else None
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- loader
+
+
+_OFFSET_NOTE = re.compile(r"radiometric offset (\d+) removed")
+
+
+class GeoTiffPatchDataset(torch.utils.data.Dataset):
+    """The scene cache's patches, decoded from the original GeoTIFFs on every access.
+
+    The baseline the cache replaces: per sample, each band's file is opened and the 64 x 64 window
+    (on the 10 m grid) is read, 20 m and 60 m bands resampled bilinearly from their native window,
+    the radiometric offset removed and DN scaled to reflectance, as the scene readers do for a whole
+    scene. Window-wise resampling differs from the cache's scene-wise resampling by a fraction of a
+    pixel at window edges, which does not matter for timing. Samples follow eolab's schema.
+    """
+
+    def __init__(self, root: Path, cache: Any, tiles: Any, patch: int = 64, bands: tuple[str, ...] | None = None):
+        from eolab.data.bands import canonical_band_name
+        from eolab.data.scenes import HYDRO_FILE_ORDER
+
+        self.patch, self.bands, self.scale = patch, tuple(bands or cache.bands), cache.manifest["scale"]
+        self.scenes: list[dict[str, Any]] = []
+        for sc in cache.scenes:  # file lists are indexed once, as any real loader would
+            path = root / sc["id"]
+            offsets = [int(m.group(1)) for note in sc["notes"] if (m := _OFFSET_NOTE.search(note))]
+            entry: dict[str, Any] = {"offset": offsets[0] if offsets else 0, "width": sc["shape"][2]}
+            if path.is_file():  # one stacked file (Hydro)
+                entry["stack"] = (path, [HYDRO_FILE_ORDER.index(b) + 1 for b in self.bands])
+            else:  # one file per band (Major-TOM, SSL4EO-S12)
+                files = {}
+                for f in path.glob("B*.tif"):
+                    with contextlib.suppress(KeyError):
+                        files[canonical_band_name(f.stem)] = f
+                entry["files"] = [files[b] for b in self.bands]
+            self.scenes.append(entry)
+        self.scene, self.row, self.col = (tiles[c].to_numpy() for c in ("scene", "row", "col"))
+        self.lonlat = tiles[["lon", "lat"]].to_numpy(np.float32)
+        self.ids, self.sources, self.times = tiles["id"].tolist(), tiles["source"].tolist(), tiles["time"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        sc, p = self.scenes[int(self.scene[i])], self.patch
+        r, c = int(self.row[i]), int(self.col[i])
+        if "stack" in sc:
+            path, indexes = sc["stack"]
+            with rasterio.open(path) as ds:
+                dn = ds.read(indexes, window=Window(c, r, p, p))
+        else:
+            layers = []
+            for path in sc["files"]:
+                with rasterio.open(path) as ds:
+                    f = ds.width / sc["width"]  # 1 for 10 m bands, 1/2 for 20 m, 1/6 for 60 m
+                    layers.append(ds.read(1, window=Window(c * f, r * f, p * f, p * f), out_shape=(p, p),
+                                          resampling=Resampling.bilinear))
+            dn = np.stack(layers)
+        dn = np.clip(dn.astype(np.int32) - sc["offset"], 0, 65535)
+        sample = {
+            "image": torch.from_numpy(dn.astype(np.float32) * self.scale), "bands": self.bands,
+            "unit": "reflectance", "source": self.sources[i], "lonlat": torch.tensor(self.lonlat[i]),
+            "id": self.ids[i],
+        }
+        if self.times[i]:
+            sample["time"] = self.times[i]
+        return sample
+
+
+def loader_throughput(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int,
+                      seconds: float) -> tuple[float, int]:
+    """Images/s of a shuffled DataLoader over ``dataset`` with eolab's collate, and the images timed.
+
+    Stops after ``batches`` batches or ``seconds`` (at least one batch), so that a slow loader costs
+    bounded time rather than ruling the benchmark's length. The first batch is not timed: it pays
+    for worker start-up, which a long run amortises."""
+    from torch.utils.data import DataLoader
+
+    from eolab.data.schema import collate
+
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0),
+                        num_workers=workers, collate_fn=collate, drop_last=True)
+    it: Iterator[dict] = iter(loader)
+    next(it)
+    images, start = 0, time.perf_counter()
+    for _, b in zip(range(batches), it):
+        images += b["image"].shape[0]
+        if time.perf_counter() - start > seconds:
+            break
+    elapsed = time.perf_counter() - start
+    del it  # shut the workers down before the next measurement starts its own
+    if not images:
+        raise ValueError(f"only one batch of {batch} fits in {len(dataset)} patches; lower --batch-size")
+    return images / elapsed, images
+
+
+def bench_loaders(batch: int, workers: Sequence[int], batches: int, seconds: float, data_root: str | None,
+                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Packed cache vs per-sample GeoTIFF decoding, same patches, same order, same collate."""
+    from eolab.data.cache import PatchDataset, build_scene_cache
+    from eolab.data.paths import data_root as resolve_root
+
+    root = resolve_root(data_root)
+    cache = build_scene_cache(root, ("major_tom", "hydro", "ssl4eo"))
+    tiles = cache.tiles(64, 32)
+    datasets = {
+        "scene_cache": PatchDataset(cache, tiles, bands=cache.bands),
+        "geotiff": GeoTiffPatchDataset(root, cache, tiles, bands=cache.bands),
+    }
+    rows = []
+    for name, ds in datasets.items():
+        for w in workers:
+            ips, n = loader_throughput(ds, batch, w, batches, seconds)
+            rows.append({"loader": name, "workers": w, "images_per_s": ips, "images": n,
+                         "bands": len(ds.bands), "patches": len(ds)})
+            log(f"  loader {name} workers={w}: {ips:.0f} images/s over {n} images")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable tables."""
+    lines = [
+        f"device {result['device']}, {result['threads']} threads, batch {result['batch_size']}, "
+        f"torch {result['versions']['torch']}",
+        "matmul peak (measured): " + ", ".join(
+            f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
+        ) + f"  (n={result['peak_size']})",
+        "",
+        f"{'model':<8} {'precision':<9} {'images/s':>9} {'best':>6} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
+        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention",
+    ]
+    for r in result["train"]:
+        ratio = f"{r['ratio_to_fastest_peer']:.2f}x" if r["ratio_to_fastest_peer"] else "-"
+        lines.append(
+            f"{r['model']:<8} {r['precision']:<9} {r['images_per_s']:>9.0f} {r['best_images_per_s']:>6.0f} "
+            f"{r['ms_per_step']:>8.1f} "
+            f"{r['spread']:>6.0%} {ratio:>8} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
+            f"{r['mfu']:>6.1%}  {r['attention']}"
+        )
+    lines.append(f"analytic estimate for this configuration: {result['analytic_gflop_per_step']:.2f} GFLOP/step")
+    if result["loader"]:
+        ref = result["loader_reference"]
+        lines += ["", f"{'loader':<12} {'workers':>7} {'images/s':>9}  vs training ({ref['model']}/"
+                      f"{ref['precision']}, {ref['images_per_s']:.0f} images/s)"]
+        for r in result["loader"]:
+            lines.append(f"{r['loader']:<12} {r['workers']:>7} {r['images_per_s']:>9.0f}  "
+                         f"{r['ratio_to_training']:.2f}x")
+    return "\n".join(lines)
+
+
+def write_output(result: dict[str, Any], out: Path) -> None:
+    """JSON (everything) for a .json path; otherwise CSV with one row per measurement:
+    section "train" (model, precision), "loader" (loader, workers) or "peak" (precision)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".json":
+        out.write_text(json.dumps(result, indent=1))
+        return
+    rows = [{"section": "train", **r} for r in result["train"]]
+    rows += [{"section": "loader", **r} for r in result["loader"]]
+    rows += [{"section": "peak", "precision": p, "peak_tflops": v / 1e12} for p, v in result["peaks"].items()]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+        bad = [s for s in items if s not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
+        return items
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eolab.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--models", type=_choices(MODELS), default=MODELS, help="comma list of eolab,lightly,hf")
+    p.add_argument("--precisions", type=_choices(PRECISIONS), default=PRECISIONS, help="comma list of fp32,bf16")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--peak-size", type=int, default=None, help="matmul side for the peak (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--loader-workers", type=_int_list, default=(0, 2), help="comma list; empty to skip the loader")
+    p.add_argument("--loader-batches", type=int, default=32, help="most timed batches per loader measurement")
+    p.add_argument("--loader-seconds", type=float, default=10.0, help="most seconds per loader measurement")
+    p.add_argument("--data-root", default=None, help="default: eolab.data.paths.data_root()")
+    p.add_argument("--out", type=Path, default=None, help="write the results: .json, or CSV otherwise")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (tests): batch 8, 1 warm-up, 2 steps, 1 repeat, small peak, 2 loader batches")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.batch_size, args.warmup, args.steps, args.repeats, args.loader_batches = 8, 1, 2, 1, 2
+        args.peak_size = args.peak_size or 1024
+    for name in ("batch_size", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import lightly
+    import timm
+    import transformers
+
+    shape = MAEShape()
+    log(f"matmul peak ({peak_size}^2) on {device} ...")
+    peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10) for p in args.precisions}
+    log("training step ...")
+    train = bench_models(args.models, args.precisions, shape, args.batch_size, args.warmup, args.steps,
+                         args.repeats, device, peaks, log)
+    loader: list[dict[str, Any]] = []
+    reference = max((r for r in train if r["model"] == "eolab"), default=None, key=lambda r: r["images_per_s"])
+    reference = reference or max(train, key=lambda r: r["images_per_s"])
+    if args.loader_workers:
+        log("data loader ...")
+        loader = bench_loaders(args.batch_size, args.loader_workers, args.loader_batches, args.loader_seconds,
+                               args.data_root, log)
+        for r in loader:
+            r["ratio_to_training"] = r["images_per_s"] / reference["images_per_s"]
+
+    result = {
+        "device": device_name(device),
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "warmup": args.warmup,
+        "steps": args.steps, "repeats": args.repeats, "shape": asdict(shape), "peak_size": peak_size,
+        "peaks": peaks, "train": train, "loader": loader,
+        "loader_reference": {k: reference[k] for k in ("model", "precision", "images_per_s")},
+        "analytic_gflop_per_step": analytic_flops(shape, args.batch_size) / 1e9,
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+    print(format_report(result))
+    if args.out:
+        write_output(result, args.out)
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

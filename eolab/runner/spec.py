@@ -14,6 +14,26 @@ Spec format (paths are relative to the repository root, not the cwd)::
     seeds: [0, 1]                    # optional; every grid point x every seed (sets `seed`)
     resources:                       # optional; per-run SLURM request (`ablate --executor slurm`)
       {cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32, timeout_min: 120, partition: gpu}
+
+A spec may instead (or besides the grid) have an Optuna `study:` section; each trial is one run of
+the notebook with sampled parameters (see `eolab.runner.study`)::
+
+    study:
+      direction: maximize            # or minimize
+      metric: pretrained_acc_mean    # key of record.json's `metrics`: the objective
+      n_trials: 8                    # COMPLETE + PRUNED trials to reach (resumes count)
+      sampler: tpe                   # or {type: tpe, seed: 0, n_startup_trials: 4}
+      pruner: median                 # or {type: median, n_startup_trials: 3}; default none
+      intermediate: knn_accuracy     # what the notebook reports while training (needed by a pruner)
+      storage: null                  # default sqlite:///<results>/<name>/study.db; any RDB URL
+                                     # (${VAR} expands from the environment) or journal:///path.log
+      space:
+        mask_ratio: {type: float, low: 0.4, high: 0.95}
+        lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+        mask: {type: categorical, choices: [random, block]}
+
+With a `study`, the `grid` points (if any) are enqueued as the study's first trials and must lie in
+the search space; `seeds` is not allowed (put `seed` in `base` or in the space).
 """
 
 from __future__ import annotations
@@ -21,9 +41,13 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import importlib.util
+import inspect
 import itertools
 import json
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +67,7 @@ SEED_PARAM = "seed"
 SUMMARY_RESULTS_PARAM = "results_dir"
 """Parameter of the summary notebook that receives the ablation's results folder."""
 
-ALLOWED_KEYS = ("name", "notebook", "summary", "description", "base", "grid", "seeds", "resources")
+ALLOWED_KEYS = ("name", "notebook", "summary", "description", "base", "grid", "seeds", "resources", "study")
 REQUIRED_KEYS = ("name", "notebook")
 
 RESOURCE_TYPES: dict[str, tuple[type, ...]] = {
@@ -107,14 +131,28 @@ class AblationSpec:
     seeds: list[int] | None
     parameters: dict[str, NotebookParameter] = field(repr=False)
     resources: dict[str, Any] = field(default_factory=dict)
+    study: StudySpec | None = None
 
     @property
     def varied_keys(self) -> list[str]:
         """Parameters that differ between runs: what the run ids and the summary plots show."""
-        return list(self.grid) + ([SEED_PARAM] if self.seeds is not None else [])
+        keys = list(self.grid) + ([SEED_PARAM] if self.seeds is not None else [])
+        if self.study is not None:
+            keys += [k for k in self.study.space if k not in keys]
+        return keys
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The grid's cartesian product (grid order), without base or seeds; [{}] for no grid."""
+        keys = list(self.grid)
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(self.grid[k] for k in keys))]
 
     def runs(self) -> list[Run]:
-        """Expand the grid (x seeds) into runs, in a stable order (grid order, then seeds)."""
+        """Expand the grid (x seeds) into runs, in a stable order (grid order, then seeds).
+
+        A study has no fixed runs (its grid points become enqueued trials): empty list.
+        """
+        if self.study is not None:
+            return []
         keys = list(self.grid)
         combos = itertools.product(*(self.grid[k] for k in keys))
         seeds: list[int | None] = list(self.seeds) if self.seeds is not None else [None]
@@ -142,6 +180,7 @@ class AblationSpec:
             "resources": self.resources,
             "varied_keys": self.varied_keys,
             "runs": [{"run_id": r.run_id, "params": r.params} for r in self.runs()],
+            "study": self.study.to_json() if self.study is not None else None,
         }
 
 
@@ -201,6 +240,8 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
     grid = _mapping(path, raw, "grid")
     seeds = _seeds(path, raw.get("seeds"))
     _check_overlaps(path, base, grid, seeds)
+    if raw.get("study") is not None and seeds is not None:
+        raise SpecError(f"{path}: `seeds` expands a grid; with a `study`, put `seed` in `base` or in `study.space`")
 
     base = {key: _checked_value(path, parameters, key, value) for key, value in base.items()}
     checked_grid: dict[str, list[Any]] = {}
@@ -214,6 +255,11 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
         seeds = [_checked_value(path, parameters, SEED_PARAM, s) for s in seeds]
         _check_unique(path, "seeds", seeds)
 
+    study = None
+    if raw.get("study") is not None:
+        study = _study(path, raw["study"], parameters, base)
+        _check_grid_in_space(path, checked_grid, study)
+
     return AblationSpec(
         path=path,
         name=name,
@@ -225,6 +271,7 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
         seeds=seeds,
         parameters=parameters,
         resources=_resources(path, raw.get("resources")),
+        study=study,
     )
 
 
@@ -427,3 +474,461 @@ def _matches(annotation: str, value: Any) -> bool:
         return True
     check = _SIMPLE_CHECKS.get(_base_type(annotation) or "")
     return True if check is None else check(value)
+
+
+# --- Optuna studies --------------------------------------------------------------------------------
+
+STUDY_KEYS = ("direction", "metric", "n_trials", "space", "sampler", "pruner", "storage", "intermediate")
+REQUIRED_STUDY_KEYS = ("direction", "metric", "n_trials", "space")
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+}
+"""`study.sampler` type -> optuna.samplers class (the samplers that need no fixed search space)."""
+PRUNERS = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "threshold": "ThresholdPruner",
+    "wilcoxon": "WilcoxonPruner",
+}
+"""`study.pruner` type -> optuna.pruners class."""
+_EXTRA_PACKAGES = {"cmaes": "cmaes"}
+"""Samplers that import an optional package only when they first sample (checked up front here)."""
+SPACE_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
+              "categorical": ("type", "choices")}
+DEFAULT_STORAGE_NAME = "study.db"
+"""File name of the default storage, sqlite:///<results>/<name>/study.db."""
+JOURNAL_SCHEME = "journal://"
+STORAGE_CONNECT_TIMEOUT_S = 10
+
+_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+_ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_METRIC_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """One dimension of a study's search space, as Optuna's suggest_* API takes it."""
+
+    name: str
+    kind: str  # "float" | "int" | "categorical"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def contains(self, value: Any) -> bool:
+        """Whether a (grid) value lies in this dimension, so it can be enqueued as a trial."""
+        if self.kind == "categorical":
+            return any(json.dumps(value) == json.dumps(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and not isinstance(value, int):
+            return False
+        assert self.low is not None and self.high is not None
+        return self.low <= value <= self.high
+
+    def suggest(self, trial: Any) -> Any:
+        """Sample this dimension for an optuna Trial (fixed for enqueued trials)."""
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def describe(self) -> str:
+        """`float [0.4, 0.95] log`-style text for --dry-run and the summary."""
+        if self.kind == "categorical":
+            return f"categorical {list(self.choices)}"
+        extra = " log" if self.log else (f" step {self.step}" if self.step is not None else "")
+        return f"{self.kind} [{self.low}, {self.high}]{extra}"
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "categorical":
+            return {"type": self.kind, "choices": list(self.choices)}
+        return {"type": self.kind, "low": self.low, "high": self.high, "log": self.log, "step": self.step}
+
+
+@dataclass(frozen=True)
+class Component:
+    """A sampler or pruner: its `type` (a key of SAMPLERS/PRUNERS) and constructor options."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return self.type + (f" {self.options}" if self.options else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **self.options}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated `study:` section.
+
+    `storage` is the URL as written (relative sqlite/journal paths made absolute), possibly with
+    `${VAR}` references; None means the default sqlite file in the results folder. It is kept out
+    of repr, and `storage_display` is the only form that is ever printed or written to a file.
+    """
+
+    direction: str
+    metric: str
+    n_trials: int
+    space: dict[str, ParamSpace]
+    sampler: Component
+    pruner: Component
+    storage: str | None = field(default=None, repr=False)
+    intermediate: str | None = None
+
+    @property
+    def storage_display(self) -> str:
+        """The storage for messages and files: password redacted, ${VAR} left unexpanded."""
+        return redact(self.storage) if self.storage else f"sqlite:///<results>/<name>/{DEFAULT_STORAGE_NAME}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "metric": self.metric,
+            "n_trials": self.n_trials,
+            "space": {k: v.to_json() for k, v in self.space.items()},
+            "sampler": self.sampler.to_json(),
+            "pruner": self.pruner.to_json(),
+            "storage": self.storage_display,
+            "intermediate": self.intermediate,
+        }
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace the password of every URL in `text` (and any of `secrets`) by ***.
+
+    Used on everything that may carry a storage URL before it is printed or written: database
+    drivers quote the URL, or parts of it, in their error messages.
+    """
+    text = _URL_PASSWORD_RE.sub(lambda m: f"{m['head']}***@" if m["password"] else m[0], str(text))
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password of a URL as written and percent-decoded, to scrub from error messages."""
+    from urllib.parse import unquote
+
+    match = _URL_PASSWORD_RE.search(url)
+    return [match["password"], unquote(match["password"])] if match and match["password"] else []
+
+
+def expand_storage(template: str, where: str = "") -> str:
+    """Expand `${VAR}` in a storage URL from the environment (so a password can stay out of the
+    spec file); an unset variable is an error rather than an empty password."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in os.environ:
+            raise SpecError(f"{where}environment variable {name} (used in `study.storage`) is not set")
+        return os.environ[name]
+
+    return _ENV_VAR_RE.sub(value, template)
+
+
+def storage_kind(url: str) -> str:
+    """'journal', 'sqlite' or 'rdb' (any other SQLAlchemy database)."""
+    if url.startswith(JOURNAL_SCHEME):
+        return "journal"
+    return "sqlite" if url.split(":", 1)[0].split("+", 1)[0] == "sqlite" else "rdb"
+
+
+def journal_path(url: str) -> Path:
+    """journal:///abs/file.log -> /abs/file.log; journal://rel/file.log -> <repo>/rel/file.log."""
+    return resolve_repo_path(url[len(JOURNAL_SCHEME):])
+
+
+def _study(path: Path, value: Any, parameters: dict[str, NotebookParameter], base: dict[str, Any]) -> StudySpec:
+    """Validate the `study` section: keys, objective, search space, sampler, pruner and storage."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: `study` must be a mapping with keys {', '.join(STUDY_KEYS)}, got {value!r}")
+    for key in value:
+        if key not in STUDY_KEYS:
+            raise SpecError(
+                f"{path}: unknown key {key!r} in `study`{_suggestion(str(key), STUDY_KEYS)}; "
+                f"allowed keys: {', '.join(STUDY_KEYS)}"
+            )
+    for key in REQUIRED_STUDY_KEYS:
+        if value.get(key) in (None, ""):
+            raise SpecError(f"{path}: missing required key `study.{key}`")
+    direction = value["direction"]
+    if direction not in DIRECTIONS:
+        raise SpecError(f"{path}: `study.direction` must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    metric = _metric_name(path, "metric", value["metric"])
+    n_trials = value["n_trials"]
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise SpecError(f"{path}: `study.n_trials` must be a positive int, got {n_trials!r}")
+    intermediate = value.get("intermediate")
+    if intermediate is not None:
+        intermediate = _metric_name(path, "intermediate", intermediate)
+    sampler = _component(path, "sampler", value.get("sampler", "tpe"), SAMPLERS)
+    pruner = _component(path, "pruner", value.get("pruner", "none"), PRUNERS)
+    if pruner.type != "none" and intermediate is None:
+        raise SpecError(
+            f"{path}: `study.pruner: {pruner.type}` prunes on values reported during training: set "
+            "`study.intermediate` to the metric the notebook reports (e.g. knn_accuracy), or use `pruner: none`"
+        )
+    return StudySpec(
+        direction=direction,
+        metric=metric,
+        n_trials=n_trials,
+        space=_space(path, value["space"], parameters, base),
+        sampler=sampler,
+        pruner=pruner,
+        storage=_storage(path, value.get("storage")),
+        intermediate=intermediate,
+    )
+
+
+def _metric_name(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _METRIC_RE.match(value):
+        raise SpecError(f"{path}: `study.{key}` must be a metric name like 'pretrained_acc_mean', got {value!r}")
+    return value
+
+
+def _component(path: Path, key: str, value: Any, registry: dict[str, str]) -> Component:
+    """`sampler: tpe` or `sampler: {type: tpe, seed: 0}`; build it once so bad options fail now."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise SpecError(
+            f"{path}: `study.{key}` must be a name ({', '.join(registry)}) or a mapping with `type` and "
+            f"options, got {value!r}"
+        )
+    options = {k: v for k, v in value.items() if k != "type"}
+    component = Component(type=value["type"], options=options)
+    if component.type not in registry:
+        raise SpecError(
+            f"{path}: unknown `study.{key}` {component.type!r}{_suggestion(component.type, registry)}; "
+            f"choose one of {', '.join(registry)}"
+        )
+    cls = _optuna_class(key, registry[component.type])
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for option in options:
+        if option not in accepted:
+            raise SpecError(
+                f"{path}: `study.{key}` {component.type} has no option {option!r}{_suggestion(option, accepted)}; "
+                f"options: {', '.join(accepted) or '(none)'}"
+            )
+    package = _EXTRA_PACKAGES.get(component.type) if key == "sampler" else None
+    if package and importlib.util.find_spec(package) is None:
+        raise SpecError(f"{path}: `study.sampler: {component.type}` needs the `{package}` package (pip install {package})")
+    try:
+        build_component(key, component)
+    except Exception as exc:  # optuna validates options in its constructors with several exception types
+        raise SpecError(f"{path}: `study.{key}` {component.describe()}: {type(exc).__name__}: {exc}") from exc
+    return component
+
+
+def _optuna_class(key: str, class_name: str) -> Any:
+    import optuna  # lazily: grid specs must not pay for importing optuna
+
+    module = optuna.samplers if key == "sampler" else optuna.pruners
+    return getattr(module, class_name)
+
+
+def build_component(key: str, component: Component, seed_offset: int = 0) -> Any:
+    """An optuna sampler (`key="sampler"`) or pruner instance from its spec.
+
+    `seed_offset` shifts a sampler's `seed` (the study runner gives each trial its own seed, see
+    eolab.runner.study.RESEEDED_SAMPLERS).
+    """
+    registry = SAMPLERS if key == "sampler" else PRUNERS
+    options = dict(component.options)
+    if key == "sampler" and options.get("seed") is not None and seed_offset:
+        options["seed"] = int(options["seed"]) + seed_offset
+    return _optuna_class(key, registry[component.type])(**options)
+
+
+def _space(
+    path: Path, value: Any, parameters: dict[str, NotebookParameter], base: dict[str, Any]
+) -> dict[str, ParamSpace]:
+    """Each dimension names a notebook parameter not set in `base`, with bounds that Optuna accepts
+    and values of the parameter's declared type."""
+    if not isinstance(value, dict) or not value:
+        raise SpecError(f"{path}: `study.space` must be a non-empty mapping of parameter names to dimensions")
+    space = {}
+    for key, dim in value.items():
+        key = str(key)
+        where = f"`study.space.{key}`"
+        if key == OUTPUT_DIR_PARAM:
+            raise SpecError(f"{path}: `{OUTPUT_DIR_PARAM}` is set by the runner (results/<name>/runs/<run_id>)")
+        _require_parameter(path, parameters, key, where="study.space")
+        if key in base:
+            raise SpecError(f"{path}: parameter `{key}` appears in both `base` and `study.space`")
+        if not isinstance(dim, dict) or dim.get("type") not in SPACE_KEYS:
+            raise SpecError(
+                f"{path}: {where} must be a mapping with `type` one of {', '.join(SPACE_KEYS)}, got {dim!r}"
+            )
+        for option in dim:
+            if option not in SPACE_KEYS[dim["type"]]:
+                allowed = SPACE_KEYS[dim["type"]]
+                raise SpecError(
+                    f"{path}: unknown key {option!r} in {where}{_suggestion(str(option), allowed)}; "
+                    f"a {dim['type']} dimension takes {', '.join(allowed)}"
+                )
+        if dim["type"] == "categorical":
+            space[key] = _categorical(path, key, dim, parameters)
+        else:
+            space[key] = _numeric(path, key, dim, parameters)
+    return space
+
+
+def _categorical(path: Path, key: str, dim: dict[str, Any], parameters: dict[str, NotebookParameter]) -> ParamSpace:
+    choices = dim.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise SpecError(f"{path}: `study.space.{key}.choices` must be a non-empty list, got {choices!r}")
+    for choice in choices:
+        if choice is not None and not isinstance(choice, (bool, int, float, str)):
+            raise SpecError(
+                f"{path}: `study.space.{key}.choices` may hold only None, bools, numbers and strings "
+                f"(what Optuna stores), got {choice!r}"
+            )
+    checked = [_checked_value(path, parameters, key, c) for c in choices]
+    _check_unique(path, f"study.space.{key}.choices", checked)
+    return ParamSpace(name=key, kind="categorical", choices=tuple(checked))
+
+
+def _numeric(path: Path, key: str, dim: dict[str, Any], parameters: dict[str, NotebookParameter]) -> ParamSpace:
+    """A float or int dimension: declared type matches the notebook's, low < high, log needs low > 0."""
+    kind = dim["type"]
+    where = f"`study.space.{key}`"
+    expected = _base_type(parameters[key].expected_type())
+    if expected is not None and expected != kind:
+        raise SpecError(
+            f"{path}: {where} is a {kind} dimension but the notebook declares `{key}: "
+            f"{parameters[key].expected_type()}`; use `type: {expected}`"
+            + (" (or categorical)" if expected not in SPACE_KEYS else "")
+        )
+    low, high = (_bound(path, key, name, dim.get(name), kind) for name in ("low", "high"))
+    log = dim.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{path}: `study.space.{key}.log` must be true or false, got {log!r}")
+    step = None if dim.get("step") is None else _bound(path, key, "step", dim["step"], kind)
+    if low >= high:
+        raise SpecError(f"{path}: {where} needs low < high, got low={low} and high={high}")
+    if log and low <= 0:
+        raise SpecError(f"{path}: {where} is log-scaled, so `low` must be positive, got {low}")
+    if step is not None and (step <= 0 or log):
+        problem = "must be positive" if step <= 0 else "cannot be combined with log: true"
+        raise SpecError(f"{path}: `study.space.{key}.step` {problem}, got {step}")
+    return ParamSpace(name=key, kind=kind, low=low, high=high, log=log, step=step)
+
+
+def _bound(path: Path, key: str, name: str, value: Any, kind: str) -> float | int:
+    """A number for `low`/`high`/`step`. For floats, a numeric string is accepted: YAML reads
+    `1e-4` (exponent without a dot) as a string, and a bound can only mean a number."""
+    where = f"`study.space.{key}.{name}`"
+    if value is None:
+        raise SpecError(f"{path}: {where} is required for a {kind} dimension")
+    if kind == "float" and isinstance(value, str) and _parses_as_float(value):
+        value = float(value)
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SpecError(f"{path}: {where} must be an int for an int dimension, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{path}: {where} must be a number, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def _storage(path: Path, value: Any) -> str | None:
+    """Check the storage URL's form, then connect (RDB) or check the folder (sqlite, journal), so an
+    unreachable database fails now and not after the first trial. Errors never show the password."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "://" not in value:
+        shown = redact(str(value))
+        raise SpecError(
+            f"{path}: `study.storage` must be a URL (sqlite:///file.db, postgresql://user:pw@host/db, "
+            f"journal:///path/file.log) or null for the default, got {shown!r}"
+        )
+    url = expand_storage(value, where=f"{path}: ")
+    secrets = url_secrets(url)
+    where = f"{path}: `study.storage` {redact(value)}"
+    kind = storage_kind(url)
+    if kind == "journal":
+        target = journal_path(url)
+        _check_parent(where, target)
+        return JOURNAL_SCHEME + str(target)
+    if kind == "sqlite":
+        resolved = _resolve_sqlite(where, url, secrets)
+        _check_parent(where, Path(resolved.split(":///", 1)[1]))
+        return resolved
+    check_rdb_reachable(where, url, secrets)
+    return value
+
+
+def _resolve_sqlite(where: str, url: str, secrets: list[str]) -> str:
+    """sqlite:///relative.db resolves against the repository root (like every spec path);
+    :memory: is refused, since trials run in other processes."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise SpecError(f"{where}: malformed URL: {redact(str(exc), secrets)}") from None
+    database = parsed.database or ""
+    if database in ("", ":memory:"):
+        raise SpecError(f"{where}: an in-memory sqlite database cannot be shared by the trial processes; name a file")
+    return f"{url.split(':///', 1)[0]}:///{resolve_repo_path(database)}"
+
+
+def _check_parent(where: str, target: Path) -> None:
+    if not target.parent.is_dir():
+        raise SpecError(f"{where}: folder {target.parent} does not exist")
+
+
+def check_rdb_reachable(where: str, url: str, secrets: list[str]) -> None:
+    """Open (and close) one connection; any failure, including a missing driver, is a SpecError."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        driver = parsed.get_driver_name()
+        connect_args = {"connect_timeout": STORAGE_CONNECT_TIMEOUT_S} if driver in _TIMEOUT_DRIVERS else {}
+        engine = create_engine(parsed, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:  # ArgumentError, NoSuchModuleError, ModuleNotFoundError, OperationalError...
+        hint = " (install the database driver into this venv)" if isinstance(exc, ImportError) else ""
+        raise SpecError(f"{where}: cannot connect: {type(exc).__name__}: {redact(str(exc), secrets)}{hint}") from None
+
+
+_TIMEOUT_DRIVERS = ("psycopg2", "psycopg", "pymysql", "mysqldb")
+"""Database drivers that take `connect_timeout` (seconds), so an unreachable host fails fast."""
+
+
+def _check_grid_in_space(path: Path, grid: dict[str, list[Any]], study: StudySpec) -> None:
+    """With a study, grid points become enqueued trials: each key must be a search-space dimension
+    and each value must lie in it (Optuna would otherwise record a parameter it cannot model)."""
+    for key, values in grid.items():
+        if key not in study.space:
+            raise SpecError(
+                f"{path}: grid parameter `{key}` is not in `study.space`; with a study, the grid lists "
+                "points of the search space to try first (put fixed parameters in `base`)"
+            )
+        outside = [v for v in values if not study.space[key].contains(v)]
+        if outside:
+            raise SpecError(
+                f"{path}: grid value(s) {outside} of `{key}` lie outside `study.space.{key}` "
+                f"({study.space[key].describe()})"
+            )

@@ -12,6 +12,7 @@ Layout::
             record.json        written by the job notebook
             history.csv        written by the job notebook
             status.json        written by the runner: running|done|failed
+            trial.json         Optuna studies only: the trial this run was (number, state, value)
 
 The record files are the source of truth; the CSV tables are derived and can always be rebuilt
 (`python -m eolab table results/<name>`), so a crash mid-batch never corrupts them. Several
@@ -45,8 +46,13 @@ SPEC_NAME = "spec.json"
 TABLE_NAME = "table.csv"
 RUNS_TABLE_NAME = "runs.csv"
 TABLE_LOCK_NAME = ".table.lock"
+TRIAL_NAME = "trial.json"
+PRUNED_MARKER_NAME = "pruned.json"
+"""Written into the run folder by a notebook whose trial the study's pruner stopped."""
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+PRUNED = "pruned"
+"""Status shown in the tables for a failed run whose trial was pruned (status.json says failed)."""
 INVALID_RECORD = "invalid_record"
 """Status shown in runs.csv for a run whose record.json cannot be used."""
 
@@ -88,7 +94,7 @@ class RunStore:
         """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's."""
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (RECORD_NAME, HISTORY_NAME):
+        for stale in (RECORD_NAME, HISTORY_NAME, TRIAL_NAME, PRUNED_MARKER_NAME):
             (run_dir / stale).unlink(missing_ok=True)
         status = {
             "run_id": run_id,
@@ -145,8 +151,8 @@ def _rebuild_locked(store: RunStore) -> Tables:
     for run_dir in run_dirs:
         run_row, record = _run_row(run_dir)
         run_rows.append(run_row)
-        if record is not None and run_row["status"] not in (FAILED, RUNNING, INVALID_RECORD):
-            fold_rows.extend(_fold_rows(run_dir.name, run_row["status"], record))
+        if record is not None and run_row["status"] not in (FAILED, PRUNED, RUNNING, INVALID_RECORD):
+            fold_rows.extend(_fold_rows(run_dir, run_row["status"], record))
 
     table = _ordered(pd.DataFrame(fold_rows), first=["run_id", "status"])
     runs = _ordered(pd.DataFrame(run_rows), first=["run_id", "status", "error"])
@@ -188,7 +194,10 @@ def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             state, error, record = INVALID_RECORD, problem, None
     params = dict(record["params"]) if record else dict(status.get("params") or {})
     params.pop("output_dir", None)
-    row: dict[str, Any] = {"run_id": run_dir.name, "status": state, "error": error, **params}
+    trial = _trial_columns(run_dir)
+    if state == FAILED and trial.get("trial_state") == "PRUNED":
+        state = PRUNED
+    row: dict[str, Any] = {"run_id": run_dir.name, "status": state, "error": error, **trial, **params}
     if record:
         for name, value in record["metrics"].items():
             if _is_scalar(value):
@@ -201,12 +210,27 @@ def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return row, record
 
 
-def _fold_rows(run_id: str, state: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+def _trial_columns(run_dir: Path) -> dict[str, Any]:
+    """study, trial_number, trial_state, trial_value of a run that was an Optuna trial; {} otherwise."""
+    trial = _read_json(run_dir / TRIAL_NAME)
+    if trial is None:
+        return {}
+    return {
+        "study": trial.get("study"),
+        "trial_number": trial.get("number"),
+        "trial_state": trial.get("state"),
+        "trial_value": trial.get("value"),
+    }
+
+
+def _fold_rows(run_dir: Path, state: str, record: dict[str, Any]) -> list[dict[str, Any]]:
     """table.csv rows of one run: one per (encoder, fold), or a single row if there are no folds."""
+    run_id = run_dir.name
     params = {k: v for k, v in record["params"].items() if k != "output_dir"}
     common = {
         "run_id": run_id,
         "status": state,
+        **_trial_columns(run_dir),
         **params,
         "seed": record.get("seed"),
         "wall_time_s": record.get("wall_time_s"),

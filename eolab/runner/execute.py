@@ -206,6 +206,8 @@ def run_ablation(
     once on this machine (1: sequentially, in this process), "slurm" submits them to SLURM.
     """
     spec = load_spec(spec_path)
+    if spec.study is not None:  # its trials are not known up front; `python -m eolab ablate` dispatches
+        raise SpecError(f"{spec.path}: has a `study` section; run it with eolab.runner.study.run_study")
     runs = select_runs(spec, only)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]

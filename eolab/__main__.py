@@ -15,6 +15,8 @@ folder: each run is claimed (runs/<run_id>/claim) before it executes, so none ru
 `ablate --executor slurm` submits one SLURM job per run (a job array, through submitit; resources
 from the spec's `resources:` section) and waits for them; the results folder must be on a file
 system the compute nodes share.
+A spec with a `study:` section runs an Optuna study instead (eolab.runner.study): --workers N
+study workers (local processes, or SLURM jobs with --executor slurm) share its trials.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
@@ -59,8 +61,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from eolab.runner.store import RunStore
 
     results_root = Path(args.results_root) if args.results_root else DEFAULT_RESULTS_ROOT
+    spec = load_spec(args.spec)
+    if spec.study is not None:  # an Optuna study: eolab.runner.study runs it (same options)
+        from eolab.runner.study import cli_ablate
+
+        return cli_ablate(spec, results_root, args.workers, args.executor, args.force, args.dry_run, args.only)
     if args.dry_run:
-        spec = load_spec(args.spec)
         store = RunStore(results_root / spec.name)
         runs = select_runs(spec, args.only)
         print(f"{spec.name}: {len(runs)} run(s) of {spec.notebook} -> {store.results_dir}")

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ DATASET_BANDS: dict[str, tuple[str, ...]] = {
 }
 """Pre-training datasets by name, with the bands each can provide."""
 TIME_SERIES = ("slovenia", "ssl4eo_series")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
+"""Lightning strategies a run may name (multi-GPU and multi-node training are Lightning's)."""
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,12 @@ class PretrainConfig:
     probe_folds: int = 5
     probe_repeats: int = 5
     accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
     precision: str = "32-true"
+    accumulate: int = 1
+    num_workers: int = 0
+    checkpoint_every: int = 200
     output_dir: str = "."
 
     def __post_init__(self):
@@ -138,6 +146,11 @@ class PretrainConfig:
             ("train_tflops", self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
             ("knn_every", self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
             ("num_dates", self.num_dates >= 1, ">= 1"),
+            ("devices", self.devices == "auto" or self.devices.isdigit() or self.devices == "-1", "'auto', -1 or a count"),
+            ("strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
+            ("accumulate", self.accumulate >= 1, ">= 1"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
             ("img_size", self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
             ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
@@ -309,11 +322,17 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
         sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
     knn = _knn_probe(cfg, data)
     t0 = time.perf_counter()
+    checkpoints = out / "checkpoints"
     history = fit(task, data.pretrain, data.normalization, epochs=cfg.epochs, max_steps=max_steps,
                   batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
                   augment=cfg.augment, batch_sampler=sampler, callbacks=[*callbacks, *([knn] if knn else [])],
-                  accelerator=cfg.accelerator, precision=cfg.precision, history_path=out / "history.csv")
+                  accelerator=cfg.accelerator, devices=int(cfg.devices) if cfg.devices != "auto" else "auto",
+                  strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
+                  num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
+                  checkpoint_every=cfg.checkpoint_every or 1, history_path=out / "history.csv")
     train_time = time.perf_counter() - t0
+    # Training checkpoints exist to resume a killed run; once it finished, the encoder is the product.
+    shutil.rmtree(checkpoints, ignore_errors=True)
     steps = int(history["step"].max()) if len(history) else 0
     compute = {"flops_per_step": flops_per_step, "train_steps": steps, "train_flops": flops_per_step * steps,
                "steps_per_epoch": steps_per_epoch, "encoder_params": parameter_count(task.encoder),
@@ -385,7 +404,9 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     first, last = ends(h, "loss")
     summary = scores.groupby("encoder")["accuracy"].agg(["mean", "std"])
     metrics = {f"{enc}_acc_{stat}": float(summary.loc[enc, stat]) for enc in summary.index for stat in ("mean", "std")}
-    health = {name: ends(h, name) for name in ("embedding_std", "effective_rank", "knn_accuracy")}
+    # Health, and the reconstruction error per band group or date where the objective reports it.
+    tracked = ["embedding_std", "effective_rank", "knn_accuracy", *(c for c in h.columns if "recon_" in c)]
+    health = {name.replace("/", "_"): ends(h, name) for name in tracked}
     metrics.update({
         "loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first),
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,

@@ -14,9 +14,11 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .data.samplers import SeededBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization
 from .tasks.augment import Augment, dihedral
@@ -66,7 +68,9 @@ class PretrainModule(L.LightningModule):
         batch = {**batch, "image": image}
         out = self.task(batch)
         b = image.shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, on_step=True, batch_size=b)
+        # Under DDP each process sees its share of the batch: log the mean over processes.
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, on_step=True, batch_size=b,
+                      sync_dist=self.trainer.world_size > 1)
         if self.health_every and self.global_step % self.health_every == 0:
             # Collapse shows in the embeddings, not in the loss: watch them every few steps.
             with torch.no_grad():
@@ -143,6 +147,37 @@ class KnnProbe(L.Callback):
             pl_module.log_health({"knn_accuracy": self.accuracy(pl_module.task.encoder)})
 
 
+class ResumeState(L.Callback):
+    """What Lightning's checkpoint lacks for an exact resume after a kill mid-epoch: the random
+    number generators (masks, noise and augmentations draw from torch's global RNG) and where in the
+    epoch's batch order the run was. Plain tensors and ints: loadable with ``weights_only=True``.
+    """
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+
+    def state_dict(self) -> dict:
+        state = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Batches trained on so far (checkpoints are written after an optimiser step).
+        checkpoint["eolab_batches_done"] = trainer.global_step * trainer.accumulate_grad_batches
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # Every epoch has the sampler's full length, so epoch and position follow from the count.
+        epoch, done = divmod(checkpoint.get("eolab_batches_done", 0), len(self.batch_sampler))
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.skip(done)
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 class History(L.Callback):
     """Keeps every step's logged values (loss curve, health) in memory and as CSV; logger-free.
 
@@ -154,9 +189,21 @@ class History(L.Callback):
         self.rows: list[dict] = []
         self.path = path
         self._t0 = 0.0
+        self._offset = 0.0  # training seconds before a resume
+
+    def resume(self, path: Path | None) -> None:
+        """Continue the history a killed run wrote at its last checkpoint."""
+        if path is not None and Path(path).exists():
+            self.rows = pd.read_csv(path).to_dict("records")
+            self._offset = float(self.rows[-1]["time_s"]) if self.rows else 0.0
 
     def on_train_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() - self._offset
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Checkpoint callbacks run after all others, so this step's row is already here.
+        if trainer.is_global_zero:
+            self._write()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "time_s": time.perf_counter() - self._t0}
@@ -170,8 +217,15 @@ class History(L.Callback):
         self.rows.append(row)
 
     def on_train_end(self, trainer, pl_module):
-        if self.path is not None:
-            self.frame().to_csv(self.path, index=False)
+        if trainer.is_global_zero:
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None and self.rows:
+            tmp = Path(self.path).with_suffix(".tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.frame().to_csv(tmp, index=False)
+            tmp.replace(self.path)  # atomic: a kill never leaves half a history
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -192,6 +246,9 @@ def fit(
     augment: str = "dihedral",
     batch_sampler=None,
     num_workers: int = 0,
+    accumulate: int = 1,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 100,
     callbacks: list[L.Callback] | tuple = (),
     health_every: int = 50,
     accelerator: str = "auto",
@@ -204,28 +261,42 @@ def fit(
 
     Length: ``max_steps`` optimiser steps when given (e.g. from a FLOP budget, so that objectives of
     different cost get the same compute), else ``epochs`` passes. ``batch_sampler`` (e.g. one that
-    mixes scenes, for contrastive tasks) replaces the default seeded shuffle. Device-agnostic:
+    mixes scenes, for contrastive tasks) replaces the default seeded shuffle; under DDP every process
+    takes its share of each global batch. With ``checkpoint_dir`` a checkpoint is written every
+    ``checkpoint_every`` steps and a run that finds ``last.ckpt`` there continues from it with the
+    same batches and random draws as an uninterrupted run. Device-agnostic:
     ``accelerator``/``devices``/``strategy``/``precision`` go straight to Lightning (e.g. "gpu", 4,
     "ddp", "bf16-mixed"); the defaults run on whatever the machine has.
     """
     L.seed_everything(seed, workers=True)
-    common = {"collate_fn": collate, "num_workers": num_workers, "persistent_workers": num_workers > 0}
-    if batch_sampler is not None:
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
-    else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(seed), **common)
+    if batch_sampler is None:
+        batch_sampler = SeededBatchSampler(len(dataset), batch_size, seed)
+    # Its own generator: creating an epoch's iterator must not draw from the global RNG, which the
+    # masks and augmentations use (and which a resumed run restores).
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
+                        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
     if len(loader) == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the pre-training set ({len(dataset)} patches)")
     total = max_steps or epochs * len(loader)
     module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay, augment=augment,
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
+    extra: list[L.Callback] = [ResumeState(batch_sampler)]
+    resume_from = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", every_n_train_steps=checkpoint_every,
+                                     save_top_k=1, monitor="step", mode="max", save_last=True))
+        if (checkpoint_dir / "last.ckpt").exists():
+            resume_from = checkpoint_dir / "last.ckpt"
+            history.resume(history_path)
     trainer = L.Trainer(
         max_epochs=-1 if max_steps else epochs, max_steps=max_steps or -1,
         accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[*callbacks, history], log_every_n_steps=1, deterministic=False,
+        accumulate_grad_batches=accumulate, use_distributed_sampler=False,  # the batch sampler shards
+        logger=False, enable_checkpointing=checkpoint_dir is not None, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[*callbacks, *extra, history], log_every_n_steps=1, deterministic=False,
     )
-    trainer.fit(module, loader)
+    # weights_only: a checkpoint is tensors and plain containers; nothing in it can run code on load.
+    trainer.fit(module, loader, ckpt_path=resume_from, weights_only=True)
     return history.frame()

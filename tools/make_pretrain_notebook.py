@@ -42,7 +42,12 @@ lr: float = 1.5e-3                       # peak AdamW learning rate (warm-up the
 weight_decay: float = 0.05               # AdamW weight decay (not on biases, norms, tokens)
 seed: int = 0                            # seeds weights, masks, data order and probe folds
 accelerator: str = "auto"                # Lightning accelerator: auto | cpu | gpu
+devices: str = "auto"                    # Lightning devices per node: auto or a count (e.g. 4 GPUs)
+strategy: str = "auto"                   # Lightning strategy: auto | ddp | fsdp (multi-node through SLURM)
 precision: str = "32-true"               # Lightning precision: 32-true | bf16-mixed | 16-mixed
+accumulate: int = 1                      # gradient accumulation (batches per optimiser step)
+num_workers: int = 0                     # data-loader worker processes
+checkpoint_every: int = 200              # steps between training checkpoints for resuming a killed run (0 means none)
 # --- evaluation ---------------------------------------------------------------------------
 knn_every: int = 100                     # steps between in-loop EuroSAT k-NN probes (0 means off)
 pool: str = "mean_std"                   # embedding: mean | cls | mean_std (mean and spatial std of patch tokens)

@@ -4,7 +4,14 @@
 overlapping windows of one scene in the same batch. Contrastive objectives use the other samples of
 a batch as negatives: windows that overlap (tiles at stride 32 of 64-pixel patches overlap by half)
 or a batch filled from one scene make near-duplicate negatives, which the loss then pushes apart
-(the failure torchgeo #3548 describes). Plain shuffling allows both.
+(the failure torchgeo #3548 describes). Plain shuffling allows both. ``SeededBatchSampler`` is the
+plain seeded shuffle for data without a scene/window index.
+
+Both are resumable and distributed-aware, which Lightning's default sampling is not for a run
+killed mid-epoch: each epoch's batch order is a pure function of (seed, epoch), ``skip(k)`` drops
+the first k batches of the next epoch iterated (a resumed run continues with exactly the batches
+the killed one had not seen), and under ``torch.distributed`` each rank takes its contiguous share
+of every global batch, so N processes see the same global batches as one.
 """
 
 from __future__ import annotations
@@ -16,7 +23,60 @@ import pandas as pd
 from torch.utils.data import Sampler
 
 
-class SceneDiverseBatchSampler(Sampler[list[int]]):
+class _EpochBatches(Sampler[list[int]]):
+    """Batches as a function of (seed, epoch), with resume (``skip``) and per-rank shares."""
+
+    def __init__(self, num_batches: int, batch_size: int, seed: int):
+        self.num_batches, self.batch_size, self.seed, self.epoch, self._skip = num_batches, batch_size, seed, 0, 0
+
+    def __len__(self) -> int:
+        # The full epoch even while skipping: Lightning restores how many batches of the epoch are
+        # done and counts on from there; the iterator just does not repeat them.
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, batches: int) -> None:
+        """Drop the first ``batches`` batches of the next epoch iterated (resuming mid-epoch)."""
+        self._skip = batches
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(self.epoch)[self._skip :]
+        self._skip = 0
+        self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
+        rank, world = _rank_world()
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by the {world} processes")
+        share = self.batch_size // world
+        for batch in batches:
+            yield batch[rank * share : (rank + 1) * share]  # this rank's part of the global batch
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SeededBatchSampler(_EpochBatches):
+    """A seeded random permutation per epoch, cut into full batches (the last partial one dropped)."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0):
+        super().__init__(num_samples // batch_size, batch_size, seed)
+        self.num_samples = num_samples
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return [order[i * self.batch_size : (i + 1) * self.batch_size].tolist() for i in range(self.num_batches)]
+
+
+class SceneDiverseBatchSampler(_EpochBatches):
     """Batches of ``batch_size`` indices into ``tiles`` (rows: scene, row, col), scene-interleaved.
 
     Each epoch: patches are shuffled within each scene, then dealt round-robin over scenes in a
@@ -31,24 +91,18 @@ class SceneDiverseBatchSampler(Sampler[list[int]]):
         missing = [c for c in ("scene", "row", "col") if c not in tiles.columns]
         if missing:
             raise ValueError(f"tiles lack columns {missing} needed for scene-diverse batches")
+        super().__init__(len(tiles) // batch_size, batch_size, seed)
         self.scene = tiles["scene"].to_numpy()
         self.row, self.col = tiles["row"].to_numpy(), tiles["col"].to_numpy()
-        self.batch_size, self.patch, self.seed, self.epoch = batch_size, patch, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.scene) // self.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.patch = patch
 
     def _overlaps(self, i: int, batch: list[int]) -> bool:
         same = [j for j in batch if self.scene[j] == self.scene[i]]
         return any(abs(int(self.row[j]) - int(self.row[i])) < self.patch and abs(int(self.col[j]) - int(self.col[i])) < self.patch
                    for j in same)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
         queues = []
         for s in rng.permutation(np.unique(self.scene)):
             members = np.flatnonzero(self.scene == s)
@@ -59,8 +113,8 @@ class SceneDiverseBatchSampler(Sampler[list[int]]):
             for q in queues:
                 if q:
                     stream.append(int(q.pop()))
-        pending = stream
-        for _ in range(len(self)):
+        pending, batches = stream, []
+        for _ in range(self.num_batches):
             batch: list[int] = []
             rest: list[int] = []
             for pos, i in enumerate(pending):
@@ -71,5 +125,6 @@ class SceneDiverseBatchSampler(Sampler[list[int]]):
             # Too few non-overlapping windows left (the end of an epoch over few scenes): fill up
             # with the earliest waiting ones rather than dropping data.
             batch, rest = batch + rest[: self.batch_size - len(batch)], rest[self.batch_size - len(batch) :]
-            yield batch
+            batches.append(batch)
             pending = rest
+        return batches

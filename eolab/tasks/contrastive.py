@@ -41,7 +41,7 @@ class SimCLR(nn.Module):
         self.encoder, self.augment, self.pool = encoder, augment, pool
         in_dim = encoder.dim * (2 if pool == "mean_std" else 1)
         self.head = SimCLRProjectionHead(in_dim, 2 * encoder.dim, proj_dim)
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)  # negatives from every rank
 
     def project(self, image: Tensor, context: dict) -> Tensor:
         return self.head(pool_tokens(self.encoder(image, **context), self.pool))  # (B, proj_dim)
@@ -72,7 +72,7 @@ class MoCo(nn.Module):
         self.head_momentum = copy.deepcopy(self.head)
         deactivate_requires_grad(self.encoder_momentum)
         deactivate_requires_grad(self.head_momentum)
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)  # negatives from every rank
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         if self.training:
@@ -111,7 +111,7 @@ class CrossViewContrastive(nn.Module):
         self.encoder, self.views, self.augment, self.pool = encoder, views, augment, pool
         in_dim = encoder.dim * (2 if pool == "mean_std" else 1)
         self.head = SimCLRProjectionHead(in_dim, 2 * encoder.dim, proj_dim)
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)  # negatives from every rank
 
     def _tokens_of(self, groups: Tensor) -> Tensor:
         """Token indices (B, |groups| * cells) of the given groups (B, k), group-major like the layout."""

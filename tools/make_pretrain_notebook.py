@@ -65,13 +65,15 @@ nb.cells = [
        "the same size and per-band mean/std features. Executed by Papermill from `python -m eolab ablate`; "
        "the result leaves as files in `output_dir`."),
     params,
-    code("import time\n\nimport eolab.experiment as ex\nfrom eolab.history import plot_history\n\n"
+    code("import time\n\nimport eolab.experiment as ex\nfrom eolab.history import plot_history\nfrom eolab.runner.study import trial_callbacks\n\n"
          "started = time.perf_counter()\ncfg = ex.PretrainConfig.from_namespace(globals())  # validates every parameter\ncfg"),
     md("## Data\nThe scene cache is built once (decoded, resampled to 10 m, offsets removed) and reused; "
        "per-band statistics are computed on the pre-training patches and travel with the encoder."),
     code("data = ex.prepare_data(cfg)\ndata.manifest"),
     md("## Pre-training"),
-    code("run = ex.pretrain(cfg, data)\nrun.compute"),
+    code("# Inside an Optuna trial the callbacks report the in-loop k-NN accuracy so the pruner can stop\n"
+         "# a poor run early; outside a study the list is empty.\n"
+         "run = ex.pretrain(cfg, data, callbacks=trial_callbacks())\nrun.compute"),
     md("Loss and representation health during training: embedding spread and effective rank of each "
        "checked batch, and the in-loop k-NN accuracy on EuroSAT (what a collapsing run shows first)."),
     code("plot_history(run.history, title=cfg.objective)"),

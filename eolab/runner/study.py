@@ -295,7 +295,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: StudyJob, store: R
         with _heartbeat(trial):
             state, value, error, reused = _execute(study, trial, job, store, run_id, params)
     except BaseException as exc:  # Ctrl-C, SIGTERM, or a storage error: the trial must not stay RUNNING
-        error = redact(f"{type(exc).__name__}: {exc}", url_secrets(os.environ.get(STORAGE_ENV, "")))
+        error = redact(f"{type(exc).__name__}: {exc or 'interrupted'}", url_secrets(os.environ.get(STORAGE_ENV, "")))
         with contextlib.suppress(Exception):
             trial.set_user_attr(ATTR_ERROR, error[:1000])
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)

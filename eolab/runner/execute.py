@@ -241,6 +241,21 @@ def run_ablation(
 EXECUTOR_KINDS = ("local", "slurm")
 
 
+
+def check_executor(kind: str, workers: int) -> None:
+    """Refuse an unknown executor kind, fewer than one worker, or SLURM without submitit."""
+    if kind not in EXECUTOR_KINDS:
+        raise ExecutorError(f"executor must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
+    if workers < 1:
+        raise ExecutorError(f"workers must be at least 1, got {workers}")
+    if kind == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise ExecutorError(
+                f"the slurm executor needs submitit; install it with `{sys.executable} -m pip install submitit`"
+            ) from exc
+
 def make_executor(
     kind: str,
     workers: int,
@@ -250,10 +265,7 @@ def make_executor(
 ) -> Executor:
     """"slurm": a SlurmExecutor with the spec's `resources`; "local": the sequential in-process
     executor for 1 worker (as before pools existed), else a process pool."""
-    if kind not in EXECUTOR_KINDS:
-        raise ExecutorError(f"executor must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
-    if workers < 1:
-        raise ExecutorError(f"workers must be at least 1, got {workers}")
+    check_executor(kind, workers)
     if kind == "slurm":
         try:
             from eolab.runner.slurm import SlurmExecutor  # imports submitit, and this module

@@ -118,31 +118,35 @@ def _outcome(job: _Job, returncode: int) -> RunOutcome:
     ours = status is not None and status.get("pid") == pid
     if ours and status["state"] in (DONE, FAILED):
         return RunOutcome(task.run_id, status["state"], status.get("error"), seconds)
-    error = _exit_reason(returncode, task.run_dir / WORKER_LOG_NAME)
+    error = exit_reason(returncode, task.run_dir / WORKER_LOG_NAME)
     if not ours:  # died before mark_running: record this attempt anyway
         status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
     store.mark_finished(status, error=error)
     return RunOutcome(task.run_id, FAILED, error, seconds)
 
 
-def _exit_reason(returncode: int, log_path: Path) -> str:
+def exit_reason(returncode: int, log_path: Path, who: str = "worker") -> str:
     """'worker killed by signal 9 (SIGKILL)' or 'worker exited with code 1 ... see worker.log'."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = "unknown signal"
-        return f"worker killed by signal {-returncode} ({name})"
-    return f"worker exited with code {returncode} without recording a verdict; see {log_path}"
+        return f"{who} killed by signal {-returncode} ({name})"
+    return f"{who} exited with code {returncode} without recording a verdict; see {log_path}"
+
+
+def stop_process(process: subprocess.Popen, grace_seconds: float = TERMINATE_GRACE_SECONDS) -> None:
+    """SIGTERM a worker process (it records its run or trial as interrupted), SIGKILL it after a grace period."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _stop(job: _Job) -> None:
-    """SIGTERM a worker (it records its run as interrupted), SIGKILL it after a grace period."""
-    if job.process.poll() is None:
-        job.process.terminate()
-        try:
-            job.process.wait(TERMINATE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            job.process.kill()
-            job.process.wait()
+    stop_process(job.process)
     _collect(job)

@@ -83,7 +83,7 @@ class RunStore:
 
     def status(self, run_id: str) -> dict[str, Any] | None:
         """The run's status.json, or None if it never started (or the file is unreadable)."""
-        return _read_json(self.run_dir(run_id) / STATUS_NAME)
+        return read_json(self.run_dir(run_id) / STATUS_NAME)
 
     def is_done(self, run_id: str) -> bool:
         """Done means both the runner's verdict and the notebook's record are there (resume rule)."""
@@ -161,7 +161,8 @@ def _rebuild_locked(store: RunStore) -> Tables:
     return Tables(table=table, runs=runs)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -183,12 +184,12 @@ def _record_problem(record: dict[str, Any] | None) -> str | None:
 
 def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One runs.csv row; params come from the record, or from status.json for failed runs."""
-    status = _read_json(run_dir / STATUS_NAME) or {}
+    status = read_json(run_dir / STATUS_NAME) or {}
     state = status.get("state") or "unknown"
     error = status.get("error")
     record = None
     if (run_dir / RECORD_NAME).is_file() and state not in (FAILED, RUNNING):
-        record = _read_json(run_dir / RECORD_NAME)
+        record = read_json(run_dir / RECORD_NAME)
         problem = _record_problem(record)
         if problem:
             state, error, record = INVALID_RECORD, problem, None
@@ -212,7 +213,7 @@ def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 def _trial_columns(run_dir: Path) -> dict[str, Any]:
     """study, trial_number, trial_state, trial_value of a run that was an Optuna trial; {} otherwise."""
-    trial = _read_json(run_dir / TRIAL_NAME)
+    trial = read_json(run_dir / TRIAL_NAME)
     if trial is None:
         return {}
     return {

@@ -58,15 +58,15 @@ from typing import TYPE_CHECKING, Any
 from eolab.runner.claim import CLAIM_NAME, claim_holder
 from eolab.runner.execute import (
     DEFAULT_RESULTS_ROOT,
-    EXECUTOR_KINDS,
     SKIPPED,
-    ExecutorError,
     LocalExecutor,
     RunTask,
+    check_executor,
     check_kernel,
     eolab_importable,
     render_summary,
 )
+from eolab.runner.pool import exit_reason, stop_process
 from eolab.runner.spec import (
     DEFAULT_STORAGE_NAME,
     JOURNAL_SCHEME,
@@ -91,6 +91,7 @@ from eolab.runner.store import (
     RUNNING,
     TRIAL_NAME,
     RunStore,
+    read_json,
     rebuild_table,
     utc_now,
     write_json_atomic,
@@ -133,7 +134,6 @@ POLL_SECONDS = 0.5
 WAIT_POLL_SECONDS = 2.0
 SLURM_POLL_SECONDS = 5.0
 CLAIM_WAIT_SECONDS = 2.0
-TERMINATE_GRACE_SECONDS = 30.0
 MIN_FAILURES_TO_GIVE_UP = 3
 """A launch stops asking after max(n_trials, this) failed trials: the notebook is broken, not unlucky."""
 SQLITE_BUSY_TIMEOUT_S = 120
@@ -361,14 +361,14 @@ def _verdict(
     (its marker file, or a TrialPruned error), else FAIL with the error."""
     if state == DONE:
         return _metric_value(run_dir, metric)
-    marker = _read_json(run_dir / PRUNED_MARKER_NAME)
+    marker = read_json(run_dir / PRUNED_MARKER_NAME)
     if (marker and marker.get("number") == number) or (error or "").startswith("TrialPruned"):
         return PRUNED, None, None
     return FAIL, None, error
 
 
 def _metric_value(run_dir: Path, metric: str) -> tuple[str, float | None, str | None]:
-    record = _read_json(run_dir / RECORD_NAME) or {}
+    record = read_json(run_dir / RECORD_NAME) or {}
     value = (record.get("metrics") or {}).get(metric)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return FAIL, None, f"{RECORD_NAME} has no finite metric `{metric}` (got {value!r}); see study.metric"
@@ -378,7 +378,7 @@ def _metric_value(run_dir: Path, metric: str) -> tuple[str, float | None, str | 
 def _reuse(trial: optuna.Trial, run_dir: Path, metric: str) -> tuple[str, float | None, str | None]:
     """A done run with these parameters: its value, and its trial's intermediate values (so the
     pruner compares against it as against any completed trial)."""
-    earlier = _read_json(run_dir / TRIAL_NAME) or {}
+    earlier = read_json(run_dir / TRIAL_NAME) or {}
     for step, value in sorted((earlier.get("intermediate") or {}).items(), key=lambda kv: int(kv[0])):
         trial.report(float(value), int(step))
     return _metric_value(run_dir, metric)
@@ -545,7 +545,7 @@ def run_study(
     spec = spec if isinstance(spec, AblationSpec) else load_spec(spec)
     if spec.study is None:
         raise SpecError(f"{spec.path}: no `study` section; grid specs run with run_ablation")
-    _check_executor(executor_kind, workers)
+    check_executor(executor_kind, workers)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     store.results_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(spec.study, store.results_dir)
@@ -623,20 +623,6 @@ def _wait_for_running(study: Any, store: RunStore, progress: StudyProgress) -> N
         time.sleep(WAIT_POLL_SECONDS)
         fail_stale_trials(study, store)
         progress.poll()
-
-
-def _check_executor(kind: str, workers: int) -> None:
-    if kind not in EXECUTOR_KINDS:
-        raise ExecutorError(f"executor must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}")
-    if workers < 1:
-        raise ExecutorError(f"workers must be at least 1, got {workers}")
-    if kind == "slurm":
-        try:
-            import submitit  # noqa: F401
-        except ModuleNotFoundError as exc:
-            raise ExecutorError(
-                f"the slurm executor needs submitit; install it with `{sys.executable} -m pip install submitit`"
-            ) from exc
 
 
 def _create_or_load(spec: AblationSpec, storage: Any) -> optuna.Study:
@@ -858,7 +844,7 @@ def _run_local_workers(
             for worker in [w for w in running if w.process.poll() is not None]:
                 running.remove(worker)
                 if worker.process.returncode != 0:
-                    reason = _exit_reason(worker.process.returncode, worker.log_path)
+                    reason = exit_reason(worker.process.returncode, worker.log_path, who="study worker")
                     failed = fail_worker_trials(study, store, job.launch, worker.job.worker, reason)
                     log(f"study worker {worker.job.worker}: {reason}; {failed} trial(s) told FAIL")
                     if _needs_trials(study, job.spec.study.n_trials) and replacements < job.spec.study.n_trials:
@@ -868,7 +854,7 @@ def _run_local_workers(
             time.sleep(POLL_SECONDS if running else 0)
     except BaseException:  # Ctrl-C: stop workers (each tells its trial FAIL), then mop up
         for worker in running:
-            _stop_worker(worker)
+            stop_process(worker.process)
             fail_worker_trials(study, store, job.launch, worker.job.worker, "interrupted: the study was stopped")
         raise
     return next_index
@@ -877,27 +863,6 @@ def _run_local_workers(
 def _needs_trials(study: Any, n_trials: int) -> bool:
     counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     return counts[COMPLETE] + counts[PRUNED] < n_trials
-
-
-def _exit_reason(returncode: int, log_path: Path) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        return f"study worker killed by signal {-returncode} ({name})"
-    return f"study worker exited with code {returncode}; see {log_path}"
-
-
-def _stop_worker(worker: _WorkerProcess) -> None:
-    """SIGTERM (the worker tells its trial FAIL), SIGKILL after a grace period."""
-    if worker.process.poll() is None:
-        worker.process.terminate()
-        try:
-            worker.process.wait(TERMINATE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
 
 
 # --- workers: SLURM jobs ---------------------------------------------------------------------------
@@ -1118,14 +1083,6 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _hms(seconds: float) -> str:

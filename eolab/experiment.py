@@ -56,8 +56,10 @@ DATASET_BANDS: dict[str, tuple[str, ...]] = {
 }
 """Pre-training datasets by name, with the bands each can provide."""
 TIME_SERIES = ("slovenia", "ssl4eo_series")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
-"""Lightning strategies a run may name (multi-GPU and multi-node training are Lightning's)."""
+STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
+"""Lightning strategies a run may name (multi-GPU training is Lightning's). Inside a Jupyter kernel
+(a notebook run by the ablation runner) Lightning can launch processes only by forking:
+``ddp_notebook``; ``ddp`` and ``fsdp`` re-run a script, so they suit scripts launched by srun."""
 
 log = logging.getLogger(__name__)
 

@@ -1034,11 +1034,20 @@ def section_executors(b: Bench) -> Section:
 
     from eolab.runner.study import run_study
 
-    study_path = b.spec("bench_study", study={
-        "direction": "maximize", "metric": "pretrained_acc_mean", "n_trials": 2,
-        "sampler": {"type": "random", "seed": 0},
-        "space": {"mask_ratio": {"type": "float", "low": 0.5, "high": 0.9}},
-    })
+    # The study: at least 8 trials, pruned on the in-loop k-NN accuracy (reported every step
+    # here, so the tiny runs have intermediate values). Tiny runs are deterministic, so the pruner
+    # must take the same decisions on both executors.
+    study = {"direction": "maximize", "metric": "pretrained_acc_mean", "n_trials": 2 if b.quick else 8,
+             "sampler": {"type": "random", "seed": 0},
+             "space": {"mask_ratio": {"type": "float", "low": 0.5, "high": 0.9}}}
+    if not b.toy:
+        study["space"]["lr"] = {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}
+        study.update(intermediate="knn_accuracy", pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    study_path = b.spec("bench_study", study=study)
+    if not b.toy:  # k-NN probe every step, two epochs: something to prune on
+        spec = yaml.safe_load(study_path.read_text())
+        spec["base"].update(knn_every=1, epochs=2)
+        study_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     trials = {}
     for kind in ("local", "slurm"):
         b.log(f"  study through the {kind} executor")

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import time
@@ -388,6 +389,16 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Ev
     return Evaluation(pd.DataFrame(rows), diagnostics)
 
 
+def _cost(cfg: PretrainConfig, run: PretrainResult) -> dict[str, float]:
+    """CPU hours of this process so far (training, evaluation, everything in the kernel) and GPU
+    hours of training (devices x training time; 0 on a CPU run)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    gpus = 0
+    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+        gpus = torch.cuda.device_count() if cfg.devices in ("auto", "-1") else int(cfg.devices)
+    return {"cpu_hours": (usage.ru_utime + usage.ru_stime) / 3600, "gpu_hours": gpus * run.train_time_s / 3600}
+
+
 def _git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -415,6 +426,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
         **{f"final_{name}": v[1] for name, v in health.items() if v},
         **{k: float(v) for k, v in run.compute.items()},
+        **_cost(cfg, run),
         **evaluation.diagnostics,
     })
     # Collapse while the loss falls is the silent failure of self-supervised runs: flag it.

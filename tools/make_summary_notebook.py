@@ -77,6 +77,15 @@ cells = [
     ),
     new_code_cell("report.paired_gains(results)"),
     new_markdown_cell(
+        "## Arms compared with each other\n\n"
+        "Each run's pre-trained accuracy minus that of the best run *with the same seed* (so the same "
+        "probe folds), fold by fold: the mean difference and its 95% bootstrap interval over folds "
+        "(optimistic: repeated k-fold folds are not independent). With several seeds, `seed_sd` is how "
+        "much an arm's mean moves between seeds, and `exceeds_seed_noise` says whether the difference "
+        "is more than twice that; with one seed it stays empty, and differences are at most suggestive."
+    ),
+    new_code_cell("report.compare_arms(results)"),
+    new_markdown_cell(
         "## Failed runs\n\nRuns that did not finish, with the error recorded by the runner (empty if none)."
     ),
     new_code_cell("report.failed_runs(results)"),

@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
 from eolab.history import LOSS_WINDOW, ends
-from eolab.runner.store import HISTORY_NAME, RUNS_DIRNAME, RUNS_TABLE_NAME, SPEC_NAME, TABLE_NAME
+from eolab.runner.store import (
+    HISTORY_NAME,
+    RUNS_DIRNAME,
+    RUNS_TABLE_NAME,
+    SPEC_NAME,
+    TABLE_NAME,
+)
 
 ENCODER_ORDER = ("pretrained", "random_init", "band_stats")
 """Linear-probe baselines, in the order they are plotted (pretrained first, the two controls after)."""
@@ -179,7 +186,7 @@ def plot_health(results: AblationResults) -> Figure | None:
 
 
 COMPUTE_COLUMNS = {"flops_per_step": "GFLOP/step", "train_steps": "steps", "train_flops": "train TFLOP",
-                   "train_time_s": "train s", "final_knn_accuracy": "final k-NN", "final_effective_rank": "final rank",
+                   "train_time_s": "train s", "cpu_hours": "CPU h", "gpu_hours": "GPU h", "final_knn_accuracy": "final k-NN", "final_effective_rank": "final rank",
                    "collapsed": "collapsed", "collapsed_while_loss_fell": "collapsed, loss fell"}
 """Per-run cost and health columns of runs.csv shown by `compute_summary`, with display names."""
 
@@ -234,11 +241,67 @@ def paired_gains(results: AblationResults, reference: str = "pretrained") -> pd.
             continue
         for baseline in [c for c in wide.columns if c != reference]:
             diff = (wide[reference] - wide[baseline]).dropna()
+            lo, hi = bootstrap_ci(diff.to_numpy())
             rows.append({
                 "run_id": run_id, **dict(zip(keys, values, strict=True)), "baseline": baseline,
-                "gain": diff.mean(), "gain_sd": diff.std(), "fold_sd": wide[reference].std(),
-                "beats": bool(diff.mean() > wide[reference].std()),
+                "gain": diff.mean(), "gain_sd": diff.std(), "ci_low": lo, "ci_high": hi,
+                "fold_sd": wide[reference].std(), "beats": bool(diff.mean() > wide[reference].std()),
             })
+    return pd.DataFrame(rows).round(4)
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement).
+
+    Over cross-validation folds the interval is optimistic: repeated k-fold folds share training
+    data and are not independent draws, so read it together with the fold and seed spreads.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def compare_arms(results: AblationResults, encoder: str = "pretrained", reference: str | None = None) -> pd.DataFrame:
+    """Every run against a reference run of the same seed: accuracy difference paired fold by fold.
+
+    Runs with the same seed are probed on the same folds (the probe's split is seeded), so their
+    per-fold differences cancel which patches land in a test fold. Per comparison: the mean
+    difference, its 95% bootstrap interval over folds, and, where the ablation has several seeds,
+    the seed noise (standard deviation of each arm's mean accuracy across seeds; the larger of the
+    two arms') and whether the difference exceeds twice that. The reference defaults to the run
+    with the best mean accuracy.
+    """
+    table = results.table
+    if table.empty or not {"encoder", "fold", "accuracy", "run_id"} <= set(table.columns):
+        return pd.DataFrame()
+    acc = table[table["encoder"] == encoder]
+    keys = [k for k in results.grid_keys if k in acc.columns and k != "seed"]
+    runs = acc.groupby("run_id").agg(mean=("accuracy", "mean"),
+                                     seed=("seed", "first") if "seed" in acc.columns else ("accuracy", lambda _: 0),
+                                     **{k: (k, "first") for k in keys})
+    runs["arm"] = runs[keys].apply(tuple, axis=1) if keys else [()] * len(runs)
+    reference = reference or str(runs["mean"].idxmax())
+    ref_arm = runs.loc[reference, "arm"]
+    # Seed noise of an arm: how much its mean accuracy moves between seeds (needs two or more).
+    seed_sd = runs.groupby("arm")["mean"].std()
+    folds = {run_id: run.set_index("fold")["accuracy"] for run_id, run in acc.groupby("run_id")}
+    rows = []
+    for run_id, run in runs.iterrows():
+        if run["arm"] == ref_arm:
+            continue
+        partner = runs[(runs["arm"] == ref_arm) & (runs["seed"] == run["seed"])].index
+        if partner.empty:
+            continue
+        paired = (folds[run_id] - folds[partner[0]]).dropna()  # same seed: the same folds
+        lo, hi = bootstrap_ci(paired.to_numpy())
+        noise = float(np.nanmax([seed_sd.get(run["arm"], np.nan), seed_sd.get(ref_arm, np.nan)]))
+        rows.append({"run_id": run_id, **{k: run[k] for k in keys}, "versus": partner[0],
+                     "difference": paired.mean(), "ci_low": lo, "ci_high": hi, "interval_excludes_0": not lo <= 0 <= hi,
+                     "seed_sd": noise, "exceeds_seed_noise": bool(abs(paired.mean()) > 2 * noise) if np.isfinite(noise) else None})
     return pd.DataFrame(rows).round(4)
 
 

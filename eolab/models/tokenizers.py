@@ -82,6 +82,7 @@ class _GridTokenizer(nn.Module):
         for g, ch in enumerate(group_channels):
             mask[g, : patch_size**2 * len(ch)] = True
         self.register_buffer("target_mask", mask, persistent=False)  # (G, P)
+        self.padded_targets = not bool(mask.all())  # a plain bool: tasks branch on it without a device sync
         self.register_buffer("pos", sincos_2d(self.grid, dim), persistent=False)  # (N, D)
 
     @property

@@ -56,14 +56,14 @@ class Denoising(nn.Module):
 
         tok = self.encoder.tokenizer
         target = tok.patchify(eps if self.target == "eps" else x0)  # (B, N, P)
-        valid = tok.target_mask.repeat_interleave(tok.grid**2, dim=0)  # (N, P)
+        valid = tok.target_mask.repeat_interleave(tok.grid**2, dim=0) if tok.padded_targets else None  # (N, P)
         per_token = patch_mse(pred, target, valid)  # (B, N)
         loss = per_token.mean()
         with torch.no_grad():
             # Error at low vs high noise: a healthy denoiser is much better on lightly noised inputs.
-            low = t < 0.5
+            # Masked means, not boolean indexing: no host-device sync in the step (NaN when empty).
+            low = (t < 0.5).to(per_token.dtype)
             per_sample = per_token.mean(1)
-            out = {"loss": loss,
-                   "loss_low_noise": per_sample[low].mean() if low.any() else per_sample.new_tensor(float("nan")),
-                   "loss_high_noise": per_sample[~low].mean() if (~low).any() else per_sample.new_tensor(float("nan"))}
+            out = {"loss": loss, "loss_low_noise": (per_sample * low).sum() / low.sum(),
+                   "loss_high_noise": (per_sample * (1 - low)).sum() / (1 - low).sum()}
         return out

@@ -54,19 +54,24 @@ class MaskedAutoencoder(nn.Module):
         full = self.mask_token.to(x.dtype).expand(b, n, -1).clone()  # (B, N, Dd)
         full.scatter_(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
         full = full + self.decoder.position()
-        pred = self.decoder(torch.cat([x[:, :1], full], dim=1))  # (B, N, P), [CLS] dropped
+        pred = self.decoder(torch.cat([x[:, :1], full], dim=1), select=masked)  # (B, M, P): masked tokens only
 
+        cells = n // groups
         target = tok.patchify(image)  # (B, N, P), zero-padded where a group has fewer bands
-        valid = tok.target_mask.repeat_interleave(n // groups, dim=0)  # (N, P) real target entries
+        target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, P)
+        group = masked // cells  # (B, M) group (band group, modality or date) of each masked token
+        # Real target entries (B, M, P), or None when no group is zero-padded (skips the masking).
+        valid = tok.target_mask[group] if tok.padded_targets else None
         if self.norm_pix_loss:
             target = normalize_patches(target, valid)
-        per_token = patch_mse(pred, target, valid)  # (B, N)
-        is_masked = torch.zeros(b, n, device=image.device).scatter_(1, masked, 1.0)
-        loss = (per_token * is_masked).sum() / is_masked.sum()
+        per_token = patch_mse(pred, target, valid)  # (B, M)
+        loss = per_token.mean()  # every sample hides the same number of tokens
         out = {"loss": loss}
-        with torch.no_grad():
-            out["visible_loss"] = (per_token * (1 - is_masked)).sum() / (1 - is_masked).sum().clamp_min(1)
-            per_group = (per_token * is_masked).view(b, groups, -1).sum((0, 2)) / is_masked.view(b, groups, -1).sum((0, 2))
-            for name, value in zip(self.group_names, per_group, strict=False):
-                out[f"recon_{name}"] = value  # NaN when a group had no masked token in this batch
+        if self.group_names:
+            with torch.no_grad():
+                # Error per group: which bands (or dates) are hard to infer from the rest.
+                sums = torch.zeros(groups, device=image.device).index_add_(0, group.flatten(), per_token.flatten().float())
+                counts = torch.bincount(group.flatten(), minlength=groups).clamp_min(1)
+                for name, value in zip(self.group_names, sums / counts, strict=True):
+                    out[f"recon_{name}"] = value  # 0 when a group had no masked token in this batch
         return out

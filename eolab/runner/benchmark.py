@@ -129,7 +129,7 @@ ENCODER_FILE = "encoder.pt"
 EXECUTIONS_LOG = "executions.log"
 """The toy notebook appends its run id here (results/<name>/) on every execution."""
 METRIC_TOLERANCE = 1e-4
-TIMING_METRIC = re.compile(r"time|per_s")
+TIMING_METRIC = re.compile(r"time|per_s|hours")  # wall and CPU time, speeds, cost
 PROGRESS_LINE = re.compile(r"^\s*\[\d+/\d+\]\s+(\w+)\s+(\S+)")
 
 # --- the toy notebook: same record contract as notebooks/pretrain.ipynb, seconds instead of minutes --

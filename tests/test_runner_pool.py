@@ -218,3 +218,13 @@ def test_cli_rejects_bad_worker_counts(tmp_path: Path, capsys) -> None:
     assert "--workers must be at least 1, got 0" in capsys.readouterr().err
     assert main(["ablate", str(spec_path), "--executor", "slurm", "--workers", "2"]) == 2
     assert not (tmp_path / "toy").exists()
+
+
+def test_workers_share_the_cores_unless_threads_are_set(monkeypatch):
+    from eolab.runner.pool import worker_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_environment(2, cores=8)["OMP_NUM_THREADS"] == "4"
+    assert worker_environment(4, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_environment(2, cores=8)["OMP_NUM_THREADS"] == "3"  # the user's choice wins

@@ -11,6 +11,7 @@ itself (ipykernel polls its parent). Each worker's stdout/stderr go to runs/<run
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ class PoolExecutor:
                     if isinstance(claimed, RunOutcome):
                         self._finish(outcomes, claimed)
                     else:
-                        running.append(_start(task, claimed))
+                        running.append(_start(task, claimed, self.workers))
                 for job in [j for j in running if j.process.poll() is not None]:
                     running.remove(job)
                     self._finish(outcomes, _collect(job))
@@ -79,7 +80,18 @@ class PoolExecutor:
             self.on_finished(outcome)
 
 
-def _start(task: RunTask, claim: Claim) -> _Job:
+def worker_environment(workers: int, cores: int | None = None) -> dict[str, str]:
+    """The environment of a pool worker (and the kernel it starts): the machine's cores shared
+    between the workers' math libraries, unless the user set the thread count. With every kernel
+    at torch's default (all cores), N workers oversubscribe the machine: measured on 2 cores,
+    2 workers ran a batch 0.89x as fast as 1 worker with default threads, 1.57x with one each."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or os.cpu_count() or 1) // workers))
+    return env
+
+
+def _start(task: RunTask, claim: Claim, workers: int) -> _Job:
     """Start a worker in its own session (a terminal's Ctrl-C reaches only the parent, which
     then stops the workers in order) and hand it the task on stdin."""
     log_path = task.run_dir / WORKER_LOG_NAME
@@ -91,6 +103,7 @@ def _start(task: RunTask, claim: Claim) -> _Job:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=worker_environment(workers),
         )
     try:
         assert process.stdin is not None

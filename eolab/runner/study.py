@@ -66,7 +66,7 @@ from eolab.runner.execute import (
     eolab_importable,
     render_summary,
 )
-from eolab.runner.pool import exit_reason, stop_process
+from eolab.runner.pool import exit_reason, stop_process, worker_environment
 from eolab.runner.spec import (
     DEFAULT_STORAGE_NAME,
     JOURNAL_SCHEME,
@@ -794,7 +794,7 @@ class _WorkerProcess:
     log_path: Path
 
 
-def _start_worker(job: StudyJob) -> _WorkerProcess:
+def _start_worker(job: StudyJob, workers: int) -> _WorkerProcess:
     """A child process running `run_trials(job)`, in its own session (a terminal's Ctrl-C reaches
     only the parent, which then stops the workers in order); output to study_workers/."""
     log_path = job.results_dir / WORKER_LOGS_DIRNAME / f"{job.launch}-{job.worker}.log"
@@ -803,7 +803,7 @@ def _start_worker(job: StudyJob) -> _WorkerProcess:
     with open(log_path, "wb") as out, eolab_importable():
         process = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=worker_environment(workers),  # cores shared between workers
         )
     try:
         assert process.stdin is not None
@@ -837,7 +837,7 @@ def _run_local_workers(
     (SIGKILL, OOM) has its trial told FAIL and is replaced while the study still needs trials (at
     most n_trials replacements). Returns the next unused worker index."""
     assert job.spec.study is not None
-    running = [_start_worker(dataclasses.replace(job, worker=job.worker + i)) for i in range(workers)]
+    running = [_start_worker(dataclasses.replace(job, worker=job.worker + i), workers) for i in range(workers)]
     next_index, replacements = job.worker + workers, 0
     try:
         while running:
@@ -848,7 +848,7 @@ def _run_local_workers(
                     failed = fail_worker_trials(study, store, job.launch, worker.job.worker, reason)
                     log(f"study worker {worker.job.worker}: {reason}; {failed} trial(s) told FAIL")
                     if _needs_trials(study, job.spec.study.n_trials) and replacements < job.spec.study.n_trials:
-                        running.append(_start_worker(dataclasses.replace(job, worker=next_index)))
+                        running.append(_start_worker(dataclasses.replace(job, worker=next_index), workers))
                         next_index, replacements = next_index + 1, replacements + 1
             progress.poll()
             time.sleep(POLL_SECONDS if running else 0)

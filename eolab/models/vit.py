@@ -57,16 +57,20 @@ class ViTEncoder(nn.Module):
     def bands(self) -> tuple[str, ...]:
         return self.tokenizer.bands
 
+    def _input_tokens(self, image: Tensor, keep: Tensor | None, **context) -> Tensor:
+        """Tokenised input, the ``keep`` tokens only, with [CLS] prepended: (B, 1+K, D)."""
+        x = self.tokenizer(image, **context)  # (B, N, D) with positions added
+        if keep is not None:
+            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
+
     def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False, **context):
         """Encode ``image`` (B, C, H, W) or a time series (B, T, C, H, W) with ``context`` such as
         ``doy``; with ``keep`` (B, K) only those token indices are encoded.
 
         Returns (B, 1+K, D) tokens, [CLS] first; with ``return_layers`` also every block's output.
         """
-        x = self.tokenizer(image, **context)  # (B, N, D) with positions added
-        if keep is not None:
-            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
+        x = self._input_tokens(image, keep, **context)  # (B, 1+K, D)
         layers = []
         for block in self.blocks:
             x = block(x)
@@ -75,15 +79,34 @@ class ViTEncoder(nn.Module):
         return (x, layers) if return_layers else x
 
     @torch.no_grad()
-    def embed(self, image: Tensor, pool: str = "mean", keep: Tensor | None = None, **context) -> Tensor:
+    def tokens(self, image: Tensor, keep: Tensor | None = None, block: int = -1, **context) -> Tensor:
+        """Tokens (B, 1+K, D) after block ``block`` (negative counts from the end, as in a list).
+
+        The last block's tokens go through the final norm, as in ``forward``; an intermediate block's
+        are returned as they leave the block (the final norm was trained for the last block only), and
+        the blocks after it are not run.
+        """
+        depth = len(self.blocks)
+        if not -depth <= block < depth:
+            raise ValueError(f"block must lie in [{-depth}, {depth - 1}] for a {depth}-block encoder, got {block}")
+        if block % depth == depth - 1:
+            return self.forward(image, keep=keep, **context)
+        x = self._input_tokens(image, keep, **context)  # (B, 1+K, D)
+        for b in self.blocks[: block % depth + 1]:
+            x = b(x)
+        return x
+
+    @torch.no_grad()
+    def embed(self, image: Tensor, pool: str = "mean", keep: Tensor | None = None, block: int = -1,
+              **context) -> Tensor:
         """One vector per image from the final tokens (B, 1+N, D) (or only the ``keep`` tokens, e.g.
-        one modality's):
+        one modality's; or those of an intermediate ``block``, see ``tokens``):
 
         "mean": mean of patch tokens (D); "cls": the [CLS] token (D); "mean_std": mean and standard
         deviation of patch tokens over space (2D), statistics pooling, which keeps how much the scene
         varies within the image (texture, heterogeneity) that a mean averages away.
         """
-        return pool_tokens(self.forward(image, keep=keep, **context), pool)
+        return pool_tokens(self.tokens(image, keep=keep, block=block, **context), pool)
 
 
 def pool_tokens(x: Tensor, pool: str) -> Tensor:

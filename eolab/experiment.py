@@ -30,7 +30,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .checkpoint import save_encoder
-from .compute import parameter_count, training_flops
+from .compute import (
+    analytic_training_flops,
+    non_embedding_params,
+    parameter_count,
+    training_flops,
+)
 from .data import eurosat
 from .data.bands import S2_L2A
 from .data.cache import PatchDataset, build_scene_cache
@@ -72,6 +77,7 @@ class PretrainConfig:
     data_root: str = ""
     dataset: str = "scenes"
     sources: str = "major_tom,hydro,ssl4eo"
+    val_sources: str = ""
     bands: str = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"
     n_pretrain: int = 0
     tile_stride: int = 32
@@ -104,6 +110,7 @@ class PretrainConfig:
     pool: str = "mean_std"
     probe_folds: int = 5
     probe_repeats: int = 5
+    probe_baselines: bool = True
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -156,6 +163,10 @@ class PretrainConfig:
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
             ("img_size", self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
+            ("val_sources", all(s in READERS for s in self.val_source_list), f"empty or comma-separated names from {sorted(READERS)}"),
+            ("val_sources", not set(self.val_source_list) & set(self.source_list),
+             f"sources held out of pre-training, none of them in sources {self.sources!r}"),
+            ("val_sources", not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
             ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
              f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
             ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
@@ -173,6 +184,10 @@ class PretrainConfig:
     @property
     def source_list(self) -> tuple[str, ...]:
         return _names(self.sources)
+
+    @property
+    def val_source_list(self) -> tuple[str, ...]:
+        return _names(self.val_sources)
 
     @property
     def band_list(self) -> tuple[str, ...]:
@@ -204,6 +219,7 @@ class PreparedData:
     eurosat: dict
     manifest: dict
     tiles: pd.DataFrame | None = None  # window index (scene, row, col) when the data are scene tiles
+    validation: Dataset | None = None  # held-out scenes (``val_sources``): the proxy task's loss on unseen places
 
 
 def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.DataFrame | None, list[str], list[str]]:
@@ -249,7 +265,14 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     }
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
-    return PreparedData(dataset, norm, labelled, manifest, tiles)
+    validation = None
+    if cfg.val_sources:
+        cache = build_scene_cache(root, cfg.val_source_list)
+        val_tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        validation = PatchDataset(cache, val_tiles, patch=cfg.img_size, bands=cfg.band_list)
+        manifest["validation"] = {"sources": list(cfg.val_source_list), "n_patches": len(validation),
+                                  "patches_sha1": hashlib.sha1("\n".join(val_tiles["id"]).encode()).hexdigest()}
+    return PreparedData(dataset, norm, labelled, manifest, tiles, validation)
 
 
 @dataclass
@@ -259,6 +282,7 @@ class PretrainResult:
     train_time_s: float
     checkpoint: Path
     compute: dict  # FLOPs per step, steps, total training FLOPs, parameters
+    validation: dict = dataclasses.field(default_factory=dict)  # val_loss etc. on held-out scenes (val_sources)
 
 
 def _encoder_spec(cfg: PretrainConfig, bands: tuple[str, ...]) -> dict:
@@ -310,6 +334,30 @@ def _knn_probe(cfg: PretrainConfig, data: PreparedData) -> KnnProbe | None:
     return KnnProbe(part(train), part(~train), data.normalization, every=cfg.knn_every)
 
 
+@torch.no_grad()
+def held_out_loss(task: torch.nn.Module, dataset: Dataset, normalization: Normalization, batch_size: int,
+                  seed: int = 0) -> dict[str, float]:
+    """The proxy task's losses on ``dataset`` (places never trained on), averaged over samples.
+
+    Masks and noise come from one seeded generator and there is no augmentation, so every run of a
+    study is scored on exactly the same problems: differences are the encoder's, not the draw's.
+    The training loss cannot serve here: it rewards memorising a small pre-training set.
+    """
+    was_training = task.training
+    task.eval()
+    device = next(task.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    totals: dict[str, float] = {}
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        image = normalization(batch["image"], batch["bands"], batch["unit"], where="validation data").to(device)
+        out = task({**batch, "image": image}, generator=generator)
+        for name, value in out.items():
+            totals[name] = totals.get(name, 0.0) + float(value) * len(image)
+    task.train(was_training)
+    return {name: total / len(dataset) for name, total in totals.items()}
+
+
 def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = ()) -> PretrainResult:
     """Train the proxy task; ``callbacks`` (Lightning) e.g. report intermediate values to Optuna."""
     out = Path(cfg.output_dir)
@@ -338,12 +386,19 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     shutil.rmtree(checkpoints, ignore_errors=True)
     steps = int(history["step"].max()) if len(history) else 0
     compute = {"flops_per_step": flops_per_step, "train_steps": steps, "train_flops": flops_per_step * steps,
+               "samples_seen": steps * cfg.batch_size * cfg.accumulate,
                "steps_per_epoch": steps_per_epoch, "encoder_params": parameter_count(task.encoder),
-               "task_params": parameter_count(task)}
+               "task_params": parameter_count(task), **non_embedding_params(task)}
+    # analytic rule (6 x parameters x tokens + attention) next to the count: a check a reader can redo
+    compute["analytic_flops_per_step"] = analytic_training_flops(task, _sample_batch(cfg, data), seed=cfg.seed)
+    validation = {}
+    if data.validation is not None:
+        validation = {f"val_{k}": v for k, v in held_out_loss(task, data.validation, data.normalization,
+                                                               cfg.batch_size, cfg.seed).items()}
     encoder = task.encoder.cpu().eval()
     spec = _encoder_spec(cfg, data.normalization.bands)
     ckpt = save_encoder(out / "encoder.pt", encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
-    return PretrainResult(encoder, history, train_time, ckpt, compute)
+    return PretrainResult(encoder, history, train_time, ckpt, compute, validation)
 
 
 @dataclass
@@ -374,11 +429,10 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Ev
     labels = data.eurosat["label"].numpy()
     torch.manual_seed(cfg.seed)  # the random-init encoder is the same draw for a given seed
     random_encoder = _build_task(cfg, bands).encoder.eval()
-    features = {
-        "pretrained": embed(run.encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT"),
-        "random_init": embed(random_encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT"),
-        "band_stats": band_stats_features(data.eurosat, eval_bands),
-    }
+    features = {"pretrained": embed(run.encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT")}
+    if cfg.probe_baselines:  # the same for every run of one architecture: a sweep may compute them once
+        features["random_init"] = embed(random_encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT")
+        features["band_stats"] = band_stats_features(data.eurosat, eval_bands)
     rows, diagnostics = [], {}
     for name, x in features.items():
         for fold, acc in enumerate(linear_probe(x, labels, cfg.probe_folds, cfg.probe_repeats, cfg.seed)):
@@ -426,6 +480,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
         **{f"final_{name}": v[1] for name, v in health.items() if v},
         **{k: float(v) for k, v in run.compute.items()},
+        **run.validation,
         **_cost(cfg, run),
         **evaluation.diagnostics,
     })

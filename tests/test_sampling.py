@@ -73,7 +73,17 @@ def test_exact_budget_unique_and_seeded(spec):
 
 
 def test_registry_names():
-    assert {"uniform", "geo_grid", "stratified", "kcenter", "kmeans", "clear", "torchgeo_grid", "torchgeo_random"} <= set(SAMPLERS)
+    assert {"uniform", "pandas_uniform", "geo_grid", "stratified", "kcenter", "kmeans", "clear", "torchgeo_grid",
+            "torchgeo_random"} <= set(SAMPLERS)
+
+
+def test_pandas_uniform_reproduces_the_earlier_draw():
+    tiles = toy_pool()
+    old = tiles.sample(n=50, random_state=7).sort_index()
+    sel = select("pandas_uniform", tiles, 50, seed=7)
+    assert sel.ids == old["id"].tolist()
+    with pytest.raises(ValueError, match="whole pool"):
+        select("pandas_uniform(max_nodata=0)", tiles, 50, seed=7)
 
 
 def test_stratified_equal_allocation_water_fills():

@@ -45,7 +45,12 @@ import pandas as pd
 
 from .bands import canonical_band_name
 from .cache import SceneCache
-from .representativeness import PoolReference, equal_area_cells, standardize
+from .representativeness import (
+    PoolReference,
+    equal_area_cells,
+    one_blas_thread,
+    standardize,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The pool: tiles plus lazily computed features and quality fractions
@@ -292,6 +297,19 @@ def uniform(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.Generator,
     return rng.choice(cand, budget, replace=False)
 
 
+def pandas_uniform(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.RandomState, arg: str | None) -> np.ndarray:
+    """The draw eolab made before these samplers: ``tiles.sample(n=budget, random_state=seed)``.
+
+    Kept so that runs recorded with that draw keep their exact patch sets. ``select`` hands this
+    sampler ``np.random.RandomState(seed)``, which is what pandas builds from an integer seed; it
+    reproduces pandas only over the whole pool, so filters and earlier mixture components are errors.
+    """
+    if len(cand) != len(pool):
+        raise ValueError("sampler 'pandas_uniform' reproduces DataFrame.sample over the whole pool: it takes no "
+                         "filters and must come first in a mixture")
+    return rng.choice(len(pool), size=budget, replace=False)
+
+
 def geo_grid(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.Generator, arg: str | None,
              cell_km: float = 100.0, alloc: str = "equal") -> np.ndarray:
     """Stratified by equal-area cells of ``cell_km`` (see ``equal_area_cells``): each place counts alike.
@@ -323,15 +341,16 @@ def greedy_kcenter(z: np.ndarray, budget: int, rng: np.random.Generator) -> np.n
     chosen = np.empty(budget, np.int64)
     buf = np.empty(len(z), np.float32)
     j = int(rng.integers(len(z)))
-    for t in range(budget):
-        chosen[t] = j
-        np.dot(z, z[j], out=buf)
-        buf *= -2.0
-        buf += sq
-        buf += sq[j]
-        np.minimum(mind, buf, out=mind)
-        mind[j] = -1.0  # chosen: never again, even when every remaining distance is 0 (duplicates)
-        j = int(np.argmax(mind))
+    with one_blas_thread():  # a memory-bound matrix-vector product per pick: threads only add waiting
+        for t in range(budget):
+            chosen[t] = j
+            np.dot(z, z[j], out=buf)
+            buf *= -2.0
+            buf += sq
+            buf += sq[j]
+            np.minimum(mind, buf, out=mind)
+            mind[j] = -1.0  # chosen: never again, even when every remaining distance is 0 (duplicates)
+            j = int(np.argmax(mind))
     return chosen
 
 
@@ -486,6 +505,7 @@ FILTER_OPTIONS = {
 _ALLOC = Option(str, "equal", choices=("equal", "proportional"))
 SAMPLERS: dict[str, SamplerDef] = {
     "uniform": SamplerDef(uniform),
+    "pandas_uniform": SamplerDef(pandas_uniform),
     "clear": SamplerDef(uniform),  # filter defaults below
     "geo_grid": SamplerDef(geo_grid, {"cell_km": Option(float, 100.0, lambda v: v > 0, "> 0"), "alloc": _ALLOC}),
     "stratified": SamplerDef(stratified, {"alloc": _ALLOC}, arg="column"),
@@ -659,7 +679,7 @@ def select(spec: str, tiles: pd.DataFrame | Pool, budget: int, seed: int = 0, ca
     taken = np.zeros(len(pool), bool)
     parts, records = [], []
     for j, (comp, n) in enumerate(zip(comps, sizes, strict=True)):
-        rng = np.random.default_rng([seed, j])
+        rng = np.random.RandomState(seed) if comp.name == "pandas_uniform" else np.random.default_rng([seed, j])
         filters = {k: v for k, v in comp.options.items() if k in FILTER_OPTIONS}
         own = {k: v for k, v in comp.options.items() if k not in FILTER_OPTIONS}
         cand = apply_filters(pool, np.flatnonzero(~taken), **filters)
@@ -705,8 +725,9 @@ def pool_reference(pool: Pool, seed: int = 0, ref_size: int = 20_000, geo_cell_k
 # Benchmark: python -m eolab.data.sampling
 # ----------------------------------------------------------------------------------------------
 
+# torchgeo_grid at the default stride (= patch, no overlap) has fewer windows than a 2000 budget on the shared scenes.
 BENCH_SPECS = ("uniform", "geo_grid", "stratified:source", "stratified:scene", "stratified:season", "kcenter",
-               "kmeans", "clear", "torchgeo_grid", "torchgeo_random", "0.5*uniform+0.5*kcenter")
+               "kmeans", "clear", "torchgeo_grid(grid_stride=32)", "torchgeo_random", "0.5*uniform+0.5*kcenter")
 
 
 def _timed(fn: Callable[[], object], trace: bool) -> tuple[object, float, float]:
@@ -742,13 +763,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     from .cache import build_scene_cache
 
+    # Library imports are a once-per-process cost; time them apart so the first sampler using them is not charged.
+    _, t_import, _ = _timed(lambda: (__import__("sklearn.cluster"), __import__("torchgeo.samplers")), False)
+    rss = {"after_imports": _rss_mb()}
     cache = build_scene_cache(args.data_root)
     tiles, t_tiles, _ = _timed(lambda: cache.tiles(args.patch, args.pool_stride, args.min_valid), False)
     pool = Pool(tiles, cache, patch=args.patch)
     _, t_feat, _ = _timed(lambda: (pool.features, pool.z), False)
+    rss["after_features"] = _rss_mb()
     ref, t_ref, _ = _timed(lambda: pool_reference(pool, seed=args.seed), False)
+    rss["after_reference"] = _rss_mb()
     print(f"pool: {len(pool)} windows of {args.patch} px at stride {args.pool_stride} from {len(cache.scenes)} scenes; "
-          f"tiles {t_tiles:.2f} s, features {t_feat:.2f} s, metric reference {t_ref:.2f} s")
+          f"tiles {t_tiles:.2f} s, features {t_feat:.2f} s, metric reference {t_ref:.2f} s (imports {t_import:.1f} s)")
     rows = []
     for spec in [s.strip() for s in args.samplers.split(",") if s.strip()]:
         sel, dt, _ = _timed(lambda spec=spec: select(spec, pool, args.budget, args.seed), False)
@@ -766,19 +792,21 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "pool": {"n": len(pool), "patch": args.patch, "stride": args.pool_stride, "min_valid": args.min_valid,
                  "scenes": len(cache.scenes), "sha1": pool.sha1, "tiles_s": t_tiles, "features_s": t_feat,
-                 "reference_s": t_ref, **ref.pool_summary()},
+                 "reference_s": t_ref, "imports_s": t_import, **ref.pool_summary()},
         "budget": args.budget, "seed": args.seed, "cpu_count": len(__import__("os").sched_getaffinity(0)),
-        "load_avg": list(__import__("os").getloadavg()), "peak_rss_mb": _rss_mb(),
+        "load_avg": list(__import__("os").getloadavg()), "peak_rss_mb": _rss_mb(), "rss_stages_mb": rss,
         "samplers": rows,
         "notes": "time_s: one untraced call of select() on a Pool whose features were computed once (features_s); "
                  "peak_traced_mb: tracemalloc peak of a second call (numpy/Python allocations; BLAS/OpenMP scratch "
-                 "not traced); peak_rss_mb: process maximum resident set over the whole benchmark.",
+                 "not traced); peak_rss_mb: process maximum resident set over the whole benchmark; rss_stages_mb: the "
+                 "same maximum after importing torch/sklearn/torchgeo, after tiles+features, after the metric reference.",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"stride{args.pool_stride}_budget{args.budget}_seed{args.seed}.json"
     (out / name).write_text(json.dumps(result, indent=1, default=float))
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB; wrote {out / name}")
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MB (after imports {rss['after_imports']:.0f}, features "
+          f"{rss['after_features']:.0f}, reference {rss['after_reference']:.0f}); wrote {out / name}")
     return result
 
 

@@ -25,6 +25,7 @@ from eolab.data.sampling import (
     Pool,
     allocate,
     box_sums,
+    encoder_features,
     greedy_kcenter,
     parse_spec,
     pool_reference,
@@ -339,3 +340,22 @@ def test_every_benchmarked_sampler_on_real_scenes(real):
         assert 1.0 <= m["vendi_cos"] <= 2 * len(cache.bands) and m["coverage_mean"] > 0, spec
         if spec == "torchgeo_grid":  # torchgeo's grid at stride = patch: windows that never overlap
             assert m["overlap_frac"] == 0.0
+
+
+@pytest.mark.slow
+def test_kcenter_on_encoder_embeddings(real):
+    import torch
+
+    from eolab.data.stats import Normalization
+    from eolab.models.vit import build_encoder
+
+    cache, tiles = real
+    small = tiles.iloc[::40].reset_index(drop=True)
+    bands = cache.bands
+    norm = Normalization(bands, "reflectance", dict.fromkeys(bands, 0.1), dict.fromkeys(bands, 0.05))
+    torch.manual_seed(0)
+    enc = build_encoder("vit_nano", bands, img_size=64, patch_size=16)
+    feats = encoder_features(enc, norm, cache, small, 64, chunk=50)
+    assert feats.shape[0] == len(small) and np.isfinite(feats).all()
+    sel = select("kcenter", small, 10, cache=cache, features=feats)
+    assert len(np.unique(sel.indices)) == 10 and sel.manifest["features"] == "given"

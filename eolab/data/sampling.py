@@ -123,6 +123,28 @@ def window_statistics(cache: SceneCache, tiles: pd.DataFrame, patch: int) -> dic
     return {"features": feats, "feature_names": names, "nodata_frac": nodata, "cloud_frac": cloud}
 
 
+def encoder_features(encoder, normalization, cache: SceneCache, tiles: pd.DataFrame, patch: int,
+                     chunk: int = 2048, batch_size: int = 128) -> np.ndarray:
+    """Embeddings (n, D) of every pool window through a frozen encoder, for ``select(..., features=)``.
+
+    Windows are read and embedded ``chunk`` at a time (``eolab.evaluate.probe.embed`` on a stacked
+    chunk), so memory stays at one chunk of images whatever the pool size. Cost is one forward pass
+    per window: minutes on CPU for a 100k pool, against seconds for the spectral statistics.
+    """
+    import torch
+
+    from ..evaluate.probe import embed
+    from .cache import PatchDataset
+
+    ds = PatchDataset(cache, tiles, patch=patch, bands=tuple(b for b in normalization.bands if b in cache.bands))
+    out = []
+    for s in range(0, len(ds), chunk):
+        images = torch.stack([ds[i]["image"] for i in range(s, min(s + chunk, len(ds)))])  # (chunk, C, H, W)
+        data = {"image": images, "bands": ds.bands, "unit": "reflectance"}
+        out.append(embed(encoder, normalization, data, batch_size=batch_size, where="sampling pool"))
+    return np.concatenate(out).astype(np.float32)
+
+
 def _infer_patch(tiles: pd.DataFrame) -> int:
     """The window size from tile ids ('<scene>@row,col+<patch>', as ``SceneCache.tiles`` writes them)."""
     sizes = tiles["id"].astype(str).str.rsplit("+", n=1).str[-1].unique()

@@ -217,6 +217,14 @@ def test_clear_errors(spec, budget, message):
         select(spec, tiles, budget, features=toy_features(len(tiles)))
 
 
+def test_options_from_keywords_and_numpy_scalars():
+    tiles = toy_pool()
+    a = select("kmeans", tiles, 20, features=toy_features(len(tiles)), max_k=np.int64(5), max_nodata=np.float32(0))
+    assert a.manifest["components"][0]["options"] == {"max_k": 5, "max_nodata": 0.0}
+    b = select("kmeans(max_k=5,max_nodata=0)", tiles, 20, features=toy_features(len(tiles)))
+    assert a.manifest == b.manifest
+
+
 def test_error_names_the_notebook_parameter():
     with pytest.raises(ValueError, match="parameter 'pretrain_sampling'"):
         parse_spec("nope", param="pretrain_sampling")

@@ -573,6 +573,8 @@ def _split_terms(spec: str) -> list[str]:
 
 
 def _coerce(value: object, opt: Option, where: str) -> object:
+    if isinstance(value, np.generic):  # numpy scalars from a notebook: np.int64(5) is not an int
+        value = value.item()
     try:
         if isinstance(value, str) and opt.kind is not str:
             value = opt.kind(float(value)) if opt.kind is int and re.fullmatch(r"\d+(\.0*)?", value) else opt.kind(value)

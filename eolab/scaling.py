@@ -1,0 +1,641 @@
+"""Scaling-law fits for pre-training ablations: loss (or a downstream error) against model size N,
+samples seen D and compute C.
+
+The main fit is the parametric form of Hoffmann et al. 2022, "Training Compute-Optimal Large
+Language Models" (arXiv:2203.15556, Approach 3)::
+
+    L(N, D) = E + A / N**alpha + B / D**beta
+
+estimated as they did: minimise the Huber loss (delta = 1e-3) between the predicted and measured
+log loss, with the prediction written as a log-sum-exp of the three terms
+(LSE(a - alpha log N, b - beta log D, e), A = exp(a), B = exp(b), E = exp(e)), by L-BFGS-B from a
+grid of initialisations, keeping the best. Two known pitfalls of that recipe, from the replication
+by Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt" (arXiv:2404.10102): the
+original optimiser stopped before convergence because the summed Huber loss is tiny compared with
+L-BFGS's default tolerances (here the objective is scaled by 1/delta and the tolerances are tight),
+and the reported confidence intervals were implausibly narrow (here every interval comes from a
+non-parametric bootstrap over runs, refitting each resample).
+
+Everything works on a tidy frame with one row per run and columns ``N``, ``D``, ``C`` and one or
+more metric columns (`runs_table` builds it from an ablation's results folder), so the same calls
+fit masked and contrastive objectives alike (`fit_groups`). All randomness comes from a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
+
+HUBER_DELTA = 1e-3
+"""Huber threshold on log-loss residuals (Hoffmann et al. 2022, Approach 3)."""
+
+CHINCHILLA_GRID: dict[str, tuple[float, ...]] = {
+    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+    "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+}
+"""Initialisation grid of Hoffmann et al. 2022 (Approach 3), in log space for A, B and E."""
+
+HOFFMANN_2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+"""Approach 3 estimates as printed in Hoffmann et al. 2022 (language models, D in tokens, C ~ 6 N D).
+Besiroglu et al. 2024 found them rounded and under-converged; use them as a reference point only."""
+
+CHINCHILLA_TOKENS_PER_PARAMETER = 20.0
+"""The compute-optimal ratio Chinchilla was trained at (70B parameters, 1.4T tokens)."""
+
+_ORDER = ("a", "b", "e", "alpha", "beta")  # parameter vector layout of the Chinchilla objective
+_BOUNDS = {"a": (-20.0, 60.0), "b": (-20.0, 60.0), "e": (-20.0, 5.0), "alpha": (0.0, 5.0), "beta": (0.0, 5.0)}
+_OPTIONS = {"maxiter": 20_000, "maxfun": 40_000, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 20}
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------------
+# Input table
+
+
+def check_positive(df: pd.DataFrame, columns: Sequence[str], min_rows: int = 1) -> None:
+    """Raise ValueError naming the column if it is missing, non-finite or not strictly positive,
+    or if ``df`` has fewer than ``min_rows`` rows."""
+    for column in columns:
+        if column not in df.columns:
+            raise ValueError(f"column `{column}` not found (have: {', '.join(map(str, df.columns))})")
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | (values <= 0)
+        if bad.any():
+            raise ValueError(f"column `{column}` must be finite and > 0: {int(bad.sum())} of {len(values)} "
+                             f"values are not (first: {df[column].iloc[int(np.argmax(bad))]!r})")
+    if len(df) < min_rows:
+        raise ValueError(f"need at least {min_rows} runs with {', '.join(f'`{c}`' for c in columns)}, "
+                         f"got {len(df)}")
+
+
+N_COLUMNS = ("encoder_nonembedding_params", "encoder_params_nonembedding", "encoder_params")
+"""Candidates for N, in order of preference, when `runs_table` is not told which column to use."""
+
+KNOWN_METRICS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
+    "val_loss": lambda runs: runs["val_loss"],
+    "probe_error": lambda runs: 1.0 - runs["pretrained_acc_mean"],
+}
+"""Metrics `runs_table` knows how to derive (probe_error = 1 - mean linear-probe accuracy)."""
+
+
+def runs_table(
+    source: str | Path | pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    n_column: str | None = None,
+    tokens_per_sample: float = 1.0,
+    keep: Sequence[str] = ("run_id", "objective", "model_size", "batch_size", "train_steps", "seed"),
+) -> pd.DataFrame:
+    """One row per finished run with ``N``, ``D``, ``C``, ``tokens`` and the metric columns.
+
+    ``source`` is an ablation's results folder (its ``runs.csv``, one row per run with the scalar
+    metrics; a per-fold ``table.csv`` fills in the probe accuracy if runs.csv lacks it), a CSV
+    path, or a frame in either layout (per-fold rows are collapsed to one per run).
+
+    - ``N`` = ``n_column`` (default: the first of `N_COLUMNS` present);
+    - ``D`` = samples seen = ``train_steps * batch_size * accumulate`` (accumulate 1 if absent);
+    - ``C`` = ``train_flops`` (counted FLOPs of forward + backward), else ``flops_per_step * train_steps``;
+    - ``tokens`` = ``D * tokens_per_sample``.
+
+    ``metrics``: column names, or `KNOWN_METRICS` keys (``probe_error``); default every known one
+    that can be computed. Runs whose status is not ``done`` are dropped.
+    """
+    runs = _load_runs(source)
+    if "status" in runs.columns:
+        runs = runs[runs["status"].astype(str) == "done"]
+    n_column = n_column or next((c for c in N_COLUMNS if c in runs.columns), N_COLUMNS[-1])
+    for column in (n_column, "train_steps", "batch_size"):
+        if column not in runs.columns:
+            raise ValueError(f"column `{column}` not found in the run table")
+    accumulate = runs["accumulate"].fillna(1.0) if "accumulate" in runs.columns else 1.0
+    out = runs[[c for c in keep if c in runs.columns]].copy()
+    out["N"] = runs[n_column].astype(float)
+    out["D"] = runs["train_steps"].astype(float) * runs["batch_size"].astype(float) * accumulate
+    if "train_flops" in runs.columns:
+        out["C"] = runs["train_flops"].astype(float)
+    elif "flops_per_step" in runs.columns:
+        out["C"] = runs["flops_per_step"].astype(float) * runs["train_steps"].astype(float)
+    else:
+        raise ValueError("column `train_flops` (or `flops_per_step`) not found in the run table")
+    out["tokens"] = out["D"] * tokens_per_sample
+    wanted = list(metrics) if metrics is not None else [m for m in KNOWN_METRICS if _can_compute(m, runs)]
+    for metric in wanted:
+        if metric in KNOWN_METRICS and metric not in runs.columns:
+            if not _can_compute(metric, runs):
+                raise ValueError(f"metric `{metric}` cannot be computed: its source column is missing")
+            out[metric] = KNOWN_METRICS[metric](runs).astype(float)
+        elif metric in runs.columns:
+            out[metric] = runs[metric].astype(float)
+        else:
+            raise ValueError(f"metric column `{metric}` not found in the run table")
+    return out.reset_index(drop=True)
+
+
+def _can_compute(metric: str, runs: pd.DataFrame) -> bool:
+    try:
+        KNOWN_METRICS[metric](runs.head(1))
+    except KeyError:
+        return False
+    return True
+
+
+def _load_runs(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A per-run frame from a results folder, a CSV or a frame (per-fold rows collapsed)."""
+    if isinstance(source, pd.DataFrame):
+        return _per_run(source)
+    path = Path(source)
+    if path.is_file():
+        return _per_run(pd.read_csv(path))
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run table at {path}")
+    runs_csv, table_csv = path / "runs.csv", path / "table.csv"
+    if not runs_csv.is_file():
+        if not table_csv.is_file():
+            raise FileNotFoundError(f"neither runs.csv nor table.csv in {path}")
+        return _per_run(pd.read_csv(table_csv))
+    runs = pd.read_csv(runs_csv)
+    if "pretrained_acc_mean" not in runs.columns and table_csv.is_file():
+        accuracy = _per_run(pd.read_csv(table_csv))
+        if "pretrained_acc_mean" in accuracy.columns:
+            runs = runs.merge(accuracy[["run_id", "pretrained_acc_mean"]], on="run_id", how="left")
+    return _per_run(runs)
+
+
+def _per_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """Collapse a per-(run, encoder, fold) table to one row per run; the pre-trained encoder's mean
+    fold accuracy becomes ``pretrained_acc_mean`` unless the frame already has it."""
+    if "run_id" not in frame.columns or not frame["run_id"].duplicated().any():
+        return frame.copy()
+    fold_columns = [c for c in ("encoder", "fold", "accuracy") if c in frame.columns]
+    runs = frame.drop(columns=fold_columns).groupby("run_id", sort=False, as_index=False).first()
+    if {"encoder", "accuracy"} <= set(frame.columns) and "pretrained_acc_mean" not in runs.columns:
+        accuracy = frame[frame["encoder"] == "pretrained"].groupby("run_id")["accuracy"].mean()
+        runs["pretrained_acc_mean"] = runs["run_id"].map(accuracy)
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# Robust objective
+
+
+def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Huber loss: quadratic within ``delta`` of zero, linear beyond (continuous slope)."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _huber_grad(r: np.ndarray, delta: float) -> np.ndarray:
+    return np.clip(r, -delta, delta)
+
+
+def _lse_objective(terms: np.ndarray, log_l: np.ndarray, delta: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Huber(LSE(terms) - log L) summed over runs (axis 1), scaled by 1/delta; also the softmax
+    weights of the terms (d LSE / d term) and dHuber/dr. Inlined log-sum-exp: this is the inner
+    loop of every fit, and `scipy.special.logsumexp`'s checks cost more than the arithmetic."""
+    top = terms.max(axis=0)
+    exp = np.exp(terms - top)
+    total = exp.sum(axis=0)
+    r = top + np.log(total) - log_l
+    value = float(huber(r, delta).sum()) / delta
+    return value, exp / total, _huber_grad(r, delta) / delta
+
+
+def _optimise(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    starts: np.ndarray,
+    bounds: list[tuple[float, float]],
+) -> tuple[np.ndarray, float, int]:
+    """L-BFGS-B from each start; the best (lowest objective) parameters, value and #converged."""
+    best_x, best_f, converged = starts[0], math.inf, 0
+    with _one_blas_thread():
+        for x0 in starts:
+            res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=_OPTIONS)
+            converged += bool(res.success)
+            if np.isfinite(res.fun) and res.fun < best_f:
+                best_x, best_f = res.x, float(res.fun)
+    return best_x, best_f, converged
+
+
+_blas_depth = 0
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run the fits with one BLAS thread. L-BFGS-B makes many tiny BLAS calls, and with a threaded
+    OpenBLAS their synchronisation costs 10-30x the arithmetic (worse on a busy machine). Nested
+    uses are free: only the outermost one sets the limit."""
+    global _blas_depth
+    if _blas_depth:
+        yield
+        return
+    _blas_depth += 1
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        _blas_depth -= 1
+
+
+def _grid(axes: Mapping[str, Sequence[float]], order: Sequence[str]) -> np.ndarray:
+    return np.array(list(itertools.product(*(axes[k] for k in order))), dtype=float)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chinchilla fit
+
+
+@dataclass(frozen=True)
+class ChinchillaFit:
+    """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, eq. 2)."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    loss: float  # summed Huber loss on log residuals at the optimum (not scaled)
+    n_points: int
+    n_starts: int = 0
+    n_converged: int = 0
+
+    def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        return self.E + self.A * N ** -self.alpha + self.B * D ** -self.beta
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Parameters in the optimiser's layout (a, b, e, alpha, beta), logs floored to stay finite."""
+        return np.array([math.log(max(self.A, _EPS)), math.log(max(self.B, _EPS)),
+                         math.log(max(self.E, _EPS)), self.alpha, self.beta])
+
+    def params(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def _chinchilla_value_grad(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                           delta: float) -> tuple[float, np.ndarray]:
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    value, w, g = _lse_objective(terms, log_l, delta)
+    gw = g * w
+    grad = np.array([gw[0].sum(), gw[1].sum(), gw[2].sum(), -(gw[0] * log_n).sum(), -(gw[1] * log_d).sum()])
+    return value, grad
+
+
+def _chinchilla_grid_values(grid: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                            delta: float) -> np.ndarray:
+    """The objective at every grid point at once (rows of ``grid`` in `_ORDER` layout)."""
+    a, b, e, alpha, beta = (grid[:, i : i + 1] for i in range(5))
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.broadcast_to(e, (len(grid), len(log_n)))])
+    r = logsumexp(terms, axis=0) - log_l
+    return huber(r, delta).sum(axis=1) / delta
+
+
+def _prepare(N: np.ndarray, D: np.ndarray, L: np.ndarray, min_points: int) -> tuple[np.ndarray, ...]:
+    frame = pd.DataFrame({"N": np.ravel(N), "D": np.ravel(D), "L": np.ravel(L)})
+    check_positive(frame, ["N", "D", "L"], min_rows=min_points)
+    if frame["N"].nunique() < 2 or frame["D"].nunique() < 2:
+        raise ValueError(f"need at least 2 distinct values of both N and D, got {frame['N'].nunique()} "
+                         f"and {frame['D'].nunique()}")
+    return tuple(np.log(frame[c].to_numpy(dtype=float)) for c in ("N", "D", "L"))
+
+
+def fit_chinchilla(
+    N: Sequence[float] | np.ndarray,
+    D: Sequence[float] | np.ndarray,
+    L: Sequence[float] | np.ndarray,
+    delta: float = HUBER_DELTA,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    n_starts: int | None = 64,
+    extra_starts: Sequence[np.ndarray] = (),
+) -> ChinchillaFit:
+    """Fit L = E + A/N**alpha + B/D**beta by Huber regression on log L (Hoffmann et al. 2022, App. D.2).
+
+    The objective is evaluated at every point of the initialisation grid (default
+    `CHINCHILLA_GRID`, 4500 points) and L-BFGS-B is run from the ``n_starts`` best of them (all
+    of them when None, as in the paper) plus ``extra_starts`` (vectors a, b, e, alpha, beta);
+    the lowest optimum wins. Needs at least 6 runs (5 parameters) spanning 2 values of N and D.
+    """
+    log_n, log_d, log_l = _prepare(np.asarray(N), np.asarray(D), np.asarray(L), min_points=6)
+    starts = _grid(grid or CHINCHILLA_GRID, _ORDER)
+    if n_starts is not None and n_starts < len(starts):
+        values = _chinchilla_grid_values(starts, log_n, log_d, log_l, delta)
+        starts = starts[np.argsort(values, kind="stable")[:n_starts]]
+    if len(extra_starts):
+        starts = np.vstack([np.asarray(extra_starts, dtype=float).reshape(-1, 5), starts])
+    bounds = [_BOUNDS[k] for k in _ORDER]
+    starts = np.clip(starts, [lo for lo, _ in bounds], [hi for _, hi in bounds])
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        return _chinchilla_value_grad(theta, log_n, log_d, log_l, delta)
+
+    theta, value, converged = _optimise(fun, starts, bounds)
+    a, b, e, alpha, beta = (float(v) for v in theta)
+    return ChinchillaFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
+                         loss=value * delta, n_points=len(log_l), n_starts=len(starts), n_converged=converged)
+
+
+def fit_chinchilla_frame(df: pd.DataFrame, metric: str, **kwargs: object) -> ChinchillaFit:
+    """`fit_chinchilla` on a `runs_table` frame (columns N, D and ``metric``)."""
+    check_positive(df, ["N", "D", metric], min_rows=6)
+    return fit_chinchilla(df["N"], df["D"], df[metric], **kwargs)  # type: ignore[arg-type]
+
+
+def fit_groups(df: pd.DataFrame, metric: str, by: str, **kwargs: object) -> dict[str, ChinchillaFit]:
+    """One Chinchilla fit per value of ``by`` (e.g. ``objective``: masked versus contrastive)."""
+    if by not in df.columns:
+        raise ValueError(f"column `{by}` not found")
+    return {str(key): fit_chinchilla_frame(group, metric, **kwargs) for key, group in df.groupby(by, sort=True)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-axis power laws
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """L(x) = E + A * x**-alpha (E = 0 for a pure power law)."""
+
+    E: float
+    A: float
+    alpha: float
+    loss: float  # Huber loss (with offset) or sum of squared log residuals (pure)
+    n_points: int
+    with_offset: bool
+
+    def predict(self, x: np.ndarray | float) -> np.ndarray:
+        return self.E + self.A * np.asarray(x, dtype=float) ** -self.alpha
+
+    def params(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+POWER_LAW_GRID: dict[str, tuple[float, ...]] = {
+    "a": CHINCHILLA_GRID["a"], "e": CHINCHILLA_GRID["e"], "alpha": CHINCHILLA_GRID["alpha"]}
+
+
+def fit_power_law(
+    x: Sequence[float] | np.ndarray,
+    L: Sequence[float] | np.ndarray,
+    with_offset: bool = True,
+    delta: float = HUBER_DELTA,
+    n_starts: int | None = 16,
+) -> PowerLawFit:
+    """Per-axis power law in ``x`` (N, D or C).
+
+    With offset: L = E + A x**-alpha by Huber regression of LSE(a - alpha log x, e) on log L from a
+    grid of initialisations (as `fit_chinchilla`; needs 4 points). Without: log L = log A - alpha
+    log x by ordinary least squares (needs 2 points with distinct x).
+    """
+    frame = pd.DataFrame({"x": np.ravel(x), "L": np.ravel(L)})
+    check_positive(frame, ["x", "L"], min_rows=4 if with_offset else 2)
+    if frame["x"].nunique() < 2:
+        raise ValueError("need at least 2 distinct values of `x`")
+    log_x, log_l = np.log(frame["x"].to_numpy(float)), np.log(frame["L"].to_numpy(float))
+    if not with_offset:
+        slope, intercept = np.polyfit(log_x, log_l, 1)
+        resid = log_l - (intercept + slope * log_x)
+        return PowerLawFit(E=0.0, A=math.exp(intercept), alpha=-float(slope), loss=float(resid @ resid),
+                           n_points=len(log_l), with_offset=False)
+    order = ("a", "e", "alpha")
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, e, alpha = theta
+        terms = np.stack([a - alpha * log_x, np.full_like(log_x, e)])
+        value, w, g = _lse_objective(terms, log_l, delta)
+        gw = g * w
+        return value, np.array([gw[0].sum(), gw[1].sum(), -(gw[0] * log_x).sum()])
+
+    starts = _grid(POWER_LAW_GRID, order)
+    if n_starts is not None and n_starts < len(starts):
+        a, e, alpha = (starts[:, i : i + 1] for i in range(3))
+        terms = np.stack([a - alpha * log_x, np.broadcast_to(e, (len(starts), len(log_x)))])
+        values = huber(logsumexp(terms, axis=0) - log_l, delta).sum(axis=1)
+        starts = starts[np.argsort(values, kind="stable")[:n_starts]]
+    theta, value, _ = _optimise(fun, starts, [_BOUNDS[k] for k in order])
+    a, e, alpha = (float(v) for v in theta)
+    return PowerLawFit(E=math.exp(e), A=math.exp(a), alpha=alpha, loss=value * delta, n_points=len(log_l),
+                       with_offset=True)
+
+
+def pareto_front(df: pd.DataFrame, metric: str, x: str = "C") -> pd.DataFrame:
+    """The runs that no cheaper run beats: the lower envelope of ``metric`` against ``x``."""
+    ordered = df.sort_values([x, metric])
+    best = ordered[metric].cummin()
+    return ordered[ordered[metric] <= best].drop_duplicates(subset=[metric, x]).reset_index(drop=True)
+
+
+def fit_compute_law(df: pd.DataFrame, metric: str) -> PowerLawFit:
+    """L(C) = E + A C**-gamma over the compute-efficient envelope (`pareto_front`); a pure power
+    law when the envelope has fewer than 4 runs."""
+    front = pareto_front(df, metric)
+    return fit_power_law(front["C"], front[metric], with_offset=len(front) >= 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compute-optimal frontier
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """C = k N D: k FLOPs per parameter per sample (6 per token for a dense transformer LM)."""
+
+    k: float
+    log_sd: float  # spread of log(C / (N D)) across runs: 0 when C = k N D holds exactly
+    n_runs: int
+
+
+def estimate_k(df: pd.DataFrame) -> FlopsModel:
+    """k by least squares on log C - log N - log D, i.e. the geometric mean of C / (N D).
+
+    For a ViT with a masked encoder, k is not 6: a sample holds many tokens, the encoder sees only
+    the visible ones, and the decoder's FLOPs (not counted in an encoder N) are included in C.
+    """
+    check_positive(df, ["N", "D", "C"], min_rows=1)
+    log_k = np.log(df["C"].to_numpy(float)) - np.log(df["N"].to_numpy(float)) - np.log(df["D"].to_numpy(float))
+    return FlopsModel(k=float(np.exp(log_k.mean())), log_sd=float(log_k.std(ddof=1)) if len(log_k) > 1 else 0.0,
+                      n_runs=len(log_k))
+
+
+def optimal_exponents(fit: ChinchillaFit) -> tuple[float, float]:
+    """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+    total = fit.alpha + fit.beta
+    if total <= 0:
+        return math.nan, math.nan
+    return fit.beta / total, fit.alpha / total
+
+
+def frontier(fit: ChinchillaFit, C: Sequence[float] | np.ndarray | float, k: float) -> pd.DataFrame:
+    """Compute-optimal N*(C), D*(C) of ``fit`` under C = k N D (Hoffmann et al. 2022, eq. 4).
+
+    Minimising E + A N**-alpha + B D**-beta with N D = S = C/k gives
+    N_opt = G S**(beta/(alpha+beta)), D_opt = S / N_opt, G = (alpha A / (beta B))**(1/(alpha+beta)).
+    """
+    C = np.atleast_1d(np.asarray(C, dtype=float))
+    S = C / k
+    a, _ = optimal_exponents(fit)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        G = (fit.alpha * fit.A / (fit.beta * fit.B)) ** (1.0 / (fit.alpha + fit.beta))
+        N_opt = G * S ** a
+        D_opt = S / N_opt
+        loss = fit.predict(N_opt, D_opt)
+    return pd.DataFrame({"C": C, "N_opt": N_opt, "D_opt": D_opt, "D_per_N": D_opt / N_opt, "loss_opt": loss})
+
+
+def tokens_per_parameter(fit: ChinchillaFit, C: float | np.ndarray, k: float, tokens_per_sample: float = 1.0
+                         ) -> np.ndarray | float:
+    """Compute-optimal D_opt * tokens_per_sample / N_opt at budget(s) C (Chinchilla: ~20)."""
+    ratio = frontier(fit, C, k)["D_per_N"].to_numpy() * tokens_per_sample
+    return float(ratio[0]) if np.ndim(C) == 0 else ratio
+
+
+def derived_params(fit: ChinchillaFit, k: float | None = None, budgets: Sequence[float] = (),
+                   tokens_per_sample: float = 1.0) -> dict[str, float]:
+    """Fitted parameters plus a, b and, given k, N_opt and tokens per parameter at each budget."""
+    a, b = optimal_exponents(fit)
+    out = {"E": fit.E, "A": fit.A, "B": fit.B, "alpha": fit.alpha, "beta": fit.beta, "a": a, "b": b}
+    if k is not None and len(budgets):
+        table = frontier(fit, budgets, k)
+        for row in table.itertuples():
+            out[f"N_opt@{row.C:.3g}"] = float(row.N_opt)
+            out[f"tokens_per_param@{row.C:.3g}"] = float(row.D_per_N * tokens_per_sample)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+def bootstrap(fit_fn: Callable[[pd.DataFrame], Mapping[str, float]], df: pd.DataFrame, n_boot: int = 300,
+              seed: int = 0) -> pd.DataFrame:
+    """Refit ``fit_fn`` on ``n_boot`` resamples of the runs (rows, with replacement).
+
+    One row per draw; a resample the fit rejects (ValueError, e.g. a single value of N left)
+    gives a row of NaN, so ``n_boot`` rows always come back and `intervals` reports how many counted.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[Mapping[str, float]] = []
+    with _one_blas_thread():
+        for _ in range(n_boot):
+            sample = df.iloc[rng.integers(0, len(df), size=len(df))]
+            try:
+                rows.append(dict(fit_fn(sample)))
+            except ValueError:
+                rows.append({})
+    return pd.DataFrame(rows, index=pd.RangeIndex(n_boot, name="draw"))
+
+
+def chinchilla_refit(metric: str, start: ChinchillaFit | None = None, k: float | None = None,
+                     budgets: Sequence[float] = (), tokens_per_sample: float = 1.0, n_starts: int = 6
+                     ) -> Callable[[pd.DataFrame], dict[str, float]]:
+    """A fast ``fit_fn`` for `bootstrap`: Chinchilla fit from ``start``'s optimum plus the
+    ``n_starts`` best grid points of each resample (deterministic), returning `derived_params`."""
+    extra = [start.theta] if start is not None else []
+
+    def fit_fn(sample: pd.DataFrame) -> dict[str, float]:
+        fit = fit_chinchilla(sample["N"], sample["D"], sample[metric], n_starts=n_starts, extra_starts=extra)
+        return derived_params(fit, k, budgets, tokens_per_sample)
+
+    return fit_fn
+
+
+def intervals(draws: pd.DataFrame, level: float = 0.95, point: Mapping[str, float] | None = None
+              ) -> pd.DataFrame:
+    """Percentile intervals of every column of ``draws``: lower, median, upper, and the number of
+    draws that counted (finite); with ``point`` (the fit on all runs) an ``estimate`` column first."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    tail = (1 - level) / 2
+    rows = {}
+    for column in draws.columns:
+        values = pd.to_numeric(draws[column], errors="coerce").to_numpy(float)
+        values = values[np.isfinite(values)]
+        lo, med, hi = np.quantile(values, [tail, 0.5, 1 - tail]) if len(values) else (math.nan,) * 3
+        row = {"estimate": point.get(column, math.nan)} if point is not None else {}
+        rows[column] = {**row, "lower": lo, "median": med, "upper": hi, "n": len(values)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("param")
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out validation
+
+
+def split_holdout(df: pd.DataFrame, holdout: str = "largest_compute", n_holdout: float = 3
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out): the ``n_holdout`` runs (or that fraction of runs) largest in C, N or D
+    (``holdout`` = largest_compute | largest_N | largest_D); ties broken by the other columns."""
+    keys = {"largest_compute": ["C", "N", "D"], "largest_N": ["N", "D", "C"], "largest_D": ["D", "N", "C"]}
+    if holdout not in keys:
+        raise ValueError(f"holdout must be one of {', '.join(keys)}, got {holdout!r}")
+    count = int(n_holdout) if float(n_holdout) >= 1 else math.ceil(float(n_holdout) * len(df))
+    if not 1 <= count < len(df):
+        raise ValueError(f"n_holdout={n_holdout} leaves no runs to hold out or none to fit on ({len(df)} runs)")
+    order = df.sort_values(keys[holdout], ascending=False, kind="stable").index
+    return df.drop(index=order[:count]), df.loc[order[:count]]
+
+
+def _axis_prediction(train: pd.DataFrame, metric: str, fixed: str, value: float, axis: str, x: float) -> float:
+    """Power law in ``axis`` fitted on the training runs sharing ``fixed`` = value, at ``axis`` = x:
+    with offset from 4 runs, pure from 2, NaN below."""
+    same = train[np.isclose(train[fixed].to_numpy(float), value, rtol=1e-6)]
+    if same[axis].nunique() < 2:
+        return math.nan
+    fit = fit_power_law(same[axis], same[metric], with_offset=len(same) >= 4 and same[axis].nunique() >= 4)
+    return float(fit.predict(x))
+
+
+def holdout_validation(df: pd.DataFrame, metric: str, holdout: str = "largest_compute",
+                       n_holdout: float = 3, **fit_kwargs: object) -> pd.DataFrame:
+    """Fit on all but the held-out runs (`split_holdout`) and predict each held-out run.
+
+    Methods, one ``pred_*`` and ``relerr_*`` (= |pred - measured| / measured) column each:
+
+    - ``chinchilla``: the joint fit L(N, D) on the training runs;
+    - ``powerlaw_D``: a power law in D fitted on the training runs with the held-out run's N;
+    - ``powerlaw_N``: a power law in N fitted on the training runs with the held-out run's D;
+    - ``powerlaw_mean``: the mean of the two per-axis predictions that exist.
+
+    Per-axis laws are L = E + A x**-a from 4 runs on that axis, pure L = A x**-a from 2, and NaN
+    (no prediction) with fewer. ``fit_kwargs`` go to `fit_chinchilla`.
+    """
+    check_positive(df, ["N", "D", "C", metric])
+    train, test = split_holdout(df, holdout, n_holdout)
+    fit = fit_chinchilla(train["N"], train["D"], train[metric], **fit_kwargs)  # type: ignore[arg-type]
+    keep = [c for c in ("run_id", "objective", "model_size") if c in test.columns]
+    out = test[[*keep, "N", "D", "C"]].copy()
+    out["measured"] = test[metric].astype(float)
+    out["pred_chinchilla"] = fit.predict(test["N"], test["D"])
+    out["pred_powerlaw_D"] = [_axis_prediction(train, metric, "N", n, "D", d) for n, d in zip(test["N"], test["D"])]
+    out["pred_powerlaw_N"] = [_axis_prediction(train, metric, "D", d, "N", n) for n, d in zip(test["N"], test["D"])]
+    out["pred_powerlaw_mean"] = out[["pred_powerlaw_D", "pred_powerlaw_N"]].mean(axis=1, skipna=True)
+    for method in HOLDOUT_METHODS:
+        out[f"relerr_{method}"] = (out[f"pred_{method}"] - out["measured"]).abs() / out["measured"]
+    out.attrs["fit"] = fit
+    out.attrs["n_train"] = len(train)
+    return out.reset_index(drop=True)
+
+
+HOLDOUT_METHODS = ("chinchilla", "powerlaw_D", "powerlaw_N", "powerlaw_mean")
+
+
+def holdout_summary(validation: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean and max relative error over the held-out runs, and how many it predicted."""
+    rows = {}
+    for method in HOLDOUT_METHODS:
+        err = validation[f"relerr_{method}"].dropna()
+        rows[method] = {"mean_rel_error": err.mean() if len(err) else math.nan,
+                        "max_rel_error": err.max() if len(err) else math.nan,
+                        "n_predicted": len(err), "n_heldout": len(validation)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")

@@ -346,8 +346,11 @@ def test_every_benchmarked_sampler_on_real_scenes(real):
         assert len(np.unique(sel.indices)) == 64, spec
         m = ref.measure(sel.indices)
         assert 1.0 <= m["vendi_cos"] <= 2 * len(cache.bands) and m["coverage_mean"] > 0, spec
-        if spec == "torchgeo_grid":  # torchgeo's grid at stride = patch: windows that never overlap
-            assert m["overlap_frac"] == 0.0
+    # torchgeo's grid at stride = patch, edge chips dropped: windows that never overlap.
+    grid = select("torchgeo_grid", pool, 64, seed=0)
+    assert ref.measure(grid.indices)["overlap_frac"] == 0.0
+    with pytest.raises(ValueError, match="fewer than the budget"):
+        select("torchgeo_grid", pool, 2000, seed=0)
 
 
 @pytest.mark.slow

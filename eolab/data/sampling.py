@@ -430,18 +430,25 @@ def _scene_raster(cache: SceneCache, scene: int) -> Path:
     raise ValueError(f"{product}: no B02 GeoTIFF for the torchgeo samplers")
 
 
-def _windows_to_tiles(boxes: list, transform: list[float], rows: np.ndarray, cols: np.ndarray, patch: int) -> np.ndarray:
-    """Positions (into rows/cols) of the pool tiles nearest to torchgeo's boxes; -1 where none is within patch/2.
+def _windows_to_tiles(boxes: list, scene: dict, rows: np.ndarray, cols: np.ndarray, patch: int) -> np.ndarray:
+    """Positions (into rows/cols) of the pool tiles nearest to torchgeo's boxes; -1 for boxes not used.
 
-    A box's top-left corner (xmin, ymax) maps to pixel (col, row) through the scene's affine; the pool
-    tiles sit on their own stride lattice (and some were filtered), so each box snaps to the nearest.
+    A box's top-left corner (xmin, ymax) maps to pixel (col, row) through the scene's affine. Boxes
+    that reach past the raster are dropped: torchgeo's grid adds a last chip per row and column that
+    overhangs the edge (and would pad it with no-data), which snapped back inside would overlap its
+    neighbour. The pool tiles sit on their own stride lattice (and some were filtered), so each box
+    snaps to the nearest tile, at most patch/2 px away; when the pool stride does not divide the
+    box offsets, a snap can shift a window by up to stride/2 px.
     """
     from scipy.spatial import cKDTree
 
-    a, _, c0, _, e, f0 = transform
+    a, _, c0, _, e, f0 = scene["transform"]
+    h, w = scene["shape"][1:]
     corner = np.array([[(b[0].start - c0) / a, (b[1].stop - f0) / e] for b in boxes])  # (n_boxes, 2): col, row
+    tol = 1e-6 * max(h, w)
+    inside = (corner >= -tol).all(1) & (corner[:, 0] <= w - patch + tol) & (corner[:, 1] <= h - patch + tol)
     dist, nearest = cKDTree(np.c_[cols, rows]).query(corner)
-    return np.where(dist <= patch / 2, nearest, -1)
+    return np.where(inside & (dist <= patch / 2), nearest, -1)
 
 
 def _torchgeo(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.Generator, kind: str, grid_stride: int) -> np.ndarray:
@@ -462,10 +469,10 @@ def _torchgeo(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.Generato
     for k, s in enumerate(scenes):
         members = np.flatnonzero(scene == s)
         ds = RasterDataset(paths=[str(_scene_raster(pool.cache, int(s)))])
-        transform = pool.cache.scenes[int(s)]["transform"]
+        meta = pool.cache.scenes[int(s)]
         if kind == "grid":
             boxes = list(GridGeoSampler(ds, size=patch, stride=grid_stride))
-            hit = _windows_to_tiles(boxes, transform, rows[members], cols[members], patch)
+            hit = _windows_to_tiles(boxes, meta, rows[members], cols[members], patch)
             picked.append(members[np.unique(hit[hit >= 0])])
             continue
         need, got = int(quota[k]), np.empty(0, np.int64)
@@ -474,7 +481,7 @@ def _torchgeo(pool: Pool, cand: np.ndarray, budget: int, rng: np.random.Generato
             if len(got) >= need:
                 break
             boxes = list(RandomGeoSampler(ds, size=patch, length=2 * (need - len(got)) + 8, generator=gen))
-            hit = _windows_to_tiles(boxes, transform, rows[members], cols[members], patch)
+            hit = _windows_to_tiles(boxes, meta, rows[members], cols[members], patch)
             got = np.unique(np.r_[got, hit[hit >= 0]])
         if len(got) < need:
             raise ValueError(f"torchgeo_random found only {len(got)} distinct windows of {need} in scene {s}")
@@ -750,7 +757,7 @@ def pool_reference(pool: Pool, seed: int = 0, ref_size: int = 20_000, geo_cell_k
 # ----------------------------------------------------------------------------------------------
 
 # torchgeo_grid at the default stride (= patch, no overlap) has fewer windows than a 2000 budget on the shared scenes.
-BENCH_SPECS = ("uniform", "geo_grid", "stratified:source", "stratified:scene", "stratified:season", "kcenter",
+BENCH_SPECS = ("uniform", "pandas_uniform", "geo_grid", "stratified:source", "stratified:scene", "stratified:season", "kcenter",
                "kmeans", "clear", "torchgeo_grid(grid_stride=32)", "torchgeo_random", "0.5*uniform+0.5*kcenter")
 
 

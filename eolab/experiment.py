@@ -42,6 +42,7 @@ from .data.cache import PatchDataset, build_scene_cache
 from .data.pairs import S1_BANDS, PairedS1S2
 from .data.paths import REPO_ROOT, data_root
 from .data.samplers import SceneDiverseBatchSampler
+from .data.sampling import Pool, Selection, parse_spec, pool_reference, select
 from .data.scenes import READERS
 from .data.schema import collate
 from .data.stats import Normalization, compute_normalization
@@ -80,6 +81,7 @@ class PretrainConfig:
     val_sources: str = ""
     bands: str = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"
     n_pretrain: int = 0
+    sampling: str = "pandas_uniform"
     tile_stride: int = 32
     img_size: int = 64
     num_dates: int = 4
@@ -133,6 +135,7 @@ class PretrainConfig:
             parse_objective(self.objective)
         except ValueError as exc:
             raise ValueError(f"parameter 'objective': {exc}") from None
+        parse_spec(self.sampling, param="sampling")  # its errors name the parameter
         dataset_bands = DATASET_BANDS.get(self.dataset, ())
         checks = [
             ("dataset", self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
@@ -175,6 +178,8 @@ class PretrainConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"),
             ("n_pretrain", self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
+            ("sampling", self.sampling == "pandas_uniform" or self.n_pretrain > 0,
+             "left at its default unless n_pretrain (the budget it samples) is set"),
             ("probe_folds", self.probe_folds >= 2, ">= 2"),
         ]
         for name, ok, what in checks:
@@ -212,6 +217,10 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+SAMPLE_FILE = "sample.json"
+"""The run folder's list of pre-training patch ids (with sampler and hash), when ``n_pretrain`` drew them."""
+
+
 @dataclass
 class PreparedData:
     pretrain: Dataset
@@ -220,19 +229,32 @@ class PreparedData:
     manifest: dict
     tiles: pd.DataFrame | None = None  # window index (scene, row, col) when the data are scene tiles
     validation: Dataset | None = None  # held-out scenes (``val_sources``): the proxy task's loss on unseen places
+    sample: Sample | None = None  # the subset drawn by ``sampling`` (n_pretrain), with its representativeness
 
 
-def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.DataFrame | None, list[str], list[str]]:
-    """The unlabelled pre-training set of ``cfg.dataset``: (dataset, tiles or None, sample ids, sources)."""
+@dataclass
+class Sample:
+    """Which patches a sampler chose (ids and manifest) and how representative they are of the pool."""
+
+    selection: Selection
+    representativeness: dict[str, float]
+
+
+def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.DataFrame | None, list[str], list[str], Sample | None]:
+    """The unlabelled pre-training set of ``cfg.dataset``: (dataset, tiles or None, sample ids,
+    sources, the subset sample when ``n_pretrain`` drew one)."""
     if cfg.dataset == "scenes":
         cache = build_scene_cache(root, cfg.source_list)
         tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        sample = None
         if cfg.n_pretrain:
-            if cfg.n_pretrain > len(tiles):
-                raise ValueError(f"parameter 'n_pretrain' = {cfg.n_pretrain} exceeds the {len(tiles)} available patches")
-            tiles = tiles.sample(n=cfg.n_pretrain, random_state=cfg.seed).sort_index().reset_index(drop=True)
+            pool = Pool(tiles, cache, patch=cfg.img_size)
+            selection = select(cfg.sampling, pool, cfg.n_pretrain, seed=cfg.seed, param="sampling", budget_param="n_pretrain")
+            # How representative the draw is of everything it was drawn from, beside what it learns.
+            sample = Sample(selection, pool_reference(pool, seed=cfg.seed).measure(selection.indices))
+            tiles = tiles.iloc[selection.indices].reset_index(drop=True)
         dataset = PatchDataset(cache, tiles, patch=cfg.img_size, bands=cfg.band_list)
-        return dataset, tiles, list(tiles["id"]), list(tiles["source"])
+        return dataset, tiles, list(tiles["id"]), list(tiles["source"]), sample
     if cfg.dataset == "s1s2":
         s2 = tuple(b for b in cfg.band_list if b not in S1_BANDS)
         if tuple(cfg.band_list) != s2 + S1_BANDS:
@@ -246,7 +268,7 @@ def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.Data
         raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {cfg.dataset!r}")
     ids = [dataset[i]["id"] for i in range(len(dataset))]
     sources = [cfg.dataset] * len(dataset)
-    return dataset, None, ids, sources
+    return dataset, None, ids, sources, None
 
 
 def prepare_data(cfg: PretrainConfig) -> PreparedData:
@@ -256,7 +278,7 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     """
     root = data_root(cfg.data_root or None)
     labelled = eurosat.load(root, variant=cfg.eurosat)
-    dataset, tiles, ids, sources = _pretrain_dataset(cfg, root)
+    dataset, tiles, ids, sources, sample = _pretrain_dataset(cfg, root)
     norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
     manifest = {
         "dataset": cfg.dataset, "sources": sorted(set(sources)), "n_patches": len(dataset),
@@ -265,6 +287,8 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     }
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
+    if sample is not None:
+        manifest["sample"] = {**sample.selection.manifest, "file": SAMPLE_FILE}
     validation = None
     if cfg.val_sources:
         cache = build_scene_cache(root, cfg.val_source_list)
@@ -272,7 +296,7 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
         validation = PatchDataset(cache, val_tiles, patch=cfg.img_size, bands=cfg.band_list)
         manifest["validation"] = {"sources": list(cfg.val_source_list), "n_patches": len(validation),
                                   "patches_sha1": hashlib.sha1("\n".join(val_tiles["id"]).encode()).hexdigest()}
-    return PreparedData(dataset, norm, labelled, manifest, tiles, validation)
+    return PreparedData(dataset, norm, labelled, manifest, tiles, validation, sample)
 
 
 @dataclass
@@ -483,6 +507,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         **run.validation,
         **_cost(cfg, run),
         **evaluation.diagnostics,
+        **({f"sample_{k}": float(v) for k, v in data.sample.representativeness.items()} if data.sample else {}),
     })
     # Collapse while the loss falls is the silent failure of self-supervised runs: flag it.
     collapsed_batch = health["effective_rank"] is not None and health["effective_rank"][1] < 2.0
@@ -505,6 +530,8 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
+    if data.sample is not None:
+        data.sample.selection.write(Path(cfg.output_dir) / SAMPLE_FILE)
     write_json_atomic(Path(cfg.output_dir) / "record.json", record)
     return record
 

@@ -370,3 +370,28 @@ def test_kcenter_on_encoder_embeddings(real):
     assert feats.shape[0] == len(small) and np.isfinite(feats).all()
     sel = select("kcenter", small, 10, cache=cache, features=feats)
     assert len(np.unique(sel.indices)) == 10 and sel.manifest["features"] == "given"
+
+
+# --- wired into the pre-training entry point -------------------------------------------------------
+
+
+def test_sampling_parameter_is_validated_before_any_work():
+    from eolab.experiment import PretrainConfig
+
+    with pytest.raises(ValueError, match="parameter 'sampling'.*unknown sampler 'unifrom'"):
+        PretrainConfig(sampling="unifrom", n_pretrain=10)
+    with pytest.raises(ValueError, match="parameter 'sampling'.*n_pretrain"):
+        PretrainConfig(sampling="kcenter")  # no budget to sample
+
+
+@pytest.mark.slow
+def test_pretraining_set_from_a_named_sampler_is_recorded(tmp_path):
+    import eolab.experiment as ex
+
+    cfg = ex.PretrainConfig(n_pretrain=64, sampling="stratified:source", output_dir=str(tmp_path))
+    data = ex.prepare_data(cfg)
+    assert len(data.pretrain) == 64
+    sample = data.manifest["sample"]
+    assert sample["sampler"].startswith("stratified:source") and sample["file"] == ex.SAMPLE_FILE
+    assert data.sample.representativeness["balance_source"] == pytest.approx(1.0)  # equal allocation per source
+    assert sample["ids_sha1"] == data.manifest["patches_sha1"]  # the manifest hashes exactly what trains

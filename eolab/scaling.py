@@ -30,8 +30,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
@@ -335,6 +338,8 @@ def fit_chinchilla(
         starts = starts[np.argsort(values, kind="stable")[:n_starts]]
     if len(extra_starts):
         starts = np.vstack([np.asarray(extra_starts, dtype=float).reshape(-1, 5), starts])
+    if not len(starts):
+        raise ValueError("no initialisation: give n_starts > 0 or extra_starts")
     bounds = [_BOUNDS[k] for k in _ORDER]
     starts = np.clip(starts, [lo for lo, _ in bounds], [hi for _, hi in bounds])
 
@@ -538,10 +543,13 @@ def bootstrap(fit_fn: Callable[[pd.DataFrame], Mapping[str, float]], df: pd.Data
 
 
 def chinchilla_refit(metric: str, start: ChinchillaFit | None = None, k: float | None = None,
-                     budgets: Sequence[float] = (), tokens_per_sample: float = 1.0, n_starts: int = 6
+                     budgets: Sequence[float] = (), tokens_per_sample: float = 1.0, n_starts: int = 2
                      ) -> Callable[[pd.DataFrame], dict[str, float]]:
     """A fast ``fit_fn`` for `bootstrap`: Chinchilla fit from ``start``'s optimum plus the
-    ``n_starts`` best grid points of each resample (deterministic), returning `derived_params`."""
+    ``n_starts`` best grid points of each resample (deterministic), returning `derived_params`.
+
+    A resample's optimum lies near the full fit's, so one start there does most of the work; the
+    grid starts guard against a resample whose optimum moved to another basin (e.g. E -> 0)."""
     extra = [start.theta] if start is not None else []
 
     def fit_fn(sample: pd.DataFrame) -> dict[str, float]:
@@ -639,3 +647,299 @@ def holdout_summary(validation: pd.DataFrame) -> pd.DataFrame:
                         "max_rel_error": err.max() if len(err) else math.nan,
                         "n_predicted": len(err), "n_heldout": len(validation)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+# --------------------------------------------------------------------------------------------------
+# One metric, end to end (what the notebook shows and writes)
+
+
+def default_budgets(df: pd.DataFrame) -> list[float]:
+    """Compute budgets to report the frontier at: the runs' smallest, largest, and 10x and 100x
+    the largest (the last two are extrapolations)."""
+    check_positive(df, ["C"])
+    lo, hi = float(df["C"].min()), float(df["C"].max())
+    return [float(f"{c:.3g}") for c in (lo, hi, 10 * hi, 100 * hi)]
+
+
+@dataclass
+class ScalingAnalysis:
+    """Everything fitted for one metric (and one group of runs): the joint fit, its bootstrap
+    intervals, the frontier, the compute-only law and the held-out validation."""
+
+    metric: str
+    group: str
+    runs: pd.DataFrame
+    fit: ChinchillaFit
+    flops: FlopsModel
+    budgets: list[float]
+    tokens_per_sample: float
+    draws: pd.DataFrame
+    intervals: pd.DataFrame
+    frontier: pd.DataFrame
+    compute_law: PowerLawFit | None
+    validation: pd.DataFrame | None
+    holdout_summary: pd.DataFrame | None
+    holdout_error: str = ""  # why there is no validation, if there is none
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary (NaN becomes None)."""
+        out = {
+            "metric": self.metric, "group": self.group, "n_runs": len(self.runs),
+            "fit": self.fit.params(), "flops_per_param_sample": asdict(self.flops),
+            "tokens_per_sample": self.tokens_per_sample, "budgets": self.budgets,
+            "intervals_95": self.intervals.to_dict(orient="index"),
+            "frontier": self.frontier.to_dict(orient="records"),
+            "tokens_per_param": dict(zip(map(str, self.frontier["C"]),
+                                         self.frontier["D_per_N"] * self.tokens_per_sample, strict=True)),
+            "compute_law": self.compute_law.params() if self.compute_law else None,
+            "holdout": None if self.validation is None else self.validation.to_dict(orient="records"),
+            "holdout_summary": None if self.holdout_summary is None else self.holdout_summary.to_dict(orient="index"),
+            "holdout_error": self.holdout_error,
+        }
+        return _jsonable(out)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def analyse(df: pd.DataFrame, metric: str, group: str = "all", n_boot: int = 300, seed: int = 0,
+            n_holdout: float = 3, holdout: str = "largest_compute", tokens_per_sample: float = 1.0,
+            budgets: Sequence[float] | None = None, level: float = 0.95, n_starts: int | None = 64
+            ) -> ScalingAnalysis:
+    """Fit ``metric`` of the runs in ``df`` (a `runs_table` frame) and validate the fit.
+
+    The joint fit uses every run; intervals come from ``n_boot`` bootstrap refits; the held-out
+    validation refits without the ``n_holdout`` largest runs (`holdout_validation`) and is skipped,
+    with the reason in ``holdout_error``, when too few runs remain. ``n_starts``: grid
+    initialisations of the two full fits (`fit_chinchilla`).
+    """
+    check_positive(df, ["N", "D", "C", metric], min_rows=6)
+    runs = df.reset_index(drop=True)
+    flops = estimate_k(runs)
+    budgets = list(budgets) if budgets is not None else default_budgets(runs)
+    fit = fit_chinchilla_frame(runs, metric, n_starts=n_starts)
+    point = derived_params(fit, flops.k, budgets, tokens_per_sample)
+    draws = bootstrap(chinchilla_refit(metric, fit, flops.k, budgets, tokens_per_sample), runs, n_boot, seed)
+    try:
+        compute_law: PowerLawFit | None = fit_compute_law(runs, metric)
+    except ValueError:
+        compute_law = None
+    validation = summary = None
+    error = ""
+    try:
+        validation = holdout_validation(runs, metric, holdout, n_holdout, n_starts=n_starts)
+        summary = holdout_summary(validation)
+    except ValueError as exc:
+        error = str(exc)
+    return ScalingAnalysis(metric=metric, group=group, runs=runs, fit=fit, flops=flops, budgets=budgets,
+                           tokens_per_sample=tokens_per_sample, draws=draws,
+                           intervals=intervals(draws, level, point=point), frontier=frontier(fit, budgets, flops.k),
+                           compute_law=compute_law, validation=validation, holdout_summary=summary,
+                           holdout_error=error)
+
+
+def frontier_band(draws: pd.DataFrame, C: Sequence[float] | np.ndarray, k: float, level: float = 0.95
+                  ) -> pd.DataFrame:
+    """Percentile band of N_opt(C) and D_opt(C) over bootstrap draws (columns E, A, B, alpha, beta)."""
+    C = np.asarray(C, dtype=float)
+    d = draws[["A", "B", "alpha", "beta"]].dropna().to_numpy(float)
+    A, B, alpha, beta = (d[:, i : i + 1] for i in range(4))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+        N_opt = G * (C / k)[None, :] ** (beta / (alpha + beta))
+    D_opt = (C / k)[None, :] / N_opt
+    tail = (1 - level) / 2
+    (n_lo, n_hi), (d_lo, d_hi) = (np.nanquantile(x, [tail, 1 - tail], axis=0) for x in (N_opt, D_opt))
+    return pd.DataFrame({"C": C, "N_lower": n_lo, "N_upper": n_hi, "D_lower": d_lo, "D_upper": d_hi})
+
+
+def exponents_table(analyses: Sequence[ScalingAnalysis],
+                    params: Sequence[str] = ("alpha", "beta", "a", "b", "E", "A", "B")) -> pd.DataFrame:
+    """One row per analysis (group, metric), one column per parameter: "estimate [lower, upper]"."""
+    rows = {}
+    for analysis in analyses:
+        table = analysis.intervals
+        rows[(analysis.group, analysis.metric)] = {
+            p: f"{table.loc[p, 'estimate']:.3g} [{table.loc[p, 'lower']:.3g}, {table.loc[p, 'upper']:.3g}]"
+            for p in params if p in table.index}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = out.index.set_names(["group", "metric"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (the notebook's figures; each returns the Figure)
+
+
+def _span(values: pd.Series | np.ndarray, below: float = 1.5, above: float = 1.5, num: int = 200) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.geomspace(values.min() / below, values.max() * above, num)
+
+
+def _heldout_mask(analysis: ScalingAnalysis) -> np.ndarray:
+    if analysis.validation is None or "run_id" not in analysis.runs.columns:
+        return np.zeros(len(analysis.runs), dtype=bool)
+    return analysis.runs["run_id"].isin(analysis.validation.get("run_id", [])).to_numpy()
+
+
+def plot_fit(analysis: ScalingAnalysis) -> Figure:
+    """The metric against D at each N, and against N at each D, with the joint fit's curves.
+
+    Colour encodes the other axis (log scale); runs held out in the validation are ringed.
+    """
+    runs, fit, metric = analysis.runs, analysis.fit, analysis.metric
+    held = _heldout_mask(analysis)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (x, other) in zip(axes, (("D", "N"), ("N", "D")), strict=True):
+        norm = LogNorm(runs[other].min(), runs[other].max() * (1 + 1e-9))
+        grid = _span(runs[x])
+        for value in sorted(runs[other].unique()):
+            colour = plt.cm.viridis(norm(value))
+            args = (value, grid) if other == "N" else (grid, value)
+            ax.plot(grid, fit.predict(*args), color=colour, lw=1.2, alpha=0.8)
+        ax.scatter(runs[x], runs[metric], c=runs[other], cmap="viridis", norm=norm, s=36, zorder=3,
+                   edgecolor="white", lw=0.5)
+        if held.any():
+            ax.scatter(runs.loc[held, x], runs.loc[held, metric], s=120, facecolor="none", edgecolor="crimson",
+                       lw=1.4, zorder=4, label="held out in validation")
+            ax.legend(loc="upper right", fontsize="small")
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label=_AXIS_LABEL[other])
+        ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL[x], ylabel=metric)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title(f"{analysis.group}: {metric} vs samples seen, one curve per model size")
+    axes[1].set_title(f"{analysis.group}: {metric} vs model size, one curve per data size")
+    fig.tight_layout()
+    return fig
+
+
+_AXIS_LABEL = {"N": "N (parameters)", "D": "D (samples seen)", "C": "C (training FLOPs)"}
+
+
+def plot_residuals(analysis: ScalingAnalysis) -> Figure:
+    """Relative residuals (measured / fitted - 1) of the joint fit against N, D and C."""
+    runs, fit, metric = analysis.runs, analysis.fit, analysis.metric
+    resid = runs[metric] / fit.predict(runs["N"], runs["D"]) - 1
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for ax, x in zip(axes, ("N", "D", "C"), strict=True):
+        colour_by = "D" if x == "N" else "N"
+        ax.scatter(runs[x], 100 * resid, c=runs[colour_by], cmap="viridis", norm=LogNorm(), s=30)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xscale="log", xlabel=_AXIS_LABEL[x])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric}: measured / fit - 1 (%)")
+    fig.suptitle(f"{analysis.group}: residuals of the joint fit (colour: the other axis)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_holdout(analysis: ScalingAnalysis, goal: float = 0.05) -> Figure | None:
+    """Predicted against measured for the held-out runs, one marker per method, with the ±goal band."""
+    validation = analysis.validation
+    if validation is None:
+        print(f"No held-out validation: {analysis.holdout_error}")
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    markers = {"chinchilla": "o", "powerlaw_D": "s", "powerlaw_N": "^", "powerlaw_mean": "D"}
+    for method, marker in markers.items():
+        pred = validation[f"pred_{method}"]
+        if pred.notna().any():
+            err = validation[f"relerr_{method}"].mean()
+            ax.scatter(validation["measured"], pred, marker=marker, s=50, alpha=0.8,
+                       label=f"{method} (mean error {100 * err:.1f}%)")
+    values = pd.concat([validation["measured"], *(validation[f"pred_{m}"] for m in markers)]).dropna()
+    line = np.linspace(values.min() * 0.9, values.max() * 1.1, 2)
+    ax.plot(line, line, color="black", lw=0.8)
+    ax.fill_between(line, line * (1 - goal), line * (1 + goal), color="grey", alpha=0.15,
+                    label=f"within {100 * goal:.0f}%")
+    ax.set(xlabel=f"measured {analysis.metric}", ylabel=f"predicted {analysis.metric}",
+           title=f"{analysis.group}: held-out runs (largest compute)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(analysis: ScalingAnalysis, level: float = 0.95) -> Figure:
+    """Iso-FLOP curves of the fit with their minima; N*(C) and D*(C) with bootstrap bands; the
+    metric against compute with the efficient envelope, the compute-only law and the fit's optimum."""
+    runs, fit, k = analysis.runs, analysis.fit, analysis.flops.k
+    budgets = np.geomspace(runs["C"].min(), 100 * runs["C"].max(), 5)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    ax = axes[0]
+    norm = LogNorm(budgets.min(), budgets.max())
+    best = frontier(fit, budgets, k)
+    for c, row in zip(budgets, best.itertuples(), strict=True):
+        colour = plt.cm.plasma(norm(c) * 0.85)
+        n_grid = np.geomspace(row.N_opt / 30, row.N_opt * 30, 200)  # two and a half decades either side
+        ax.plot(n_grid, fit.predict(n_grid, c / (k * n_grid)), color=colour, label=f"C = {c:.2g}")
+        ax.scatter([row.N_opt], [row.loss_opt], color=colour, edgecolor="black", zorder=3)
+    ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL["N"], ylabel=analysis.metric,
+           title="iso-FLOP curves of the fit (dot: optimum)")
+    ax.legend(fontsize="x-small")
+    ax.grid(alpha=0.3, which="both")
+
+    ax = axes[1]
+    c_grid = _span(runs["C"], 3, 300)
+    curve, band = frontier(fit, c_grid, k), frontier_band(analysis.draws, c_grid, k, level)
+    for column, colour, label in (("N", "tab:blue", "N*(C) parameters"), ("D", "tab:orange", "D*(C) samples")):
+        ax.plot(c_grid, curve[f"{column}_opt"], color=colour, label=label)
+        ax.fill_between(c_grid, band[f"{column}_lower"], band[f"{column}_upper"], color=colour, alpha=0.2)
+        ax.scatter(runs["C"], runs[column], color=colour, s=12, alpha=0.5)
+    ax.axvline(runs["C"].max(), color="grey", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL["C"], ylabel="count",
+           title=f"compute-optimal frontier ({100 * level:.0f}% bootstrap band; dots: runs)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both")
+
+    ax = axes[2]
+    front = pareto_front(runs, analysis.metric)
+    ax.scatter(runs["C"], runs[analysis.metric], c=runs["N"], cmap="viridis", norm=LogNorm(), s=24, label="runs")
+    ax.plot(front["C"], front[analysis.metric], color="black", lw=0.8, ls="--", label="efficient envelope")
+    if analysis.compute_law is not None:
+        law = analysis.compute_law
+        ax.plot(c_grid, law.predict(c_grid), color="tab:red",
+                label=f"L(C) = {law.E:.3g} + {law.A:.3g} C^-{law.alpha:.3f}")
+    ax.plot(c_grid, curve["loss_opt"], color="tab:green", label="joint fit at N*(C), D*(C)")
+    ax.axvline(runs["C"].max(), color="grey", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL["C"], ylabel=analysis.metric,
+           title="loss against compute")
+    ax.legend(fontsize="x-small")
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{analysis.group}: {analysis.metric}, C = k N D with k = {k:.3g} FLOPs per parameter per sample")
+    fig.tight_layout()
+    return fig
+
+
+def plot_compare(analyses: Sequence[ScalingAnalysis], level: float = 0.95) -> Figure:
+    """Several groups (e.g. objectives) on the same axes: N*(C) with bands and the optimal metric."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    c_all = pd.concat([a.runs["C"] for a in analyses])
+    c_grid = _span(c_all, 3, 300)
+    for i, analysis in enumerate(analyses):
+        colour = plt.cm.tab10(i)
+        curve = frontier(analysis.fit, c_grid, analysis.flops.k)
+        band = frontier_band(analysis.draws, c_grid, analysis.flops.k, level)
+        a = analysis.intervals.loc["a"]
+        axes[0].plot(c_grid, curve["N_opt"], color=colour,
+                     label=f"{analysis.group}: a = {a['estimate']:.2f} [{a['lower']:.2f}, {a['upper']:.2f}]")
+        axes[0].fill_between(c_grid, band["N_lower"], band["N_upper"], color=colour, alpha=0.15)
+        axes[1].plot(c_grid, curve["loss_opt"], color=colour, label=analysis.group)
+        axes[1].scatter(analysis.runs["C"], analysis.runs[analysis.metric], color=colour, s=12, alpha=0.5)
+    axes[0].set(ylabel="N*(C) (parameters)", title="compute-optimal model size")
+    axes[1].set(ylabel=analyses[0].metric, title="metric at the compute-optimal allocation (dots: runs)")
+    for ax in axes:
+        ax.axvline(c_all.max(), color="grey", ls=":", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL["C"])
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig

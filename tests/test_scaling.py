@@ -191,3 +191,27 @@ def test_runs_table_from_results_folder(tmp_path) -> None:
         scaling.runs_table(runs.drop(columns="val_loss"), metrics=["val_loss"])
     with pytest.raises(ValueError, match="`encoder_nonembedding`"):
         scaling.runs_table(runs, n_column="encoder_nonembedding")
+
+
+def test_analyse_plots_and_json() -> None:
+    import json
+
+    import matplotlib.pyplot as plt
+
+    df = synthetic_runs(noise=0.002)
+    analysis = scaling.analyse(df, "val_loss", group="mae", n_boot=12, tokens_per_sample=64, n_starts=8)
+    assert analysis.flops.k == pytest.approx(K)
+    assert len(analysis.validation) == 3 and analysis.holdout_error == ""
+    assert list(analysis.frontier["C"]) == analysis.budgets
+    summary = json.loads(json.dumps(analysis.to_dict(), allow_nan=False))
+    assert summary["fit"]["alpha"] == pytest.approx(analysis.fit.alpha)
+    assert set(summary["intervals_95"]["alpha"]) == {"estimate", "lower", "median", "upper", "n"}
+    assert len(summary["tokens_per_param"]) == len(analysis.budgets)
+    figures = [scaling.plot_fit(analysis), scaling.plot_residuals(analysis), scaling.plot_holdout(analysis),
+               scaling.plot_frontier(analysis), scaling.plot_compare([analysis, analysis])]
+    assert all(fig is not None for fig in figures)
+    plt.close("all")
+    table = scaling.exponents_table([analysis])
+    assert table.index.tolist() == [("mae", "val_loss")] and "alpha" in table.columns
+    few = scaling.analyse(df.head(8), "val_loss", n_boot=2, n_holdout=3, n_starts=8)
+    assert few.validation is None and "at least 6 runs" in few.holdout_error

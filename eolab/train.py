@@ -7,20 +7,26 @@ batch's band names and unit), EO-safe augmentation, the optimiser and schedule, 
 
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .data.samplers import SeededBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization
+from .models.vit import ViTEncoder
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
 
@@ -56,6 +62,41 @@ class PretrainModule(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps, self.max_steps = lr, weight_decay, warmup_steps, max_steps
         self.augment, self.health_every = Augment(augment), health_every
         self.fresh_health: dict[str, float] = {}  # health values of the current step, for History
+        # The caller's module while a sharded copy trains: held outside the module tree (a list),
+        # so that it is neither trained, moved nor saved in checkpoints.
+        self._plain_task: list[nn.Module] = []
+
+    def configure_model(self) -> None:
+        """Under FSDP (``fit(strategy="fsdp")``) train a sharded copy of the task (FSDP2
+        ``fully_shard``: every transformer block, every encoder, then the whole task); the caller's
+        module stays plain and receives the trained weights when training ends (``on_fit_end``).
+        Parameter names, and so checkpoint keys, are the same as without sharding."""
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or self._plain_task:
+            return
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = self.trainer.strategy.device_mesh["data_parallel"]
+        self._plain_task = [self.task]
+        self.task = copy.deepcopy(self.task)
+        for module in _blocks(self.task):
+            fully_shard(module, mesh=mesh)
+        for module in self.task.modules():
+            if isinstance(module, ViTEncoder):  # its embed()/tokens() run outside forward (health, k-NN)
+                fully_shard(module, mesh=mesh)
+                for method in ("embed", "tokens"):
+                    register_fsdp_forward_method(module, method)
+        fully_shard(self.task, mesh=mesh)
+
+    def on_fit_end(self) -> None:
+        if self._plain_task:
+            # Every rank takes part in gathering the full weights, and every rank keeps them.
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            full = get_model_state_dict(self.task, options=StateDictOptions(full_state_dict=True))
+            self._plain_task[0].load_state_dict({k: v.detach().cpu() for k, v in full.items()})
 
     def log_health(self, values: dict[str, float]) -> None:
         """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter)."""
@@ -119,6 +160,7 @@ class KnnProbe(L.Callback):
                      "label": test["label"]}
         self.every, self.k, self.pool, self.batch_size = every, k, pool, batch_size
         self.classes = int(max(train["label"].max(), test["label"].max())) + 1
+        self._last_step = -1
 
     @torch.no_grad()
     def _embed(self, encoder: nn.Module, data: dict, device) -> Tensor:
@@ -141,8 +183,14 @@ class KnnProbe(L.Callback):
         votes.scatter_add_(1, self.train["label"].to(device)[idx], (top / 0.07).exp())
         return float((votes.argmax(1).cpu() == self.test["label"]).float().mean())
 
+    def on_train_start(self, trainer, pl_module):
+        self._last_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step  # already counts this batch's optimiser step
+        if step == self._last_step:  # a micro-batch of gradient accumulation: no update yet
+            return
+        self._last_step = step
         if step == 1 or step % self.every == 0 or step == trainer.estimated_stepping_batches:
             pl_module.log_health({"knn_accuracy": self.accuracy(pl_module.task.encoder)})
 
@@ -155,6 +203,7 @@ class ResumeState(L.Callback):
 
     def __init__(self, batch_sampler):
         self.batch_sampler = batch_sampler
+        self.batches_done = 0  # micro-batches trained on, over all epochs
 
     def state_dict(self) -> dict:
         state = {"torch_rng": torch.get_rng_state()}
@@ -162,13 +211,19 @@ class ResumeState(L.Callback):
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches_done += 1  # before ModelCheckpoint, which Lightning always calls last
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        # Batches trained on so far (checkpoints are written after an optimiser step).
-        checkpoint["eolab_batches_done"] = trainer.global_step * trainer.accumulate_grad_batches
+        # Batches trained on so far (checkpoints are written after an optimiser step). Counted, not
+        # global_step x accumulate: an epoch whose length is not a multiple of `accumulate` ends
+        # with a shorter accumulation.
+        checkpoint["eolab_batches_done"] = self.batches_done
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Every epoch has the sampler's full length, so epoch and position follow from the count.
-        epoch, done = divmod(checkpoint.get("eolab_batches_done", 0), len(self.batch_sampler))
+        self.batches_done = checkpoint.get("eolab_batches_done", 0)
+        epoch, done = divmod(self.batches_done, len(self.batch_sampler))
         self.batch_sampler.set_epoch(epoch)
         self.batch_sampler.skip(done)
 
@@ -181,6 +236,8 @@ class ResumeState(L.Callback):
 class History(L.Callback):
     """Keeps every step's logged values (loss curve, health) in memory and as CSV; logger-free.
 
+    One row per optimiser step: with gradient accumulation the ``train/*`` values are the mean over
+    the step's micro-batches (for a mean loss such as the MAE's, the loss of the whole step).
     Health values (``health/*``) are logged every few steps only: a row carries them on the step
     they were computed and is empty (NaN) for them otherwise.
     """
@@ -190,6 +247,8 @@ class History(L.Callback):
         self.path = path
         self._t0 = 0.0
         self._offset = 0.0  # training seconds before a resume
+        self._pending: list[dict[str, float]] = []  # train/* values of this step's micro-batches
+        self._last_step = 0
 
     def resume(self, path: Path | None) -> None:
         """Continue the history a killed run wrote at its last checkpoint."""
@@ -199,6 +258,7 @@ class History(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter() - self._offset
+        self._last_step, self._pending = trainer.global_step, []
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # Checkpoint callbacks run after all others, so this step's row is already here.
@@ -206,11 +266,19 @@ class History(L.Callback):
             self._write()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "time_s": time.perf_counter() - self._t0}
+        values = {}
         for key, value in trainer.callback_metrics.items():
             prefix, _, name = key.partition("/")
             if prefix == "train":
-                row[name] = float(value)
+                values[name] = float(value)
+        self._pending.append(values)
+        if trainer.global_step == self._last_step:  # a micro-batch of gradient accumulation: no update yet
+            return
+        self._last_step = trainer.global_step
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "time_s": time.perf_counter() - self._t0}
+        names = dict.fromkeys(k for v in self._pending for k in v)
+        row.update({k: float(np.mean([v[k] for v in self._pending if k in v])) for k in names})
+        self._pending = []
         row.update(pl_module.fresh_health)  # health values computed at this step only
         pl_module.fresh_health.clear()
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
@@ -229,6 +297,67 @@ class History(L.Callback):
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+
+def _blocks(task: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a task (encoder, decoder, momentum copies): timm ``Block``s."""
+    from timm.models.vision_transformer import Block
+
+    return [m for m in task.modules() if isinstance(m, Block)]
+
+
+def compile_unavailable() -> str | None:
+    """Why ``torch.compile`` (inductor) cannot run here, or None: on CPU it needs a C++ compiler."""
+    from torch._inductor import config as inductor_config
+
+    cxx = inductor_config.cpp.cxx[0] if inductor_config.cpp.cxx and inductor_config.cpp.cxx[0] else None
+    candidates = [cxx] if cxx else ["g++", "clang++", "c++"]
+    if not any(shutil.which(c) for c in candidates):
+        return f"no C++ compiler ({' / '.join(candidates)}) on PATH, which inductor needs to compile for the CPU"
+    return None
+
+
+def compile_blocks(task: nn.Module, blocks: list[nn.Module] | None = None) -> int:
+    """Compile the task's transformer blocks in place with ``torch.compile`` (``Module.compile``);
+    returns how many. In place, so parameter names and checkpoints are those of an uncompiled run,
+    and only blocks: they hold the compute and draw no random numbers, while masking (in the task's
+    forward) keeps drawing from torch's global generator, so masks, resume and seeds behave as
+    without compiling (inductor would generate its own random numbers inside a compiled graph)."""
+    blocks = _blocks(task) if blocks is None else blocks
+    if not blocks:
+        raise ValueError(f"compile: {type(task).__name__} has no transformer blocks to compile")
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def _slurm_tasks() -> tuple[int, int] | None:
+    """(nodes, tasks per node) when this process is one of several tasks of an srun step (one
+    rank of a job launched as ``srun python ...``), else None (a batch script or a one-task step:
+    Lightning launches any further processes itself)."""
+    import os
+
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if tasks <= 1 or "SLURM_PROCID" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    nodes = int(os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+    return nodes, tasks // nodes
+
+
+class FSDPStrategy(ModelParallelStrategy):
+    """Fully sharded data parallel over every process (FSDP2 ``fully_shard``), on GPUs or on CPUs
+    (gloo): parameters, gradients and optimiser state are split across processes, each process
+    trains on its share of every global batch. Lightning's own ``"fsdp"`` (FSDP1) refuses CPUs;
+    this is its ``ModelParallelStrategy`` with the whole world as one data-parallel mesh dimension
+    (no tensor parallelism); the sharding itself is ``PretrainModule.configure_model``. Checkpoints
+    are assembled on rank 0 into one file with the same keys as a DDP run's."""
+
+    def __init__(self, **kwargs):
+        super().__init__(save_distributed_checkpoint=False, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
+        super().setup_environment()
 
 
 def fit(
@@ -254,7 +383,9 @@ def fit(
     accelerator: str = "auto",
     devices: int | str = "auto",
     strategy: str = "auto",
+    num_nodes: int | None = None,
     precision: str = "32-true",
+    compile: bool = False,
     history_path: Path | None = None,
 ) -> pd.DataFrame:
     """Train ``task`` on ``dataset``; returns the per-step history (losses, health, lr, time).
@@ -266,8 +397,28 @@ def fit(
     ``checkpoint_every`` steps and a run that finds ``last.ckpt`` there continues from it with the
     same batches and random draws as an uninterrupted run. Device-agnostic:
     ``accelerator``/``devices``/``strategy``/``precision`` go straight to Lightning (e.g. "gpu", 4,
-    "ddp", "bf16-mixed"); the defaults run on whatever the machine has.
+    "ddp", "bf16-mixed"); the defaults run on whatever the machine has. ``strategy="fsdp"`` shards
+    the task over the processes (FSDP2, also on CPU: ``FSDPStrategy``). Launched by ``srun`` with
+    several tasks (see ``eolab.launch``), ``num_nodes`` (default) comes from SLURM_NNODES,
+    ``devices="auto"`` becomes the tasks per node and ``strategy="auto"`` becomes "ddp".
+
+    ``accumulate``: gradients of ``accumulate`` consecutive batches of ``batch_size`` are summed
+    (each loss divided by ``accumulate``) before one optimiser step; ``max_steps``,
+    ``checkpoint_every``, the learning-rate schedule and the history's rows count optimiser steps.
+    ``compile``: the transformer blocks run through ``torch.compile`` (``compile_blocks``); a
+    machine without the C++ compiler inductor needs trains uncompiled, with a warning.
     """
+    layout = _slurm_tasks()
+    if layout is not None:
+        num_nodes = num_nodes or layout[0]
+        devices = layout[1] if devices == "auto" else devices
+        strategy = "ddp" if strategy == "auto" else strategy
+    if compile:
+        reason = compile_unavailable() if accelerator == "cpu" or not torch.cuda.is_available() else None
+        if reason:
+            warnings.warn(f"fit(compile=True): training uncompiled: {reason}", stacklevel=2)
+        else:
+            compile_blocks(task)
     L.seed_everything(seed, workers=True)
     if batch_sampler is None:
         batch_sampler = SeededBatchSampler(len(dataset), batch_size, seed)
@@ -277,7 +428,8 @@ def fit(
                         persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
     if len(loader) == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the pre-training set ({len(dataset)} patches)")
-    total = max_steps or epochs * len(loader)
+    # Optimiser steps: an epoch ends with a step even when its last accumulation is short.
+    total = max_steps or epochs * math.ceil(len(loader) / accumulate)
     module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay, augment=augment,
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
@@ -292,7 +444,8 @@ def fit(
             history.resume(history_path)
     trainer = L.Trainer(
         max_epochs=-1 if max_steps else epochs, max_steps=max_steps or -1,
-        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes or 1, precision=precision,
+        strategy=FSDPStrategy() if strategy == "fsdp" else strategy,
         accumulate_grad_batches=accumulate, use_distributed_sampler=False,  # the batch sampler shards
         logger=False, enable_checkpointing=checkpoint_dir is not None, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[*callbacks, *extra, history], log_every_n_steps=1, deterministic=False,

@@ -167,3 +167,67 @@ def test_s1s2_encoder_on_optical_only_data_uses_its_optical_tokens():
 def test_config_names_the_bad_parameter(params, message):
     with pytest.raises(ValueError, match=message):
         PretrainConfig(**params)
+
+
+def _mae_fit(batch_size, accumulate, seed=0, **kw):
+    """A tiny MAE trained without augmentation or health probes: its only random draws are the masks."""
+    torch.manual_seed(seed)
+    norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.5), dict.fromkeys(BANDS, 0.3))
+    task = build_task("mae", build_encoder("vit_nano", BANDS, img_size=16, patch_size=4), SMALL)
+    history = fit(task, _Images(), norm, batch_size=batch_size, accumulate=accumulate, lr=2e-3, seed=seed,
+                  augment="none", health_every=0, accelerator="cpu", **kw)
+    return task, history
+
+
+def test_gradient_accumulation_follows_the_large_batch_trajectory(tmp_path):
+    """accumulate=2 with batches of 4 takes the steps that batches of 8 take.
+
+    Why exactly (up to float rounding): the seeded shuffle is one permutation per epoch cut into
+    batches, so two consecutive batches of 4 are one batch of 8; the MAE's masks are drawn row by
+    row from torch's global generator (rand(8, N) is rand(4, N) twice) and its loss is a mean over
+    samples that all hide the same number of tokens, so the mean of the two half-batch losses (each
+    scaled by 1/2 by Lightning) has the full batch's gradient. No augmentation, dropout or batch
+    statistics. A contrastive loss would not match: its negatives are the other samples of a batch.
+    """
+    big, h1 = _mae_fit(8, 1, epochs=2)
+    small, h2 = _mae_fit(4, 2, epochs=2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
+    assert h1["step"].tolist() == h2["step"].tolist() == [1, 2, 3, 4, 5, 6]  # one row per optimiser step
+    torch.testing.assert_close(torch.tensor(h2["loss"].to_numpy()), torch.tensor(h1["loss"].to_numpy()),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(h2["lr"], h1["lr"], rtol=1e-12)  # the schedule counts optimiser steps
+    for (name, a), b in zip(big.state_dict().items(), small.state_dict().values(), strict=True):
+        if name.endswith("attn.qkv.bias"):
+            # The key bias gets an exactly zero gradient (softmax ignores a shift shared by all keys),
+            # so what AdamW does with it is rounding noise divided by its own size: leave it out.
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["eolab_batches_done"] == 12  # checkpoint_every in optimiser steps
+    _, h3 = _mae_fit(4, 2, max_steps=4)
+    assert h3["step"].tolist() == [1, 2, 3, 4]  # max_steps counts optimiser steps (8 batches of 4)
+
+
+def test_a_seed_fixes_the_run():
+    """Same seed: the same losses and weights, bit for bit; another seed: another run."""
+    a, ha = _mae_fit(8, 1, seed=0, max_steps=3)
+    b, hb = _mae_fit(8, 1, seed=0, max_steps=3)
+    _, hc = _mae_fit(8, 1, seed=1, max_steps=3)
+    assert ha["loss"].tolist() == hb["loss"].tolist()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert ha["loss"].tolist() != hc["loss"].tolist()
+
+
+@pytest.mark.slow
+def test_compiled_fit_matches_eager_and_keeps_checkpoint_keys():
+    """fit(compile=True) compiles the transformer blocks in place: same losses, same parameter names."""
+    from eolab.train import compile_unavailable
+
+    if reason := compile_unavailable():
+        pytest.skip(reason)
+    eager, h_eager = _mae_fit(8, 1, max_steps=3)
+    compiled, h_compiled = _mae_fit(8, 1, max_steps=3, compile=True)
+    assert compiled.encoder.blocks[0]._compiled_call_impl is not None  # it did run compiled
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints load either way
+    torch.testing.assert_close(torch.tensor(h_compiled["loss"].to_numpy()), torch.tensor(h_eager["loss"].to_numpy()),
+                               rtol=1e-4, atol=1e-6)

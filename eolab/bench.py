@@ -3,7 +3,7 @@
     python -m eolab.bench [--device auto|cpu|cuda] [--precisions fp32,bf16] [--models eolab,lightly,hf]
                           [--batch-size 64] [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
                           [--loader-workers 0,2] [--loader-batches 32] [--loader-seconds 10]
-                          [--out bench.csv|bench.json] [--quick]
+                          [--compile] [--out bench.csv|bench.json] [--quick]
 
 Why: an ablation budget is set in images/s, so we need to know whether eolab's own masked autoencoder
 costs more per step than the libraries we could have used instead, and whether the data loader or the
@@ -21,6 +21,11 @@ What a number means:
   MFU        FLOPs of one step (torch.utils.flop_counter: forward + backward matmuls, convolutions and
              attention) x steps/s, divided by this machine's measured matmul peak at that precision
              (best of repeated large torch.matmul, same device and threads), not a datasheet figure.
+  compiled   with --compile, every model and precision is also timed with its transformer blocks
+             through torch.compile (inductor; as ``eolab.train.fit(compile=True)`` does), next to
+             the eager run: "speed-up" is compiled / eager images/s, "compile s" the first step's
+             seconds (tracing and code generation). Where inductor cannot run (no C++ compiler on a
+             CPU machine, or it fails) the eager rows stay and a warning says why.
   loader     images/s of eolab's packed scene cache vs decoding the original GeoTIFFs per sample
              (real data), and their ratio to eolab's training throughput (>= 1: the loader keeps up).
 """
@@ -109,7 +114,10 @@ class LightlyMAE(nn.Module):
 
     def __init__(self, shape: MAEShape):
         super().__init__()
-        from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
+        from lightly.models.modules import (
+            MaskedVisionTransformerDecoderTIMM,
+            MaskedVisionTransformerTIMM,
+        )
         from timm.models.vision_transformer import VisionTransformer
 
         vit = VisionTransformer(
@@ -223,6 +231,7 @@ class Trainer:
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
     device: torch.device
+    compiled: bool = False
 
     def step(self, x: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -314,6 +323,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     return 2 * size**3 / best
 
 
+def transformer_blocks(name: str, model: nn.Module) -> list[nn.Module]:
+    """The blocks ``--compile`` compiles: timm ``Block``s (eolab, lightly) or HF's ViTMAELayer."""
+    from timm.models.vision_transformer import Block
+
+    return [m for m in model.modules() if isinstance(m, Block) or type(m).__name__ == "ViTMAELayer"]
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot be timed on ``device``, or None."""
+    from eolab.train import compile_unavailable
+
+    return compile_unavailable() if device.type == "cpu" else None
+
+
 def bench_models(
     models: Sequence[str],
     precisions: Sequence[str],
@@ -325,30 +348,54 @@ def bench_models(
     device: torch.device,
     peaks: dict[str, float],
     log: Callable[[str], None],
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train every (model, precision) on the same synthetic batch; one row each."""
+    """Train every (model, precision) on the same synthetic batch; one row each (two with
+    ``compile``: eager and compiled)."""
     x = torch.randn(batch, shape.bands, shape.img_size, shape.img_size,
                     generator=torch.Generator().manual_seed(0)).to(device)
+    if compile and (problem := compile_problem(device)):
+        log(f"  warning: --compile skipped, timing eager only: {problem}")
+        compile = False
     trainers: list[Trainer] = []
     for name in models:
         for precision in precisions:
-            torch.manual_seed(0)
-            model, loss_fn = BUILDERS[name](shape)
-            model.to(device).train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-            trainers.append(Trainer(name, precision, model, loss_fn, optimizer, device))
+            for compiled in (False, True) if compile else (False,):
+                torch.manual_seed(0)
+                model, loss_fn = BUILDERS[name](shape)
+                model.to(device).train()
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+                trainers.append(Trainer(name, precision, model, loss_fn, optimizer, device, compiled))
 
-    rows = []
+    rows, timed = [], []
     for t in trainers:
-        flops = step_flops(t, x)
-        for _ in range(warmup):
-            t.step(x)
-        rows.append({
-            "model": t.name, "precision": t.precision,
+        flops = step_flops(t, x)  # counted eager: compiling changes kernels, not the arithmetic
+        row = {
+            "model": t.name, "precision": t.precision, "compiled": t.compiled,
             "params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
             "attention": attention_impl(t.name, t.model), "gflop_per_step": flops / 1e9,
-        })
-        log(f"  {t.name}/{t.precision}: {flops / 1e9:.2f} GFLOP/step, warmed up")
+        }
+        start = time.perf_counter()
+        try:
+            if t.compiled:
+                for block in transformer_blocks(t.name, t.model):
+                    block.compile()
+            for i in range(max(1, warmup) if t.compiled else warmup):
+                t.step(x)
+                if i == 0 and t.compiled:
+                    synchronize(device)
+                    row["compile_s"] = time.perf_counter() - start
+        except Exception as exc:  # inductor/compiler failure: keep the eager numbers, say why
+            if not t.compiled:
+                raise
+            log(f"  warning: {t.name}/{t.precision} compiled: torch.compile failed, eager only "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
+            continue
+        rows.append(row)
+        timed.append(t)
+        done = f", compiled in {row['compile_s']:.1f}s" if t.compiled else ""
+        log(f"  {t.name}/{t.precision}: {flops / 1e9:.2f} GFLOP/step, warmed up{done}")
+    trainers = timed
 
     seconds: list[list[float]] = [[] for _ in trainers]
     for r in range(repeats):  # round robin, so slow phases of a shared machine are shared out
@@ -366,8 +413,12 @@ def bench_models(
         row["peak_tflops"] = peaks[row["precision"]] / 1e12
         row["mfu"] = row["achieved_tflops"] / row["peak_tflops"]
     for row in rows:
-        peers = [o["images_per_s"] for o in rows if o["precision"] == row["precision"] and o["model"] != row["model"]]
+        peers = [o["images_per_s"] for o in rows if o["precision"] == row["precision"]
+                 and o["compiled"] == row["compiled"] and o["model"] != row["model"]]
         row["ratio_to_fastest_peer"] = row["images_per_s"] / max(peers) if peers else None
+        eager = [o["images_per_s"] for o in rows if not o["compiled"] and o["model"] == row["model"]
+                 and o["precision"] == row["precision"]]
+        row["compile_speedup"] = row["images_per_s"] / eager[0] if row["compiled"] and eager else None
     return rows
 
 
@@ -499,28 +550,34 @@ def bench_loaders(batch: int, workers: Sequence[int], batches: int, seconds: flo
 def format_report(result: dict[str, Any]) -> str:
     """The human-readable tables."""
     lines = [
-        f"device {result['device']}, {result['threads']} threads, batch {result['batch_size']}, "
-        f"torch {result['versions']['torch']}",
+        (f"device {result['device']}, {result['threads']} threads, batch {result['batch_size']}, "
+        f"torch {result['versions']['torch']}"),
         "matmul peak (measured): " + ", ".join(
             f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
         ) + f"  (n={result['peak_size']})",
         "",
-        f"{'model':<8} {'precision':<9} {'images/s':>9} {'best':>6} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
-        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention",
+        (f"{'model':<16} {'precision':<9} {'images/s':>9} {'best':>6} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
+        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention"),
     ]
     for r in result["train"]:
         ratio = f"{r['ratio_to_fastest_peer']:.2f}x" if r["ratio_to_fastest_peer"] else "-"
+        model = f"{r['model']}+compile" if r.get("compiled") else r["model"]
         lines.append(
-            f"{r['model']:<8} {r['precision']:<9} {r['images_per_s']:>9.0f} {r['best_images_per_s']:>6.0f} "
+            f"{model:<16} {r['precision']:<9} {r['images_per_s']:>9.0f} {r['best_images_per_s']:>6.0f} "
             f"{r['ms_per_step']:>8.1f} "
             f"{r['spread']:>6.0%} {ratio:>8} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
             f"{r['mfu']:>6.1%}  {r['attention']}"
         )
+    compiled = [r for r in result["train"] if r.get("compile_speedup")]
+    if compiled:
+        lines += ["", "torch.compile (transformer blocks, inductor):"]
+        lines += [f"  {r['model']}/{r['precision']}: {r['compile_speedup']:.2f}x eager images/s, "
+                  f"first step (compiling) {r['compile_s']:.1f} s" for r in compiled]
     lines.append(f"analytic estimate for this configuration: {result['analytic_gflop_per_step']:.2f} GFLOP/step")
     if result["loader"]:
         ref = result["loader_reference"]
-        lines += ["", f"{'loader':<12} {'workers':>7} {'images/s':>9}  vs training ({ref['model']}/"
-                      f"{ref['precision']}, {ref['images_per_s']:.0f} images/s)"]
+        lines += ["", (f"{'loader':<12} {'workers':>7} {'images/s':>9}  vs training ({ref['model']}/"
+                      f"{ref['precision']}, {ref['images_per_s']:.0f} images/s)")]
         for r in result["loader"]:
             lines.append(f"{r['loader']:<12} {r['workers']:>7} {r['images_per_s']:>9.0f}  "
                          f"{r['ratio_to_training']:.2f}x")
@@ -579,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-batches", type=int, default=32, help="most timed batches per loader measurement")
     p.add_argument("--loader-seconds", type=float, default=10.0, help="most seconds per loader measurement")
     p.add_argument("--data-root", default=None, help="default: eolab.data.paths.data_root()")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each model with its transformer blocks compiled (torch.compile, inductor)")
     p.add_argument("--out", type=Path, default=None, help="write the results: .json, or CSV otherwise")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (tests): batch 8, 1 warm-up, 2 steps, 1 repeat, small peak, 2 loader batches")
@@ -610,10 +669,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10) for p in args.precisions}
     log("training step ...")
     train = bench_models(args.models, args.precisions, shape, args.batch_size, args.warmup, args.steps,
-                         args.repeats, device, peaks, log)
+                         args.repeats, device, peaks, log, compile=args.compile)
     loader: list[dict[str, Any]] = []
-    reference = max((r for r in train if r["model"] == "eolab"), default=None, key=lambda r: r["images_per_s"])
-    reference = reference or max(train, key=lambda r: r["images_per_s"])
+    eager = [r for r in train if not r["compiled"]]
+    reference = max((r for r in eager if r["model"] == "eolab"), default=None, key=lambda r: r["images_per_s"])
+    reference = reference or max(eager, key=lambda r: r["images_per_s"])
     if args.loader_workers:
         log("data loader ...")
         loader = bench_loaders(args.batch_size, args.loader_workers, args.loader_batches, args.loader_seconds,

@@ -231,3 +231,22 @@ def test_compiled_fit_matches_eager_and_keeps_checkpoint_keys():
     assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints load either way
     torch.testing.assert_close(torch.tensor(h_compiled["loss"].to_numpy()), torch.tensor(h_eager["loss"].to_numpy()),
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_bench_compile_adds_a_compiled_row(tmp_path):
+    """`python -m eolab.bench --compile` times the compiled blocks next to eager (or warns and skips)."""
+    import csv
+
+    from eolab.bench import main as bench_main
+    from eolab.train import compile_unavailable
+
+    out = tmp_path / "bench.csv"
+    assert bench_main(["--quick", "--device", "cpu", "--threads", "1", "--models", "eolab", "--precisions", "fp32",
+                       "--loader-workers", "", "--compile", "--out", str(out)]) == 0
+    rows = [r for r in csv.DictReader(out.open()) if r["section"] == "train"]
+    if compile_unavailable():  # eager only, with a warning
+        assert [r["compiled"] for r in rows] == ["False"]
+        return
+    assert [r["compiled"] for r in rows] == ["False", "True"]
+    assert float(rows[1]["images_per_s"]) > 0 and float(rows[1]["compile_speedup"]) > 0 and float(rows[1]["compile_s"]) > 0

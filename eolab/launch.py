@@ -1,0 +1,161 @@
+"""One pre-training run from a script: the entry point that ``srun`` starts once per task.
+
+    srun --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 python -m eolab.launch params.yaml --output-dir runs/x
+    python -m eolab.launch params.json --output-dir runs/x      # one process (or Lightning's own DDP launch)
+
+``params`` is a JSON or YAML mapping of ``eolab.experiment.PretrainConfig`` fields (the pretrain
+notebook's parameters); ``--output-dir`` overrides its ``output_dir``. Every task runs
+``prepare_data`` and ``pretrain``; Lightning's SLURM environment reads SLURM_NTASKS, SLURM_PROCID,
+SLURM_LOCALID and SLURM_NNODES, so the tasks join one DDP process group (``eolab.train.fit`` turns
+``devices="auto"`` into the tasks per node, ``strategy="auto"`` into "ddp" and sets the node
+count). Only global rank 0 evaluates and writes outputs (``record.json``, ``history.csv``,
+``encoder.pt``, in the same format as a notebook run); the other ranks train in a scratch folder
+inside the run folder, which they remove when done.
+
+``worker_main`` is the other ranks' half of a notebook run under SLURM with several tasks
+(``eolab.runner.slurm``): rank 0 executes the notebook, whose ``pretrain`` call is one rank of the
+group; every other rank trains the same configuration here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from eolab.experiment import PretrainConfig
+
+SCRATCH_PREFIX = ".rank"
+"""Scratch folder of a non-zero rank inside the run folder: ``<output_dir>/.rank<N>``."""
+
+
+def global_rank() -> int:
+    """This process's rank in the job before torch.distributed starts: torchrun's RANK, the
+    SLURM_PROCID of an srun step of several tasks, or a process Lightning launched itself
+    (NODE_RANK, LOCAL_RANK: ranks on one node are numbered first)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    local, node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("NODE_RANK", "0"))
+    return local + node * 1000 if node else local  # unique (a scratch folder name), zero only for rank 0
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """A JSON (``.json``) or YAML mapping of parameter names to values."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        params = json.loads(text)
+    else:
+        import yaml
+
+        params = yaml.safe_load(text)
+    if not isinstance(params, dict):
+        raise TypeError(f"{path}: expected a mapping of parameter names to values, got {type(params).__name__}")
+    return params
+
+
+def make_config(params: dict[str, Any], output_dir: str | None = None) -> PretrainConfig:
+    """Validated config; names that are not PretrainConfig fields are an error (a typo would
+    otherwise silently run the default)."""
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}; PretrainConfig has {sorted(fields)}")
+    if output_dir is not None:
+        params = {**params, "output_dir": output_dir}
+    return PretrainConfig(**params)
+
+
+def for_rank(cfg: PretrainConfig, rank: int) -> PretrainConfig:
+    """The config rank ``rank`` trains with: rank 0 the run's own; any other rank the same training
+    in ``<output_dir>/.rank<N>``, whose ``checkpoints`` links to the run's, so that every rank
+    resumes from the checkpoint rank 0 writes and none overwrites rank 0's files."""
+    if rank == 0:
+        return cfg
+    out = Path(cfg.output_dir).resolve()
+    scratch = out / f"{SCRATCH_PREFIX}{rank}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    link = scratch / "checkpoints"
+    if not link.is_symlink():
+        link.symlink_to(out / "checkpoints", target_is_directory=True)
+    return dataclasses.replace(cfg, output_dir=str(scratch))
+
+
+def run(cfg: PretrainConfig, rank: int | None = None) -> dict | None:
+    """prepare_data -> pretrain on every rank; evaluate -> write_record on rank 0 (its record)."""
+    from eolab import experiment as ex
+
+    started = time.perf_counter()
+    rank = global_rank() if rank is None else rank
+    mine = for_rank(cfg, rank)
+    try:
+        data = ex.prepare_data(mine)
+        result = ex.pretrain(mine, data)
+        if rank != 0:
+            return None
+        evaluation = ex.evaluate(cfg, data, result)
+        return ex.write_record(cfg, data, result, evaluation, started)
+    finally:
+        if rank != 0:
+            shutil.rmtree(mine.output_dir, ignore_errors=True)
+
+
+def worker_main(parameters: dict[str, Any], notebook: str | Path | None = None) -> None:
+    """A non-zero rank of a notebook run: train what the notebook's kernel (rank 0) trains.
+
+    ``parameters`` are the run's notebook parameters; those it does not set take the notebook's
+    own defaults (its parameters cell), so both sides build the same PretrainConfig."""
+    params = dict(parameters)
+    if notebook is not None:
+        params = {**notebook_defaults(notebook), **params}
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    cfg = PretrainConfig(**{k: v for k, v in params.items() if k in fields})
+    run(cfg)
+
+
+def notebook_defaults(notebook: str | Path) -> dict[str, Any]:
+    """The default values of a notebook's parameters cell (papermill's reading of it)."""
+    import ast
+
+    import papermill
+
+    defaults = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            defaults[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            continue  # not a literal: leave it to the config's default
+    return defaults
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eolab.launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("params", help="JSON or YAML file of PretrainConfig parameters")
+    p.add_argument("--output-dir", default=None, help="the run folder (overrides output_dir in params)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = make_config(load_params(args.params), args.output_dir)
+    except (OSError, ValueError, TypeError) as exc:  # unreadable file, unknown or invalid parameter
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    record = run(cfg)
+    if record is not None:
+        print(f"record: {Path(cfg.output_dir) / 'record.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,6 +97,7 @@ KNOWN_METRICS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
 def runs_table(
     source: str | Path | pd.DataFrame,
     metrics: Sequence[str] | None = None,
+    optional: Sequence[str] = (),
     n_column: str | None = None,
     tokens_per_sample: float = 1.0,
     keep: Sequence[str] = ("run_id", "objective", "model_size", "batch_size", "train_steps", "seed"),
@@ -113,7 +114,8 @@ def runs_table(
     - ``tokens`` = ``D * tokens_per_sample``.
 
     ``metrics``: column names, or `KNOWN_METRICS` keys (``probe_error``); default every known one
-    that can be computed. Runs whose status is not ``done`` are dropped.
+    that can be computed. ``optional``: more metrics, added only where available. Runs whose
+    status is not ``done`` are dropped; NaN metric values are kept (drop them per metric).
     """
     runs = _load_runs(source)
     if "status" in runs.columns:
@@ -134,6 +136,7 @@ def runs_table(
         raise ValueError("column `train_flops` (or `flops_per_step`) not found in the run table")
     out["tokens"] = out["D"] * tokens_per_sample
     wanted = list(metrics) if metrics is not None else [m for m in KNOWN_METRICS if _can_compute(m, runs)]
+    wanted += [m for m in optional if m not in wanted and (m in runs.columns or _can_compute(m, runs))]
     for metric in wanted:
         if metric in KNOWN_METRICS and metric not in runs.columns:
             if not _can_compute(metric, runs):
@@ -147,6 +150,8 @@ def runs_table(
 
 
 def _can_compute(metric: str, runs: pd.DataFrame) -> bool:
+    if metric not in KNOWN_METRICS:
+        return False
     try:
         KNOWN_METRICS[metric](runs.head(1))
     except KeyError:
@@ -745,6 +750,39 @@ def analyse(df: pd.DataFrame, metric: str, group: str = "all", n_boot: int = 300
                            intervals=intervals(draws, level, point=point), frontier=frontier(fit, budgets, flops.k),
                            compute_law=compute_law, validation=validation, holdout_summary=summary,
                            holdout_error=error)
+
+
+def headline(analysis: ScalingAnalysis, goal: float = 0.05) -> str:
+    """Markdown: exponents with intervals, held-out errors against ``goal``, and the compute-optimal
+    tokens per parameter at the budget closest to the largest run's compute."""
+    table = analysis.intervals
+
+    def ci(param: str) -> str:
+        row = table.loc[param]
+        return f"{row['estimate']:.3g} [{row['lower']:.3g}, {row['upper']:.3g}]"
+
+    lines = [f"**{analysis.group}, `{analysis.metric}`** ({len(analysis.runs)} runs)", "",
+             (f"- alpha = {ci('alpha')}, beta = {ci('beta')} (bootstrap intervals); "
+              f"N_opt ∝ C^{ci('a')}, D_opt ∝ C^{ci('b')}")]
+    if analysis.holdout_summary is not None and analysis.validation is not None:
+        summary = analysis.holdout_summary
+        mean, worst = summary.loc["chinchilla", ["mean_rel_error", "max_rel_error"]]
+        verdict = "within" if worst <= goal else "NOT within"
+        per_axis = ", ".join(f"{m} {100 * summary.loc[m, 'mean_rel_error']:.1f}%" for m in HOLDOUT_METHODS[1:]
+                             if summary.loc[m, "n_predicted"])
+        lines.append(f"- {len(analysis.validation)} largest-compute runs held out: joint fit mean error "
+                     f"{100 * mean:.1f}%, max {100 * worst:.1f}% ({verdict} the {100 * goal:.0f}% goal); "
+                     f"per-axis power laws: {per_axis or 'no prediction possible'}")
+    else:
+        lines.append(f"- no held-out validation: {analysis.holdout_error}")
+    c_max = float(analysis.runs["C"].max())
+    budget = min(analysis.budgets, key=lambda c: abs(math.log(c / c_max)), default=None)
+    key = f"tokens_per_param@{budget:.3g}" if budget else ""
+    if key in table.index:
+        lines.append(f"- compute-optimal tokens per parameter at C = {budget:.3g}: {ci(key)} "
+                     f"({analysis.tokens_per_sample:g} tokens per sample, k = {analysis.flops.k:.3g} FLOPs per "
+                     f"parameter per sample); Chinchilla: ~{CHINCHILLA_TOKENS_PER_PARAMETER:g}")
+    return "\n".join(lines)
 
 
 def frontier_band(draws: pd.DataFrame, C: Sequence[float] | np.ndarray, k: float, level: float = 0.95

@@ -301,7 +301,7 @@ def sample_locations(results: AblationResults, data_root: str | Path | None = No
         return pd.DataFrame(columns=columns)
     out = pd.concat(frames, ignore_index=True)
     extra = [c for c in ("row", "col") if c in out.columns]
-    return out[[c for c in columns if c in out.columns] + extra]
+    return _sorted(out[[c for c in columns if c in out.columns] + extra], results)
 
 
 def run_pool(results: AblationResults, data_root: str | Path | None = None,
@@ -358,7 +358,7 @@ def plot_sampler_accuracy(results: AblationResults, encoder: str = ENCODER) -> F
     if table.empty:
         return None
     budgets = sorted(table["budget"].unique())
-    order = _sampler_order(table["sampler"])
+    order = _sampler_order(table["sampler"], results.spec)
     colors = _palette(order)
     fig, axes = plt.subplots(1, len(budgets), figsize=(1.5 + 4.5 * len(budgets), 4), sharey=True, squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
@@ -402,7 +402,8 @@ def plot_scene_shares(locations: pd.DataFrame, pool: pd.DataFrame | None = None)
 def plot_world(locations: pd.DataFrame, pool: pd.DataFrame | None = None) -> Figure | None:
     """Where each sampler's patches lie on Earth: a world panel per sampler (columns) and budget
     (rows); bubble area = share of the sample at each place (scenes within 0.5 degrees merged,
-    mean over seeds); open grey circles = the pool's share there (what uniform draws on average)."""
+    mean over seeds); open grey circles = the pool's share there (what uniform draws on average).
+    Country outlines where Natural Earth is at hand (``_world_outline``)."""
     if locations.empty:
         print("No sample locations: no map.")
         return None
@@ -418,14 +419,19 @@ def plot_world(locations: pd.DataFrame, pool: pd.DataFrame | None = None) -> Fig
     centres = places.groupby("place")[["lon", "lat"]].mean()
     pool_share = (places.groupby("place")["n"].sum() / places["n"].sum()) if pool is not None and not pool.empty else None
     scale = 2500.0  # points^2 for a share of 1
+    outline = _world_outline()
     fig, axes = plt.subplots(len(budgets), len(order), figsize=(3.3 * len(order), 1.9 * len(budgets) + 0.6),
                              squeeze=False, sharex=True, sharey=True)
     for i, budget in enumerate(budgets):
         for j, sampler in enumerate(order):
             ax = axes[i][j]
+            if outline is not None:
+                outline.boundary.plot(ax=ax, color="0.75", linewidth=0.4)
             ax.set_xlim(-180, 180)
             ax.set_ylim(-90, 90)
             ax.set_aspect("equal")
+            ax.set_xlabel("")
+            ax.set_ylabel("")
             ax.axhline(0, color="0.85", linewidth=0.6)
             ax.grid(alpha=0.25)
             if pool_share is not None:
@@ -499,7 +505,7 @@ def plot_accuracy_vs_representativeness(results: AblationResults,
     if runs.empty or not metrics or runs["accuracy"].isna().all():
         print("No runs with probe accuracy and representativeness metrics: nothing to plot.")
         return None
-    order = _sampler_order(runs["sampler"])
+    order = _sampler_order(runs["sampler"], results.spec)
     budgets = sorted(runs["budget"].unique())
     fig, axes = plt.subplots(1, len(metrics), figsize=(1.5 + 4 * len(metrics), 4), sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -552,11 +558,14 @@ def _one_run_per_cell(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sampler_order(samplers: pd.Series | Sequence[str], spec: Mapping[str, Any] | None = None) -> list[str]:
-    """The spec's order of samplers where known, else the reference first and the rest sorted."""
+    """The spec's order of samplers where known (then any others sorted), else the reference first
+    and the rest in order of appearance (``sample_locations`` returns rows in the spec's order)."""
     present = list(dict.fromkeys(map(str, samplers)))
     listed = [str(s) for s in ((spec or {}).get("grid") or {}).get(SAMPLER, [])]
-    head = [s for s in listed if s in present] or ([REFERENCE] if REFERENCE in present else [])
-    return head + sorted(s for s in present if s not in head)
+    head = [s for s in listed if s in present]
+    if head:
+        return head + sorted(s for s in present if s not in head)
+    return [s for s in present if s == REFERENCE] + [s for s in present if s != REFERENCE]
 
 
 def _sorted(frame: pd.DataFrame, results: AblationResults) -> pd.DataFrame:
@@ -566,7 +575,8 @@ def _sorted(frame: pd.DataFrame, results: AblationResults) -> pd.DataFrame:
     order = _sampler_order(frame["sampler"], results.spec)
     keys = ["sampler", "budget", *(["seed"] if "seed" in frame else [])]
     rank = frame["sampler"].astype(str).map(order.index)
-    return frame.assign(_rank=rank).sort_values(["_rank", *keys[1:]]).drop(columns="_rank").reset_index(drop=True)
+    return (frame.assign(_rank=rank).sort_values(["_rank", *keys[1:]], kind="stable").drop(columns="_rank")
+            .reset_index(drop=True))
 
 
 def _palette(order: Sequence[str]) -> dict[str, Any]:
@@ -582,6 +592,23 @@ def _scene_labels(frame: pd.DataFrame) -> pd.Series:
 def _label_key(label: str) -> tuple[int, str]:
     head, _, number = label.rpartition(" #")
     return (int(number), head) if number.isdigit() else (10**9, label)
+
+
+@functools.lru_cache(maxsize=1)
+def _world_outline() -> Any:
+    """Country outlines for the world panels, or None: Natural Earth 1:110m as shipped with pyogrio
+    (its test fixture; the map is only context, so without it the panels just lack outlines)."""
+    try:
+        import importlib.util
+
+        import geopandas
+
+        spec = importlib.util.find_spec("pyogrio")
+        origin = Path(spec.origin).parent if spec and spec.origin else None
+        path = origin / "tests" / "fixtures" / "naturalearth_lowres" / "naturalearth_lowres.shp" if origin else None
+        return geopandas.read_file(path) if path and path.is_file() else None
+    except Exception:  # noqa: BLE001 (any failure only means no outlines)
+        return None
 
 
 def _places(tiles: pd.DataFrame) -> pd.DataFrame:

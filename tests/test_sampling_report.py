@@ -155,6 +155,10 @@ def test_runs_of_an_earlier_spec_are_left_out(tmp_path, capsys):
     table = sr.sampling_table(results)
     assert np.allclose(table.set_index(["sampler", "budget"]).loc[("uniform", 4), "acc_mean"], 0.61)
     assert "earlier spec" in capsys.readouterr().out
+    results.spec.pop("runs")  # no list of current runs: one run per (sampler, budget, seed) still
+    scores = sr.fold_scores(results)
+    assert scores.groupby(["sampler", "budget", "seed"])["run_id"].nunique().max() == 1
+    assert "ffffffffffff" not in " ".join(scores["run_id"]) and "left out" in capsys.readouterr().out
 
 
 def test_failed_runs_are_listed_not_tabulated(results):

@@ -81,7 +81,7 @@ def fold_scores(results: AblationResults, encoder: str = ENCODER) -> pd.DataFram
     rows = _current(rows, results)
     rows = rows.assign(seed=rows.get("seed", 0))
     rows = rows.rename(columns={SAMPLER: "sampler", BUDGET: "budget"})[columns]
-    return _one_run_per_cell(rows).reset_index(drop=True)
+    return _one_run_per_cell(rows, results).reset_index(drop=True)
 
 
 def run_metrics(results: AblationResults) -> pd.DataFrame:
@@ -543,18 +543,29 @@ def _current(frame: pd.DataFrame, results: AblationResults) -> pd.DataFrame:
     keep = frame["run_id"].isin(listed)
     stale = frame.loc[~keep, "run_id"].nunique()
     if stale and keep.any():
-        print(f"Left out {stale} run(s) the current spec does not list (from an earlier spec).")
+        _note(results, f"Left out {stale} run(s) the current spec does not list (from an earlier spec).")
         return frame[keep]
     return frame
 
 
-def _one_run_per_cell(rows: pd.DataFrame) -> pd.DataFrame:
+def _one_run_per_cell(rows: pd.DataFrame, results: AblationResults) -> pd.DataFrame:
     """Keep the first run id of each (sampler, budget, seed), with a note when there were several."""
     first = rows.groupby(["sampler", "budget", "seed"])["run_id"].transform("min")
     extra = rows.loc[rows["run_id"] != first, "run_id"].unique()
     if len(extra):
-        print(f"Several runs share a sampler, budget and seed; left out {', '.join(map(str, extra))}.")
+        _note(results, f"Several runs share a sampler, budget and seed; left out {', '.join(map(str, extra))}.")
     return rows[rows["run_id"] == first]
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def _note(results: AblationResults, message: str) -> None:
+    """Print ``message`` once per results folder (every table calls the filters above)."""
+    key = (str(results.results_dir), message)
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(message)
 
 
 def _sampler_order(samplers: pd.Series | Sequence[str], spec: Mapping[str, Any] | None = None) -> list[str]:

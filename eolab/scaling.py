@@ -84,7 +84,7 @@ def check_positive(df: pd.DataFrame, columns: Sequence[str], min_rows: int = 1) 
                          f"got {len(df)}")
 
 
-N_COLUMNS = ("encoder_nonembedding_params", "encoder_params_nonembedding", "encoder_params")
+N_COLUMNS = ("encoder_params_nonembed", "encoder_params")
 """Candidates for N, in order of preference, when `runs_table` is not told which column to use."""
 
 KNOWN_METRICS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
@@ -99,8 +99,9 @@ def runs_table(
     metrics: Sequence[str] | None = None,
     optional: Sequence[str] = (),
     n_column: str | None = None,
+    d_column: str | None = None,
     tokens_per_sample: float = 1.0,
-    keep: Sequence[str] = ("run_id", "objective", "model_size", "batch_size", "train_steps", "seed"),
+    keep: Sequence[str] = ("run_id", "objective", "model_size", "n_pretrain", "batch_size", "train_steps", "seed"),
 ) -> pd.DataFrame:
     """One row per finished run with ``N``, ``D``, ``C``, ``tokens`` and the metric columns.
 
@@ -108,8 +109,10 @@ def runs_table(
     metrics; a per-fold ``table.csv`` fills in the probe accuracy if runs.csv lacks it), a CSV
     path, or a frame in either layout (per-fold rows are collapsed to one per run).
 
-    - ``N`` = ``n_column`` (default: the first of `N_COLUMNS` present);
-    - ``D`` = samples seen = ``train_steps * batch_size * accumulate`` (accumulate 1 if absent);
+    - ``N`` = ``n_column`` (default: the first of `N_COLUMNS` present: the encoder's parameters
+      without patch embedding and position tables, else all of them);
+    - ``D`` = ``d_column`` if given (e.g. ``n_pretrain``, the number of distinct samples), else the
+      ``samples_seen`` the run recorded, else ``train_steps * batch_size * accumulate``;
     - ``C`` = ``train_flops`` (counted FLOPs of forward + backward), else ``flops_per_step * train_steps``;
     - ``tokens`` = ``D * tokens_per_sample``.
 
@@ -121,13 +124,18 @@ def runs_table(
     if "status" in runs.columns:
         runs = runs[runs["status"].astype(str) == "done"]
     n_column = n_column or next((c for c in N_COLUMNS if c in runs.columns), N_COLUMNS[-1])
-    for column in (n_column, "train_steps", "batch_size"):
+    d_column = d_column or ("samples_seen" if "samples_seen" in runs.columns else None)
+    needed = [n_column, d_column] if d_column else [n_column, "train_steps", "batch_size"]
+    for column in needed:
         if column not in runs.columns:
             raise ValueError(f"column `{column}` not found in the run table")
-    accumulate = runs["accumulate"].fillna(1.0) if "accumulate" in runs.columns else 1.0
     out = runs[[c for c in keep if c in runs.columns]].copy()
     out["N"] = runs[n_column].astype(float)
-    out["D"] = runs["train_steps"].astype(float) * runs["batch_size"].astype(float) * accumulate
+    if d_column:
+        out["D"] = runs[d_column].astype(float)
+    else:
+        accumulate = runs["accumulate"].fillna(1.0) if "accumulate" in runs.columns else 1.0
+        out["D"] = runs["train_steps"].astype(float) * runs["batch_size"].astype(float) * accumulate
     if "train_flops" in runs.columns:
         out["C"] = runs["train_flops"].astype(float)
     elif "flops_per_step" in runs.columns:
@@ -460,11 +468,28 @@ def fit_compute_law(df: pd.DataFrame, metric: str) -> PowerLawFit:
 
 @dataclass(frozen=True)
 class FlopsModel:
-    """C = k N D: k FLOPs per parameter per sample (6 per token for a dense transformer LM)."""
+    """Training FLOPs as a function of N and D: C = D (c0 + k N).
+
+    ``proportional`` (c0 = 0): C = k N D, as in Hoffmann et al. (k ~ 6 per token for a dense
+    transformer LM). ``affine``: each sample also costs c0 FLOPs that do not grow with N, e.g. a
+    decoder or projection head of fixed size and the patch embedding, which dominate small models.
+    """
 
     k: float
-    log_sd: float  # spread of log(C / (N D)) across runs: 0 when C = k N D holds exactly
+    log_sd: float  # spread of log(measured C / modelled C) across runs: 0 when the model is exact
     n_runs: int
+    c0: float = 0.0
+    form: str = "proportional"
+
+    def flops(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
+        return np.asarray(D, dtype=float) * (self.c0 + self.k * np.asarray(N, dtype=float))
+
+    def samples(self, C: np.ndarray | float, N: np.ndarray | float) -> np.ndarray:
+        """D that a budget C buys at model size N."""
+        return np.asarray(C, dtype=float) / (self.c0 + self.k * np.asarray(N, dtype=float))
+
+
+FLOPS_FORMS = ("proportional", "affine")
 
 
 def estimate_k(df: pd.DataFrame) -> FlopsModel:
@@ -479,39 +504,96 @@ def estimate_k(df: pd.DataFrame) -> FlopsModel:
                       n_runs=len(log_k))
 
 
+def estimate_flops(df: pd.DataFrame, form: str = "proportional") -> FlopsModel:
+    """`estimate_k` (``proportional``), or C / D = c0 + k N by least squares on relative errors
+    (``affine``; falls back to proportional if that gives c0 < 0, or with one model size)."""
+    if form not in FLOPS_FORMS:
+        raise ValueError(f"flops model must be one of {', '.join(FLOPS_FORMS)}, got {form!r}")
+    proportional = estimate_k(df)
+    if form == "proportional" or df["N"].nunique() < 2:
+        return proportional
+    per_sample = df["C"].to_numpy(float) / df["D"].to_numpy(float)
+    n = df["N"].to_numpy(float)
+    design = np.column_stack([1 / per_sample, n / per_sample])
+    (c0, k), *_ = np.linalg.lstsq(design, np.ones_like(n), rcond=None)
+    if c0 < 0 or k <= 0:
+        return proportional
+    model = FlopsModel(k=float(k), c0=float(c0), log_sd=0.0, n_runs=len(n), form="affine")
+    resid = np.log(df["C"].to_numpy(float)) - np.log(model.flops(n, df["D"].to_numpy(float)))
+    return FlopsModel(k=float(k), c0=float(c0), log_sd=float(resid.std(ddof=1)) if len(n) > 1 else 0.0,
+                      n_runs=len(n), form="affine")
+
+
+def _as_flops(k: float | FlopsModel) -> FlopsModel:
+    return k if isinstance(k, FlopsModel) else FlopsModel(k=float(k), log_sd=math.nan, n_runs=0)
+
+
+def describe_flops(flops: FlopsModel) -> str:
+    """The FLOPs model in words, e.g. for a figure title."""
+    text = f"C = k N D, k = {flops.k:.3g} FLOPs per parameter per sample"
+    if flops.c0:
+        text = f"C = D (c0 + k N), c0 = {flops.c0:.3g} FLOPs per sample, k = {flops.k:.3g} per parameter per sample"
+    return f"{text} (log spread {flops.log_sd:.2f})" if math.isfinite(flops.log_sd) else text
+
+
 def optimal_exponents(fit: ChinchillaFit) -> tuple[float, float]:
-    """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+beta), b = alpha/(alpha+beta)."""
+    """(a, b) with N_opt ∝ C**a and D_opt ∝ C**b: a = beta/(alpha+beta), b = alpha/(alpha+beta)
+    (exact for C = k N D; the large-C limit when each sample has a fixed cost too)."""
     total = fit.alpha + fit.beta
     if total <= 0:
         return math.nan, math.nan
     return fit.beta / total, fit.alpha / total
 
 
-def frontier(fit: ChinchillaFit, C: Sequence[float] | np.ndarray | float, k: float) -> pd.DataFrame:
-    """Compute-optimal N*(C), D*(C) of ``fit`` under C = k N D (Hoffmann et al. 2022, eq. 4).
+def _optimal_n(A: np.ndarray, B: np.ndarray, alpha: np.ndarray, beta: np.ndarray, C: np.ndarray,
+               flops: FlopsModel) -> np.ndarray:
+    """argmin over N of E + A N**-alpha + B D**-beta on C = D (c0 + k N); arrays broadcast.
 
-    Minimising E + A N**-alpha + B D**-beta with N D = S = C/k gives
+    Closed form when c0 = 0 (Hoffmann et al. 2022, eq. 4): N_opt = G (C/k)**(beta/(alpha+beta)),
+    G = (alpha A / (beta B))**(1/(alpha+beta)). Otherwise the loss is convex in u = log N, so
+    bisection on the sign of dL/du (computed in log space) finds the minimum.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if flops.c0 == 0:
+            G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+            return G * (C / flops.k) ** (beta / (alpha + beta))
+        log_c0, log_k, log_c = math.log(flops.c0), math.log(flops.k), np.log(C)
+        lo = np.full(np.broadcast(A, B, alpha, beta, C).shape, -10.0)
+        hi = np.maximum(log_c - log_k, 0.0) + 10.0 + lo * 0
+        for _ in range(80):
+            u = (lo + hi) / 2
+            # dL/du = -alpha A e^{-alpha u} + beta B k e^u (c0 + k e^u)^(beta-1) C^-beta
+            falling = np.log(alpha * A) - alpha * u
+            rising = (np.log(beta * B) + log_k + u + (beta - 1) * np.logaddexp(log_c0, log_k + u) - beta * log_c)
+            up = rising > falling
+            hi, lo = np.where(up, u, hi), np.where(up, lo, u)
+        return np.exp((lo + hi) / 2)
+
+
+def frontier(fit: ChinchillaFit, C: Sequence[float] | np.ndarray | float, k: float | FlopsModel) -> pd.DataFrame:
+    """Compute-optimal N*(C), D*(C) of ``fit`` (Hoffmann et al. 2022, eq. 4).
+
+    ``k``: FLOPs per parameter per sample (C = k N D), or a `FlopsModel` (C = D (c0 + k N)). With
+    C = k N D, minimising E + A N**-alpha + B D**-beta on N D = S = C/k gives
     N_opt = G S**(beta/(alpha+beta)), D_opt = S / N_opt, G = (alpha A / (beta B))**(1/(alpha+beta)).
     """
+    flops = _as_flops(k)
     C = np.atleast_1d(np.asarray(C, dtype=float))
-    S = C / k
-    a, _ = optimal_exponents(fit)
+    N_opt = _optimal_n(*(np.float64(v) for v in (fit.A, fit.B, fit.alpha, fit.beta)), C, flops)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        G = (fit.alpha * fit.A / (fit.beta * fit.B)) ** (1.0 / (fit.alpha + fit.beta))
-        N_opt = G * S ** a
-        D_opt = S / N_opt
+        D_opt = flops.samples(C, N_opt)
         loss = fit.predict(N_opt, D_opt)
     return pd.DataFrame({"C": C, "N_opt": N_opt, "D_opt": D_opt, "D_per_N": D_opt / N_opt, "loss_opt": loss})
 
 
-def tokens_per_parameter(fit: ChinchillaFit, C: float | np.ndarray, k: float, tokens_per_sample: float = 1.0
-                         ) -> np.ndarray | float:
+def tokens_per_parameter(fit: ChinchillaFit, C: float | np.ndarray, k: float | FlopsModel,
+                         tokens_per_sample: float = 1.0) -> np.ndarray | float:
     """Compute-optimal D_opt * tokens_per_sample / N_opt at budget(s) C (Chinchilla: ~20)."""
     ratio = frontier(fit, C, k)["D_per_N"].to_numpy() * tokens_per_sample
     return float(ratio[0]) if np.ndim(C) == 0 else ratio
 
 
-def derived_params(fit: ChinchillaFit, k: float | None = None, budgets: Sequence[float] = (),
+def derived_params(fit: ChinchillaFit, k: float | FlopsModel | None = None, budgets: Sequence[float] = (),
                    tokens_per_sample: float = 1.0) -> dict[str, float]:
     """Fitted parameters plus a, b and, given k, N_opt and tokens per parameter at each budget."""
     a, b = optimal_exponents(fit)
@@ -547,7 +629,7 @@ def bootstrap(fit_fn: Callable[[pd.DataFrame], Mapping[str, float]], df: pd.Data
     return pd.DataFrame(rows, index=pd.RangeIndex(n_boot, name="draw"))
 
 
-def chinchilla_refit(metric: str, start: ChinchillaFit | None = None, k: float | None = None,
+def chinchilla_refit(metric: str, start: ChinchillaFit | None = None, k: float | FlopsModel | None = None,
                      budgets: Sequence[float] = (), tokens_per_sample: float = 1.0, n_starts: int = 2
                      ) -> Callable[[pd.DataFrame], dict[str, float]]:
     """A fast ``fit_fn`` for `bootstrap`: Chinchilla fit from ``start``'s optimum plus the
@@ -625,7 +707,7 @@ def holdout_validation(df: pd.DataFrame, metric: str, holdout: str = "largest_co
     """
     check_positive(df, ["N", "D", "C", metric])
     train, test = split_holdout(df, holdout, n_holdout)
-    fit = fit_chinchilla(train["N"], train["D"], train[metric], **fit_kwargs)  # type: ignore[arg-type]
+    fit = fit_chinchilla_frame(train, metric, **fit_kwargs)
     keep = [c for c in ("run_id", "objective", "model_size") if c in test.columns]
     out = test[[*keep, "N", "D", "C"]].copy()
     out["measured"] = test[metric].astype(float)
@@ -718,22 +800,23 @@ def _jsonable(value: object) -> object:
 
 def analyse(df: pd.DataFrame, metric: str, group: str = "all", n_boot: int = 300, seed: int = 0,
             n_holdout: float = 3, holdout: str = "largest_compute", tokens_per_sample: float = 1.0,
-            budgets: Sequence[float] | None = None, level: float = 0.95, n_starts: int | None = 64
-            ) -> ScalingAnalysis:
+            budgets: Sequence[float] | None = None, level: float = 0.95, n_starts: int | None = 64,
+            flops_model: str = "proportional") -> ScalingAnalysis:
     """Fit ``metric`` of the runs in ``df`` (a `runs_table` frame) and validate the fit.
 
     The joint fit uses every run; intervals come from ``n_boot`` bootstrap refits; the held-out
     validation refits without the ``n_holdout`` largest runs (`holdout_validation`) and is skipped,
     with the reason in ``holdout_error``, when too few runs remain. ``n_starts``: grid
-    initialisations of the two full fits (`fit_chinchilla`).
+    initialisations of the two full fits (`fit_chinchilla`). ``flops_model``: how C depends on N
+    and D for the frontier (`estimate_flops`).
     """
     check_positive(df, ["N", "D", "C", metric], min_rows=6)
     runs = df.reset_index(drop=True)
-    flops = estimate_k(runs)
+    flops = estimate_flops(runs, flops_model)
     budgets = list(budgets) if budgets is not None else default_budgets(runs)
     fit = fit_chinchilla_frame(runs, metric, n_starts=n_starts)
-    point = derived_params(fit, flops.k, budgets, tokens_per_sample)
-    draws = bootstrap(chinchilla_refit(metric, fit, flops.k, budgets, tokens_per_sample), runs, n_boot, seed)
+    point = derived_params(fit, flops, budgets, tokens_per_sample)
+    draws = bootstrap(chinchilla_refit(metric, fit, flops, budgets, tokens_per_sample), runs, n_boot, seed)
     try:
         compute_law: PowerLawFit | None = fit_compute_law(runs, metric)
     except ValueError:
@@ -747,7 +830,7 @@ def analyse(df: pd.DataFrame, metric: str, group: str = "all", n_boot: int = 300
         error = str(exc)
     return ScalingAnalysis(metric=metric, group=group, runs=runs, fit=fit, flops=flops, budgets=budgets,
                            tokens_per_sample=tokens_per_sample, draws=draws,
-                           intervals=intervals(draws, level, point=point), frontier=frontier(fit, budgets, flops.k),
+                           intervals=intervals(draws, level, point=point), frontier=frontier(fit, budgets, flops),
                            compute_law=compute_law, validation=validation, holdout_summary=summary,
                            holdout_error=error)
 
@@ -780,21 +863,21 @@ def headline(analysis: ScalingAnalysis, goal: float = 0.05) -> str:
     key = f"tokens_per_param@{budget:.3g}" if budget else ""
     if key in table.index:
         lines.append(f"- compute-optimal tokens per parameter at C = {budget:.3g}: {ci(key)} "
-                     f"({analysis.tokens_per_sample:g} tokens per sample, k = {analysis.flops.k:.3g} FLOPs per "
-                     f"parameter per sample); Chinchilla: ~{CHINCHILLA_TOKENS_PER_PARAMETER:g}")
+                     f"({analysis.tokens_per_sample:g} tokens per sample, {describe_flops(analysis.flops)}); "
+                     f"Chinchilla: ~{CHINCHILLA_TOKENS_PER_PARAMETER:g}")
     return "\n".join(lines)
 
 
-def frontier_band(draws: pd.DataFrame, C: Sequence[float] | np.ndarray, k: float, level: float = 0.95
-                  ) -> pd.DataFrame:
-    """Percentile band of N_opt(C) and D_opt(C) over bootstrap draws (columns E, A, B, alpha, beta)."""
+def frontier_band(draws: pd.DataFrame, C: Sequence[float] | np.ndarray, k: float | FlopsModel,
+                  level: float = 0.95) -> pd.DataFrame:
+    """Percentile band of N_opt(C) and D_opt(C) over bootstrap draws (columns A, B, alpha, beta)."""
+    flops = _as_flops(k)
     C = np.asarray(C, dtype=float)
     d = draws[["A", "B", "alpha", "beta"]].dropna().to_numpy(float)
     A, B, alpha, beta = (d[:, i : i + 1] for i in range(4))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-        N_opt = G * (C / k)[None, :] ** (beta / (alpha + beta))
-    D_opt = (C / k)[None, :] / N_opt
+    N_opt = _optimal_n(A, B, alpha, beta, C[None, :], flops)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        D_opt = flops.samples(C[None, :], N_opt)
     tail = (1 - level) / 2
     (n_lo, n_hi), (d_lo, d_hi) = (np.nanquantile(x, [tail, 1 - tail], axis=0) for x in (N_opt, D_opt))
     return pd.DataFrame({"C": C, "N_lower": n_lo, "N_upper": n_hi, "D_lower": d_lo, "D_upper": d_hi})
@@ -909,16 +992,16 @@ def plot_holdout(analysis: ScalingAnalysis, goal: float = 0.05) -> Figure | None
 def plot_frontier(analysis: ScalingAnalysis, level: float = 0.95) -> Figure:
     """Iso-FLOP curves of the fit with their minima; N*(C) and D*(C) with bootstrap bands; the
     metric against compute with the efficient envelope, the compute-only law and the fit's optimum."""
-    runs, fit, k = analysis.runs, analysis.fit, analysis.flops.k
+    runs, fit, flops = analysis.runs, analysis.fit, analysis.flops
     budgets = np.geomspace(runs["C"].min(), 100 * runs["C"].max(), 5)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     ax = axes[0]
     norm = LogNorm(budgets.min(), budgets.max())
-    best = frontier(fit, budgets, k)
+    best = frontier(fit, budgets, flops)
     for c, row in zip(budgets, best.itertuples(), strict=True):
         colour = plt.cm.plasma(norm(c) * 0.85)
         n_grid = np.geomspace(row.N_opt / 30, row.N_opt * 30, 200)  # two and a half decades either side
-        ax.plot(n_grid, fit.predict(n_grid, c / (k * n_grid)), color=colour, label=f"C = {c:.2g}")
+        ax.plot(n_grid, fit.predict(n_grid, flops.samples(c, n_grid)), color=colour, label=f"C = {c:.2g}")
         ax.scatter([row.N_opt], [row.loss_opt], color=colour, edgecolor="black", zorder=3)
     ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABEL["N"], ylabel=analysis.metric,
            title="iso-FLOP curves of the fit (dot: optimum)")
@@ -927,7 +1010,7 @@ def plot_frontier(analysis: ScalingAnalysis, level: float = 0.95) -> Figure:
 
     ax = axes[1]
     c_grid = _span(runs["C"], 3, 300)
-    curve, band = frontier(fit, c_grid, k), frontier_band(analysis.draws, c_grid, k, level)
+    curve, band = frontier(fit, c_grid, flops), frontier_band(analysis.draws, c_grid, flops, level)
     for column, colour, label in (("N", "tab:blue", "N*(C) parameters"), ("D", "tab:orange", "D*(C) samples")):
         ax.plot(c_grid, curve[f"{column}_opt"], color=colour, label=label)
         ax.fill_between(c_grid, band[f"{column}_lower"], band[f"{column}_upper"], color=colour, alpha=0.2)
@@ -952,7 +1035,7 @@ def plot_frontier(analysis: ScalingAnalysis, level: float = 0.95) -> Figure:
            title="loss against compute")
     ax.legend(fontsize="x-small")
     ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{analysis.group}: {analysis.metric}, C = k N D with k = {k:.3g} FLOPs per parameter per sample")
+    fig.suptitle(f"{analysis.group}: {analysis.metric}; {describe_flops(flops)}")
     fig.tight_layout()
     return fig
 
@@ -964,8 +1047,8 @@ def plot_compare(analyses: Sequence[ScalingAnalysis], level: float = 0.95) -> Fi
     c_grid = _span(c_all, 3, 300)
     for i, analysis in enumerate(analyses):
         colour = plt.cm.tab10(i)
-        curve = frontier(analysis.fit, c_grid, analysis.flops.k)
-        band = frontier_band(analysis.draws, c_grid, analysis.flops.k, level)
+        curve = frontier(analysis.fit, c_grid, analysis.flops)
+        band = frontier_band(analysis.draws, c_grid, analysis.flops, level)
         a = analysis.intervals.loc["a"]
         axes[0].plot(c_grid, curve["N_opt"], color=colour,
                      label=f"{analysis.group}: a = {a['estimate']:.2f} [{a['lower']:.2f}, {a['upper']:.2f}]")

@@ -93,6 +93,34 @@ def test_frontier_is_the_iso_flop_minimum() -> None:
     assert ratio == pytest.approx(64 * table["D_per_N"].iloc[1])
 
 
+def test_frontier_with_a_fixed_cost_per_sample() -> None:
+    flops = scaling.FlopsModel(k=K, c0=5e7, log_sd=0.0, n_runs=0, form="affine")
+    budgets = np.array([1e12, 1e14, 1e16])
+    table = scaling.frontier(TRUE, budgets, flops)
+    np.testing.assert_allclose(table["D_opt"] * (flops.c0 + K * table["N_opt"]), budgets, rtol=1e-10)
+    for row in table.itertuples():
+        n = np.geomspace(row.N_opt / 100, row.N_opt * 100, 200_001)
+        assert n[np.argmin(TRUE.predict(n, flops.samples(row.C, n)))] == pytest.approx(row.N_opt, rel=1e-3)
+    # a negligible fixed cost gives the closed form back; a real one buys a larger model
+    tiny = scaling.frontier(TRUE, budgets, scaling.FlopsModel(k=K, c0=1e-9, log_sd=0.0, n_runs=0))
+    np.testing.assert_allclose(tiny["N_opt"], scaling.frontier(TRUE, budgets, K)["N_opt"], rtol=1e-9)
+    assert (table["N_opt"] > tiny["N_opt"]).all()
+    draws = pd.DataFrame([TRUE.params()] * 3)
+    band = scaling.frontier_band(draws, budgets, flops)
+    np.testing.assert_allclose(band["N_lower"], table["N_opt"], rtol=1e-9)
+
+
+def test_estimate_flops_affine_recovers_the_fixed_cost() -> None:
+    df = synthetic_runs()
+    df["C"] = df["D"] * (4e7 + 120 * df["N"])
+    flops = scaling.estimate_flops(df, "affine")
+    assert flops.form == "affine" and flops.c0 == pytest.approx(4e7) and flops.k == pytest.approx(120)
+    assert flops.log_sd == pytest.approx(0.0, abs=1e-9)
+    assert scaling.estimate_flops(df, "proportional").log_sd > 0.3  # C is far from proportional to N D
+    with pytest.raises(ValueError, match="flops model"):
+        scaling.estimate_flops(df, "quadratic")
+
+
 def test_estimate_k_is_the_geometric_mean() -> None:
     df = synthetic_runs()
     flops = scaling.estimate_k(df)
@@ -191,6 +219,12 @@ def test_runs_table_from_results_folder(tmp_path) -> None:
         scaling.runs_table(runs.drop(columns="val_loss"), metrics=["val_loss"])
     with pytest.raises(ValueError, match="`encoder_nonembedding`"):
         scaling.runs_table(runs, n_column="encoder_nonembedding")
+    recorded = runs.assign(samples_seen=[6000.0, 25000.0, 0.0], encoder_params_nonembed=[9e4, 3.9e5, 8.9e5])
+    table = scaling.runs_table(recorded, metrics=["val_loss"])
+    np.testing.assert_allclose(table["D"], [6000, 25000])  # what the run recorded wins
+    np.testing.assert_allclose(table["N"], [9e4, 3.9e5])  # non-embedding parameters preferred
+    unique = scaling.runs_table(recorded.assign(n_pretrain=[224, 480, 1040]), metrics=["val_loss"], d_column="n_pretrain")
+    np.testing.assert_allclose(unique["D"], [224, 480])
 
 
 def test_analyse_plots_and_json() -> None:
@@ -199,7 +233,8 @@ def test_analyse_plots_and_json() -> None:
     import matplotlib.pyplot as plt
 
     df = synthetic_runs(noise=0.002)
-    analysis = scaling.analyse(df, "val_loss", group="mae", n_boot=12, tokens_per_sample=64, n_starts=8)
+    analysis = scaling.analyse(df, "val_loss", group="mae", n_boot=12, tokens_per_sample=64, n_starts=8,
+                               flops_model="affine")
     assert analysis.flops.k == pytest.approx(K)
     assert len(analysis.validation) == 3 and analysis.holdout_error == ""
     assert list(analysis.frontier["C"]) == analysis.budgets

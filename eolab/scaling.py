@@ -285,6 +285,7 @@ class ChinchillaFit:
     n_points: int
     n_starts: int = 0
     n_converged: int = 0
+    at_bound: str = ""  # parameters (a, b, e, alpha, beta) the optimum pinned to a bound: not identified
 
     def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
@@ -297,7 +298,7 @@ class ChinchillaFit:
                          math.log(max(self.E, _EPS)), self.alpha, self.beta])
 
     def params(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+        return {k: float(v) for k, v in asdict(self).items() if k != "at_bound"}
 
 
 def _chinchilla_value_grad(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
@@ -361,8 +362,10 @@ def fit_chinchilla(
 
     theta, value, converged = _optimise(fun, starts, bounds)
     a, b, e, alpha, beta = (float(v) for v in theta)
+    pinned = [k for k, v, (lo, hi) in zip(_ORDER, theta, bounds, strict=True) if min(v - lo, hi - v) < 1e-6]
     return ChinchillaFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
-                         loss=value * delta, n_points=len(log_l), n_starts=len(starts), n_converged=converged)
+                         loss=value * delta, n_points=len(log_l), n_starts=len(starts), n_converged=converged,
+                         at_bound=",".join(pinned))
 
 
 def fit_chinchilla_frame(df: pd.DataFrame, metric: str, **kwargs: object) -> ChinchillaFit:
@@ -772,7 +775,7 @@ class ScalingAnalysis:
         """JSON-ready summary (NaN becomes None)."""
         out = {
             "metric": self.metric, "group": self.group, "n_runs": len(self.runs),
-            "fit": self.fit.params(), "flops_per_param_sample": asdict(self.flops),
+            "fit": self.fit.params(), "fit_at_bound": self.fit.at_bound, "flops": asdict(self.flops),
             "tokens_per_sample": self.tokens_per_sample, "budgets": self.budgets,
             "intervals_95": self.intervals.to_dict(orient="index"),
             "frontier": self.frontier.to_dict(orient="records"),
@@ -858,6 +861,13 @@ def headline(analysis: ScalingAnalysis, goal: float = 0.05) -> str:
                      f"per-axis power laws: {per_axis or 'no prediction possible'}")
     else:
         lines.append(f"- no held-out validation: {analysis.holdout_error}")
+    pinned = analysis.fit.at_bound.split(",") if analysis.fit.at_bound else []
+    if "e" in pinned:
+        lines.append("- E went to its lower bound (~0): the runs show no loss floor")
+    names = {"a": "A", "b": "B", "alpha": "alpha", "beta": "beta"}
+    if others := [names[p] for p in pinned if p in names]:
+        lines.append(f"- **warning**: {', '.join(others)} sits on its bound: the runs do not pin it down, "
+                     f"and the frontier built on it is not to be trusted")
     c_max = float(analysis.runs["C"].max())
     budget = min(analysis.budgets, key=lambda c: abs(math.log(c / c_max)), default=None)
     key = f"tokens_per_param@{budget:.3g}" if budget else ""

@@ -37,7 +37,7 @@ def test_noiseless_fit_recovers_every_parameter() -> None:
     fit = scaling.fit_chinchilla_frame(synthetic_runs(), "val_loss")
     for name in ("E", "A", "B", "alpha", "beta"):
         assert getattr(fit, name) == pytest.approx(getattr(TRUE, name), rel=1e-4), name
-    assert fit.n_points == 16 and fit.n_converged > 0
+    assert fit.n_points == 16 and fit.n_converged > 0 and fit.at_bound == ""
 
 
 def test_noisy_fit_recovers_exponents(noisy: pd.DataFrame, noisy_fit: ChinchillaFit) -> None:
@@ -249,4 +249,5 @@ def test_analyse_plots_and_json() -> None:
     table = scaling.exponents_table([analysis])
     assert table.index.tolist() == [("mae", "val_loss")] and "alpha" in table.columns
     few = scaling.analyse(df.head(8), "val_loss", n_boot=2, n_holdout=3, n_starts=8)
-    assert few.validation is None and "at least 6 runs" in few.holdout_error
+    assert few.validation is None and "at least 6 runs with `N`, `D`, `val_loss`" in few.holdout_error
+    assert "no held-out validation" in scaling.headline(few)

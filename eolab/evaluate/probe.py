@@ -31,23 +31,52 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 @torch.no_grad()
 def embed(encoder: nn.Module, normalization: Normalization, data: dict, pool: str = "mean",
-          batch_size: int = 128, where: str = "evaluation data") -> np.ndarray:
+          batch_size: int = 128, where: str = "evaluation data", block: int = -1, size: int | None = None,
+          cells: int = 0) -> np.ndarray:
     """Embeddings (N, D) of ``data['image']`` through a frozen encoder, with checked normalisation.
 
     When the data lack some of the encoder's bands and those bands form whole token groups (e.g. the
     Sentinel-1 group of an S1+S2 encoder on Sentinel-2-only data), the encoder embeds the other
     groups' tokens only: a modality missing at test time, handled explicitly rather than zero-filled
     into tokens it would read.
+
+    ``block`` picks the block whose tokens are pooled (default: the last, after the final norm);
+    ``pool="tokens"`` returns the patch tokens (N, K, D) unpooled (for dense probes). A time-series
+    encoder gets ``data['doy']`` (N, T). ``size`` broadcasts images of 1 x 1 px (a pixel's spectrum)
+    to constant ``size`` x ``size`` images, one chunk at a time (so N images are never expanded at once);
+    with ``cells`` > 0 only the central ``cells`` x ``cells`` patches of each group (or date) are
+    encoded: every patch of a constant image carries the same content, so the other positions add
+    cost, not information (the encoder reads a subset of tokens as it does under MAE masking).
     """
     encoder.eval()
     device = next(encoder.parameters()).device
     x, keep = _inputs(encoder, normalization, data, where)
+    if cells:
+        keep = _central_cells(encoder.tokenizer, keep, cells)
+    doy = data.get("doy")
     out = []
     for i in range(0, len(x), batch_size):
         chunk = x[i : i + batch_size].to(device)
+        if size is not None:
+            chunk = chunk.expand(*chunk.shape[:-2], size, size)  # (B, [T,] C, 1, 1) -> (B, [T,] C, size, size)
         k = None if keep is None else keep.to(device).expand(len(chunk), -1)
-        out.append(encoder.embed(chunk, pool=pool, keep=k).float().cpu())
+        context = {} if doy is None else {"doy": torch.as_tensor(doy[i : i + batch_size]).to(device)}
+        if pool == "tokens":
+            out.append(encoder.tokens(chunk, keep=k, block=block, **context)[:, 1:].float().cpu())  # (B, K, D)
+        else:
+            out.append(encoder.embed(chunk, pool=pool, keep=k, block=block, **context).float().cpu())
     return torch.cat(out).numpy()
+
+
+def _central_cells(tok: nn.Module, keep: torch.Tensor | None, cells: int) -> torch.Tensor:
+    """The token indices of ``keep`` (None: all) that lie in the central ``cells`` x ``cells`` block
+    of the spatial grid, in every group (tokens are group-major: index = group * grid**2 + cell)."""
+    grid = tok.grid
+    lo = (grid - cells) // 2
+    rows = torch.arange(lo, lo + cells)
+    central = (rows[:, None] * grid + rows[None, :]).flatten()  # (cells**2,) cell indices
+    base = torch.arange(tok.num_tokens)[None] if keep is None else keep  # (1, K)
+    return base[:, torch.isin(base[0] % grid**2, central)]
 
 
 def _inputs(encoder: nn.Module, normalization: Normalization, data: dict, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:

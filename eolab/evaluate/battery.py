@@ -1,0 +1,549 @@
+"""The embedding benchmark: any encoder, every task, every protocol, one tidy table.
+
+    table = evaluate("results/.../encoder.pt")                       # + random-init and band-stats baselines
+    table = evaluate(FunctionEncoder(fn, bands=..., unit="reflectance"), tasks=["eurosat"], baselines=())
+
+    python -m eolab.evaluate.battery --checkpoint results/.../encoder.pt --output results/benchmark
+    python -m eolab.evaluate.battery --checkpoint results/.../encoder.pt --timing
+
+Tasks (``eolab.evaluate.tasks``) declare their inputs; an encoder that cannot read a task gets a
+not-applicable row with the reason (``eolab.evaluate.encoders``). Embeddings are cached as labelled
+arrays (``eolab.evaluate.store``), so a second call reuses them. Protocols, all on the same folds
+for every encoder of a task (differences are paired):
+
+    linear       linear probe (logistic regression with C by inner CV; ridge with alpha by LOO CV)
+    knn          k-nearest neighbours (cosine)
+    few_shot     1, 5, 10 labels per class, repeated draws (classification tasks)
+    robustness   the linear probe of the documented split (else the random folds) applied to test
+                 samples with bands or a modality missing (``DROPS``), without refitting
+    diagnostics  label-free: effective rank (RankMe) of every task's embeddings; alignment,
+                 uniformity and k-NN consistency between two augmented views (image tasks)
+    leakage      fraction of samples whose footprint overlaps the encoder's pre-training data
+
+Splits: ``random`` (repeated k-fold), ``blocked`` (spatial blocks held out, see each task) and
+``official`` (the task's documented train/test split). Intervals: bootstrap of the mean over folds
+(optimistic: folds share training data), over draws (few-shot), over test samples (one documented
+split), or percentiles over subsamples (diagnostics); the ``ci_method`` column says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..checkpoint import CheckpointError
+from ..data.paths import data_root as resolve_data_root
+from ..tasks.augment import AUGMENTATIONS
+from . import protocols as P
+from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
+from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
+from .leakage import overlaps, pretraining_footprints
+from .store import EmbeddingKey, EmbeddingStore
+from .tasks import TASKS, Task, get_task
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("linear", "knn", "few_shot", "robustness", "diagnostics", "leakage")
+SPLITS = ("random", "blocked", "official")
+BASELINES = ("random_init", "band_stats")
+DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", "VH")}
+"""Robustness scenarios: bands missing at test time (a scenario applies when the encoder reads some,
+not all, of its bands)."""
+COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
+           "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Protocol parameters (recorded with every table)."""
+
+    folds: int = 5
+    repeats: int = 2
+    shots: tuple[int, ...] = (1, 5, 10)
+    draws: int = 10
+    k: int = 5  # neighbours of the k-NN probe
+    drops: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DROPS))
+    augment: str = "crop"  # augmentation set of the two diagnostic views (geometric: valid on raw bands)
+    diagnostics_k: int = 10  # neighbours of the k-NN consistency
+    subsamples: int = 20  # diagnostics interval: 80 % subsamples
+    leakage_margin_m: float = 0.0
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders
+
+
+def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | None = None,
+                     seed: int = 0) -> list[BenchEncoder]:
+    """The encoders to benchmark: ``encoder`` (a checkpoint path, an ``EolabEncoder`` or other
+    ``BenchEncoder``, or a list of them) followed by the requested baselines, derived from the
+    first eolab encoder: ``random_init`` (same architecture, seeded) and ``band_stats`` (restricted
+    to its bands)."""
+    items = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    encoders = []
+    for item in items:
+        if isinstance(item, str | Path):
+            encoders.append(EolabEncoder.from_checkpoint(item, name=name if len(items) == 1 else None))
+        elif isinstance(item, BenchEncoder):
+            encoders.append(item)
+        else:
+            raise TypeError(f"cannot benchmark {type(item).__name__}: pass a checkpoint path, an EolabEncoder, or "
+                            "wrap a function or module as FunctionEncoder(fn, bands=..., unit=...) to declare its inputs")
+    first = next((e for e in encoders if isinstance(e, EolabEncoder)), None)
+    for b in baselines:
+        if b == "random_init":
+            if first is None:
+                raise ValueError("the random_init baseline needs an eolab encoder to copy the architecture of")
+            encoders.append(first.random_init(seed))
+        elif b == "band_stats":
+            encoders.append(BandStats(first.bands if first else None))
+        else:
+            raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES}")
+    return encoders
+
+
+def _axes(enc: BenchEncoder, pools: Sequence[str], blocks: Sequence[int]) -> list[tuple[str, int, str, str]]:
+    """(pool, block, pool label, block label) combinations: pooling and depth apply to ViTs only."""
+    if not enc.has_axes:
+        return [("mean", -1, "", "")]
+    return [(p, b, p, f"{b % enc.depth + 1}/{enc.depth}") for p in pools for b in blocks]
+
+
+# ----------------------------------------------------------------------------------------------
+# One task within a call
+
+
+class TaskRun:
+    """A task's samples and folds for one benchmark call (the images are read only when needed)."""
+
+    def __init__(self, task: Task, root: Path, store: EmbeddingStore, settings: Settings):
+        self.task, self.root, self.store, self.settings = task, root, store, settings
+        self.fingerprint = task.fingerprint(root)
+        self._batch: dict | None = None
+        self.samples = store.samples(task.name, self.fingerprint, self.batch)
+
+    def batch(self) -> dict:
+        if self._batch is None:
+            t0 = time.perf_counter()
+            self._batch = self.task.load(self.root)
+            log.info("%s: loaded in %.1f s", self.task.name, time.perf_counter() - t0)
+        return self._batch
+
+    @property
+    def n(self) -> int:
+        return len(self.samples["target"])
+
+    @cached_property
+    def folds(self) -> dict[str, list[P.Fold] | str]:
+        """Folds of every split, shared by all encoders; a string says why a split does not exist."""
+        s, y, kind = self.settings, self.samples["target"], self.task.kind
+        out: dict[str, list[P.Fold] | str] = {}
+        for split, make in (("random", lambda: P.random_splits(y, kind, s.folds, s.repeats, s.seed)),
+                            ("blocked", lambda: P.blocked_splits(y, self.samples["group"], kind, s.folds, s.repeats, s.seed)),
+                            ("official", lambda: P.official_split(self.samples["is_test"])
+                             or f"{self.task.name} has no documented train/test split")):
+            try:
+                out[split] = make()
+            except ValueError as exc:
+                out[split] = str(exc)
+        return out
+
+    @property
+    def robustness_split(self) -> str:
+        """The documented split where there is one (only its test samples are re-embedded), else random."""
+        return "official" if isinstance(self.folds["official"], list) else "random"
+
+    def subset(self, rows: np.ndarray) -> dict:
+        """The batch restricted to samples ``rows`` (a segmentation task keeps its whole scenes)."""
+        batch, n = self.batch(), self.n
+        out = dict(batch)
+        for key, value in batch.items():
+            if key == "image" and self.task.kind == "segmentation":
+                continue
+            if isinstance(value, np.ndarray | torch.Tensor) and len(value) == n:
+                out[key] = value[torch.as_tensor(rows)] if isinstance(value, torch.Tensor) else value[rows]
+            elif isinstance(value, list) and len(value) == n:
+                out[key] = [value[i] for i in rows]
+        return out
+
+    def features(self, enc: BenchEncoder, plan: Plan, pool: str, block: int, block_label: str, variant: str = "",
+                 rows: np.ndarray | None = None, drop: tuple[str, ...] = (),
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+        """Embeddings of the samples (``rows`` of them), from the store or computed and stored."""
+        key = EmbeddingKey(enc.fingerprint(), self.task.name, self.fingerprint, pool if enc.has_axes else "-",
+                           block_label.replace("/", "of") or "-", variant)
+
+        def batch() -> dict:
+            b = self.batch() if rows is None else self.subset(rows)
+            return b if transform is None else {**b, "image": transform(b["image"])}
+
+        def samples() -> dict:
+            s = self.samples
+            if rows is None:
+                return s
+            return {"id": [s["id"][i] for i in rows], "lonlat": s["lonlat"][rows],
+                    "time": None if s["time"] is None else [s["time"][i] for i in rows]}
+
+        ds = self.store.get(key, samples, lambda: enc.features(self.task, batch(), plan, pool, block, drop),
+                            {**enc.describe(), "bands_read": list(plan.bands), "adapter": plan.adapter})
+        return ds["embedding"].values
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+
+
+def _ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (as ``eolab.runner.report.bootstrap_ci``,
+    which this module does not import: it would load the runner and its plotting stack)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[np.random.default_rng(seed).integers(0, len(values), (n_boot, len(values)))].mean(1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+@dataclass
+class RowContext:
+    task: Task
+    encoder: str
+    pool: str
+    block: str
+    adapter: str
+    n_samples: int
+
+    def row(self, protocol: str, split: str, metric: str, value: float, ci=(np.nan, np.nan), ci_method: str = "",
+            n: int = 0, variant: str = "", not_applicable: str = "") -> dict:
+        return {"task": self.task.name, "encoder": self.encoder, "protocol": protocol, "split": split,
+                "pool": self.pool, "block": self.block, "variant": variant, "adapter": self.adapter, "metric": metric,
+                "value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "ci_method": ci_method,
+                "n": int(n), "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke}
+
+
+def _summary_rows(ctx: RowContext, protocol: str, split: str, y: np.ndarray, results: list[P.FoldResult],
+                  variant_key: str | None = None, variant: str = "", over: str = "folds") -> list[dict]:
+    """Rows of one probe: mean over folds (or draws) with a bootstrap interval, or, for a single
+    documented split, the test metric with a bootstrap interval over its test samples."""
+    kind = ctx.task.kind
+    if split == "official":
+        r = results[0]
+        pred, score = (r.pred, r.score) if variant_key is None else r.variants[variant_key]
+        values = P.metrics(kind, y[r.fold.test], pred, score)
+        cis = P.bootstrap_test_ci(kind, y, r, variant_key)
+        return [ctx.row(protocol, split, m, v, cis[m], "bootstrap over test samples", len(r.fold.test), variant)
+                for m, v in values.items()]
+    pooled = kind == "multilabel"  # folds of a handful of samples: metrics over pooled out-of-fold predictions
+    per_fold = P.fold_metrics(kind, y, results, variant_key, pooled)
+    method = f"bootstrap over {'repeats (pooled folds)' if pooled else over}"
+    return [ctx.row(protocol, split, m, np.nanmean(v := [f[m] for f in per_fold]), _ci(v), method, len(v), variant)
+            for m in P.METRICS[kind]]
+
+
+def _not_applicable(ctx: RowContext, protocols: Iterable[str], reason: str, split: str = "") -> list[dict]:
+    return [ctx.row(p, split, "", np.nan, not_applicable=reason) for p in protocols]
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocols on one feature set
+
+
+def _drops_for(plan: Plan, drops: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Scenarios that remove some, not all, of the bands this encoder reads on this task."""
+    return {n: b for n, b in drops.items() if set(b) & set(plan.bands) and not set(plan.bands) <= set(b)}
+
+
+def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str, np.ndarray],
+                protocols: Sequence[str], splits: Sequence[str]) -> list[dict]:
+    s, y, kind = run.settings, run.samples["target"], run.task.kind
+    rows = []
+    for split in splits:
+        folds = run.folds[split]
+        if isinstance(folds, str):
+            rows += _not_applicable(ctx, [p for p in ("linear", "knn") if p in protocols], folds, split)
+            continue
+        robust = variants if split == run.robustness_split else {}
+        if "linear" in protocols or robust:
+            results = P.run_probe(lambda: P.linear_model(kind, s.seed), x, y, folds, robust)
+            if "linear" in protocols:
+                rows += _summary_rows(ctx, "linear", split, y, results)
+            for name in robust:
+                rows += _summary_rows(ctx, "robustness", split, y, results, name, name)
+        if "knn" in protocols:
+            rows += _summary_rows(ctx, "knn", split, y, P.run_probe(lambda: P.knn_model(kind, s.k), x, y, folds))
+    if "few_shot" in protocols:
+        if kind not in P.CLASSIFICATION:
+            return rows + _not_applicable(ctx, ["few_shot"], f"few-shot needs classes; {run.task.name} is {kind}")
+        for shots in s.shots:
+            try:
+                folds = P.few_shot_splits(y, shots, s.draws, s.seed)
+            except ValueError as exc:
+                rows.append(ctx.row("few_shot", "few_shot", "", np.nan, variant=f"shots={shots}", not_applicable=str(exc)))
+                continue
+            results = P.run_probe(lambda: P.linear_model(kind, s.seed, fixed_c=0.1), x, y, folds)
+            rows += _summary_rows(ctx, "few_shot", "few_shot", y, results, variant=f"shots={shots}", over="draws")
+    return rows
+
+
+def _subsample_rows(ctx: RowContext, metric: str, fn: Callable[[np.ndarray], float], n: int, settings: Settings) -> dict:
+    """A label-free statistic: mean and percentile interval over random 80 % subsamples of the samples
+    (the same subsamples for every encoder; rank and neighbour statistics depend on the sample count,
+    so value and interval are both taken at 80 %)."""
+    rng = np.random.default_rng(settings.seed)
+    size = max(2, int(0.8 * n))
+    with threadpool_limits(1, user_api="blas"):  # small matrices: one BLAS thread is faster on shared cores
+        values = [fn(rng.choice(n, size, replace=False)) for _ in range(settings.subsamples)]
+    return ctx.row("diagnostics", "", metric, np.mean(values), tuple(np.percentile(values, [2.5, 97.5])),
+                   f"percentile over {settings.subsamples} subsamples (80%)", size)
+
+
+def _views_apply(task: Task) -> bool:
+    """Augmented views (flips, rotations, crops) make sense for single-date EO images."""
+    return task.size > 1 and task.kind != "segmentation" and set(task.modality) <= {"s2", "s1"}
+
+
+def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Plan, axes, x: np.ndarray) -> list[dict]:
+    s = run.settings
+    rows = [_subsample_rows(ctx, "effective_rank", lambda i: effective_rank(x[i]), len(x), s)]
+    if not _views_apply(run.task):
+        return rows
+    transforms = AUGMENTATIONS[s.augment]
+
+    def view(seed: int) -> np.ndarray:
+        def transform(image: torch.Tensor) -> torch.Tensor:
+            g = torch.Generator().manual_seed(seed)
+            for t in transforms:
+                image = t(image, g)
+            return image
+
+        return run.features(enc, plan, *axes, variant=f"view:{s.augment}:{seed}", transform=transform)
+
+    v1, v2 = view(s.seed + 1), view(s.seed + 2)
+    k = min(s.diagnostics_k, len(x) - 2)
+    rows.append(_subsample_rows(ctx, "alignment", lambda i: alignment(v1[i], v2[i]), len(x), s))
+    rows.append(_subsample_rows(ctx, "uniformity", lambda i: uniformity(v1[i]), len(x), s))
+    rows.append(_subsample_rows(ctx, "knn_consistency", lambda i: knn_consistency(v1[i], v2[i], k), len(x), s))
+    return rows
+
+
+def _leakage_rows(run: TaskRun, ctx: RowContext, footprints: pd.DataFrame | str | None) -> list[dict]:
+    if not isinstance(footprints, pd.DataFrame):
+        return _not_applicable(ctx, ["leakage"], footprints or "no pre-training footprints for this encoder")
+    size_m = run.task.gsd_m * (1 if run.task.kind == "segmentation" else run.task.size)
+    table = leakage_table(run, footprints)
+    rows = [ctx.row("leakage", "all", "overlap_fraction", table["overlaps"].mean(), ci_method="census of every sample",
+                    n=len(table), variant=f"footprint {size_m:.0f} m")]
+    same = table["same_date"]
+    if same.notna().any():
+        rows.append(ctx.row("leakage", "all", "same_date_fraction", same.mean(), ci_method="census of every sample",
+                            n=int(same.notna().sum()), variant=f"footprint {size_m:.0f} m"))
+    return rows
+
+
+def leakage_table(run: TaskRun, footprints: pd.DataFrame, margin_m: float | None = None) -> pd.DataFrame:
+    """Per sample of a task: id, distance to the nearest pre-training footprint, overlap, same date."""
+    size_m = run.task.gsd_m * (1 if run.task.kind == "segmentation" else run.task.size)
+    margin = run.settings.leakage_margin_m if margin_m is None else margin_m
+    table = overlaps(run.samples["lonlat"], run.samples["time"], size_m, footprints, margin)
+    return table.assign(id=run.samples["id"])
+
+
+def _footprints(enc: BenchEncoder, pretraining) -> pd.DataFrame | str:
+    """Pre-training footprints of ``enc``: given per encoder name, or (``"auto"``) rebuilt from the
+    ``record.json`` beside its checkpoint; a string says why there are none."""
+    if isinstance(pretraining, dict):
+        return pretraining.get(enc.name, f"no pre-training footprints given for {enc.name}")
+    if isinstance(pretraining, pd.DataFrame):
+        return pretraining
+    if pretraining != "auto" or not getattr(enc, "checkpoint", ""):
+        return f"{enc.name} has no recorded pre-training data"
+    record = Path(enc.checkpoint).parent / "record.json"
+    if not record.is_file():
+        return f"no record.json beside {enc.checkpoint}: pre-training data unknown"
+    return pretraining_footprints(record)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequence[str] = PROTOCOLS, *,
+             baselines: Sequence[str] = BASELINES, splits: Sequence[str] = SPLITS, pools: Sequence[str] = ("mean",),
+             blocks: Sequence[int] = (-1,), data_root: str | Path | None = None, cache_dir: str | Path | None = None,
+             pretraining="auto", output_dir: str | Path | None = None, settings: Settings | None = None,
+             name: str | None = None) -> pd.DataFrame:
+    """Benchmark ``encoder`` (and ``baselines``) on ``tasks`` (default: all) -> one tidy table.
+
+    Columns: ``COLUMNS``. ``pools`` and ``blocks`` are axes of ViT encoders (block -1: the last,
+    -2: the one before, ...). ``pretraining``: "auto" (footprints from the record beside a
+    checkpoint), a DataFrame (lon, lat, dates, size_m) or a dict encoder name -> DataFrame, or None.
+    ``output_dir``: where ``benchmark.csv`` and ``benchmark.json`` (parameters, encoders, seed, git
+    commit, wall time, cache use) are written. A corrupt checkpoint raises ``CheckpointError``
+    naming the file before any work starts.
+    """
+    t_start = time.perf_counter()
+    settings = settings or Settings()
+    unknown = [p for p in protocols if p not in PROTOCOLS] + [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown protocol(s)/split(s) {unknown}; protocols: {PROTOCOLS}, splits: {SPLITS}")
+    root = resolve_data_root(data_root)
+    encoders = resolve_encoders(encoder, baselines, name, settings.seed)
+    store = EmbeddingStore(Path(cache_dir)) if cache_dir else EmbeddingStore()
+    rows, timing = [], {}
+    for task in [get_task(t) for t in (tasks or TASKS)]:
+        run = TaskRun(task, root, store, settings)
+        for enc in encoders:
+            t0 = time.perf_counter()
+            rows += _encoder_rows(run, enc, protocols, splits, pools, blocks, pretraining)
+            timing[f"{task.name}/{enc.name}"] = round(time.perf_counter() - t0, 2)
+            log.info("%s / %s: %.1f s", task.name, enc.name, timing[f"{task.name}/{enc.name}"])
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing,
+                       cache={"hits": store.hits, "misses": store.misses, "root": str(store.root)})
+    if output_dir:
+        write_outputs(table, Path(output_dir), encoders, settings, protocols=list(protocols), splits=list(splits),
+                      pools=list(pools), blocks=list(blocks))
+    return table
+
+
+def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blocks, pretraining) -> list[dict]:
+    plan = enc.plan(run.task)
+    ctx = RowContext(run.task, enc.name, "", "", "", run.n)
+    if isinstance(plan, NotApplicable):
+        return _not_applicable(ctx, protocols, plan.reason)
+    rows = []
+    if "leakage" in protocols:
+        rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n), _footprints(enc, pretraining))
+    for pool, block, pool_label, block_label in _axes(enc, pools, blocks):
+        ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n)
+        axes = (pool, block, block_label)
+        x = run.features(enc, plan, *axes)
+        variants = {}
+        if "robustness" in protocols:
+            drops = _drops_for(plan, run.settings.drops)
+            if not drops:
+                rows += _not_applicable(ctx, ["robustness"], f"no scenario in {sorted(run.settings.drops)} removes some "
+                                        f"but not all of the bands {enc.name} reads")
+            test = np.unique(np.concatenate([f.test for f in run.folds[run.robustness_split]]))
+            for dname, bands in drops.items():
+                part = run.features(enc, plan, *axes, variant=f"drop:{','.join(bands)}:{run.robustness_split}",
+                                    rows=test, drop=bands)
+                full = np.full((run.n, part.shape[1]), np.nan, dtype=part.dtype)
+                full[test] = part  # only test samples are ever predicted with missing bands
+                variants[dname] = full
+        rows += _probe_rows(run, ctx, x, variants, protocols, splits)
+        if "diagnostics" in protocols:
+            rows += _diagnostic_rows(run, ctx, enc, plan, axes, x)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_outputs(table: pd.DataFrame, output_dir: Path, encoders: list[BenchEncoder], settings: Settings,
+                  **params) -> dict:
+    """``benchmark.csv`` (the tidy table) and ``benchmark.json`` (what produced it) in ``output_dir``."""
+    from ..experiment import _git_commit  # late: experiment imports the training stack
+    from ..io import write_json_atomic, write_text_atomic
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output_dir / "benchmark.csv", table.to_csv(index=False))
+    record = {"params": {**params, "settings": asdict(settings)}, "seed": settings.seed,
+              "encoders": [e.describe() for e in encoders], "git_commit": _git_commit(),
+              "wall_time_s": table.attrs.get("wall_time_s"), "timing_s": table.attrs.get("timing"),
+              "cache": table.attrs.get("cache"), "rows": len(table),
+              "not_applicable": table.loc[table["not_applicable"] != "", ["task", "encoder", "not_applicable"]]
+              .drop_duplicates().to_dict(orient="records")}
+    write_json_atomic(output_dir / "benchmark.json", record)
+    return record
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per task, encoder and split: the first metric of the linear probe as 'value [low, high]'."""
+    lin = table[(table["protocol"] == "linear") & (table["not_applicable"] == "")]
+    first = lin.groupby("task")["metric"].transform("first")
+    lin = lin[lin["metric"] == first]
+    cells = lin.assign(cell=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(lin["value"], lin["ci_low"], lin["ci_high"],
+                                                                                  strict=True)])
+    wide = cells.pivot_table(index=["task", "metric", "encoder"], columns="split", values="cell", aggfunc="first")
+    na = table[table["not_applicable"] != ""].groupby(["task", "encoder"])["not_applicable"].first()
+    for (task, enc), reason in na.items():
+        if (task, enc) not in {(t, e) for t, _, e in wide.index} and not table[(table["task"] == task) & (
+                table["encoder"] == enc) & (table["not_applicable"] == "")].shape[0]:
+            wide.loc[(task, "", enc), :] = f"n/a: {reason[:60]}"
+    return wide.sort_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eolab.evaluate.battery", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, action="append", help="eolab encoder checkpoint (repeatable)")
+    parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--splits", default=",".join(SPLITS))
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats or ''")
+    parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
+    parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--cache-dir", default=None, help="embedding cache (default: <EOLAB_CACHE>/embeddings)")
+    parser.add_argument("--no-leakage-record", action="store_true", help="do not rebuild pre-training footprints")
+    parser.add_argument("--output", default=None, help="folder for benchmark.csv and benchmark.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timing", action="store_true",
+                        help="run twice (a fresh cache unless --cache-dir) and print both wall times")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    kwargs = {"tasks": _names(args.tasks), "protocols": _names(args.protocols), "splits": _names(args.splits),
+              "baselines": _names(args.baselines), "pools": _names(args.pools),
+              "blocks": [int(b) for b in _names(args.blocks)], "data_root": args.data_root,
+              "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
+              "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed)}
+    encoder = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
+    try:
+        if args.timing:
+            with tempfile.TemporaryDirectory(prefix="eolab-bench-") as tmp:
+                cache = args.cache_dir or tmp
+                first = evaluate(encoder, cache_dir=cache, **kwargs)
+                second = evaluate(encoder, cache_dir=cache, output_dir=args.output, **kwargs)
+            print(f"first call:  {first.attrs['wall_time_s']:.1f} s (embeddings computed: {first.attrs['cache']['misses']}, "
+                  f"reused: {first.attrs['cache']['hits']})")
+            print(f"second call: {second.attrs['wall_time_s']:.1f} s (embeddings computed: {second.attrs['cache']['misses']}, "
+                  f"reused: {second.attrs['cache']['hits']})")
+            print(f"torch threads: {torch.get_num_threads()}")
+            table = second
+        else:
+            table = evaluate(encoder, cache_dir=args.cache_dir, output_dir=args.output, **kwargs)
+    except (CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.width", 200, "display.max_colwidth", 70, "display.max_rows", 500):
+        print(headline(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

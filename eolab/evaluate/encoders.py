@@ -1,0 +1,412 @@
+"""Encoders the benchmark can evaluate, what each one reads, and how it is applied to a task.
+
+Every encoder declares its inputs: band names, unit, number of dates, image size (None: any),
+whether it yields dense (per-patch) features. ``plan(task)`` compares them with the task's
+declaration before anything is computed and returns either a ``Plan`` - which task bands it reads,
+how dates and space are handled, and in words any adapter used - or ``NotApplicable`` with the
+reason. Nothing is matched by channel position and no band is substituted.
+
+Adapters, each reported in the result table's ``adapter`` column:
+- a single-date encoder on a task with T > 1 steps embeds every step and averages the embeddings;
+- a temporal encoder built for k dates on a dated task with more steps reads k of them (the
+  clearest, spread over the series, when the task gives a clear fraction per date; else evenly spaced);
+- an image encoder on a pixel time series (1 x 1 px) sees each pixel's spectrum broadcast to a
+  constant image of its size (a declared stretch: the encoder was trained on textures it cannot see
+  here; the band-statistics baseline shows what the spectrum alone gives);
+- a dense encoder on a segmentation task tiles the scene (reflect-padded) in windows of its size,
+  and each sampled pixel gets the patch features bilinearly upsampled to its position;
+- a group-token encoder on a task lacking whole groups (e.g. Sentinel-1) encodes the other groups'
+  tokens only.
+Spatial sizes are otherwise never resampled (that would silently change the ground sampling distance).
+
+Kinds: ``EolabEncoder`` (an eolab checkpoint or ViTEncoder + Normalization; ``random_init`` gives
+the same architecture freshly initialised), ``FunctionEncoder`` (any callable images -> vectors, or
+a torch module such as a timm or torchgeo model, with declared bands and unit) and ``BandStats``
+(per-band mean and standard deviation, the baseline every embedding has to beat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import load_encoder
+from ..data.stats import Normalization
+from ..data.timeseries import _one_per_day, spread_pick
+from ..models.tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer
+from ..models.vit import SIZES, ViTEncoder, build_encoder, encoder_config
+from .probe import embed
+from .tasks import Task
+
+MIN_DATE_CLEAR = 0.9  # a temporal encoder's dates are drawn among those at least this clear over the scene
+BROADCAST_CELLS = 2  # a ViT reads a broadcast pixel through its central 2 x 2 patches (see probe.embed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an encoder reads a task: the task bands it uses (in its own order) and the adapters."""
+
+    bands: tuple[str, ...]
+    unit: str
+    dates: str  # "single" (T = 1) | "mean" (every step embedded, averaged) | "select" (k of T steps)
+    spatial: str  # "as_is" | "broadcast" (pixel to image) | "tiles" (scene tiled, dense features)
+    adapter: str = ""  # the adapters in words; empty when the encoder reads the task as it is
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    reason: str
+
+
+class BenchEncoder:
+    """Base class: declared inputs, applicability, and the shared date/space handling."""
+
+    name: str
+    bands: tuple[str, ...]
+    unit: str
+    num_dates: int = 1
+    img_size: int | None = None
+    dense: bool = False
+    group_bands: tuple[tuple[str, ...], ...] = ()
+    has_axes: bool = False  # pooling and depth are axes of this encoder (a ViT) or not
+    depth: int = 0
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Metadata stored with every embedding this encoder produces."""
+        return {"encoder": self.name, "encoder_fingerprint": self.fingerprint(), "encoder_bands": list(self.bands),
+                "encoder_unit": self.unit, "encoder_num_dates": self.num_dates, "encoder_img_size": self.img_size or 0}
+
+    # -- applicability -------------------------------------------------------------------------
+
+    def plan(self, task: Task) -> Plan | NotApplicable:
+        absent = [b for b in self.bands if b not in task.bands]
+        adapters = []
+        if absent:
+            lost = [g for g in self.group_bands if set(g) & set(absent)]
+            if not lost or any(not set(g) <= set(absent) for g in lost) or len(lost) == len(self.group_bands):
+                return NotApplicable(f"{task.name} lacks bands {absent} that {self.name} reads "
+                                     f"(task bands: {list(task.bands)})")
+            adapters.append(f"no tokens for absent band groups {[list(g) for g in lost]}")
+        bands = tuple(b for b in self.bands if b in task.bands)
+        unit = task.unit_of(bands)
+        if unit != self.unit and not (absent and unit in self.unit.split("+")):
+            return NotApplicable(f"{task.name} provides {list(bands)} in {unit!r}; {self.name} reads {self.unit!r}")
+        dates = self._date_plan(task)
+        if isinstance(dates, NotApplicable):
+            return dates
+        spatial = self._spatial_plan(task)
+        if isinstance(spatial, NotApplicable):
+            return spatial
+        adapters += [a for a in (dates[1], spatial[1]) if a]
+        return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters))
+
+    def _date_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
+        if self.num_dates > 1:
+            if not task.dated:
+                return NotApplicable(f"{self.name} reads series of {self.num_dates} dated images; the steps of "
+                                     f"{task.name} carry no acquisition days")
+            if task.num_dates < self.num_dates:
+                return NotApplicable(f"{self.name} reads {self.num_dates} dates; {task.name} has {task.num_dates}")
+            return "select", f"{self.num_dates} of {task.num_dates} dates" if task.num_dates > self.num_dates else ""
+        if task.num_dates == 1:
+            return "single", ""
+        return "mean", f"each of {task.num_dates} steps embedded, mean over steps"
+
+    def _spatial_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
+        if task.kind == "segmentation":
+            if not self.dense or not self.img_size:
+                return NotApplicable(f"{self.name} yields one vector per image; the segmentation task {task.name} "
+                                     "needs dense (per-patch) features")
+            return "tiles", f"scene tiled in {self.img_size} px windows, patch features upsampled to pixels"
+        if self.img_size is None or self.img_size == task.size:
+            return "as_is", ""
+        if task.size == 1:
+            seen = f", read through its central {BROADCAST_CELLS}x{BROADCAST_CELLS} patches" if self.has_axes else ""
+            return "broadcast", f"pixel values broadcast to a constant {self.img_size} px image{seen}"
+        return NotApplicable(f"{self.name} reads {self.img_size} px images; {task.name} samples are {task.size} px "
+                             "(not resampled: that would change the ground sampling distance)")
+
+    # -- features ------------------------------------------------------------------------------
+
+    def features(self, task: Task, batch: dict, plan: Plan, pool: str = "mean", block: int = -1,
+                 drop: tuple[str, ...] = ()) -> np.ndarray:
+        """Features (N, D) of every sample of ``batch``; the ``drop`` bands missing at test time
+        (encoded without their token groups where they form whole groups, else replaced by their
+        mean over the task, i.e. mean imputation)."""
+        if drop:
+            whole = [g for g in self.group_bands if set(g) <= set(drop)]
+            if whole and {b for g in whole for b in g} >= set(drop) & set(plan.bands):
+                plan = replace(plan, bands=tuple(b for b in plan.bands if b not in drop))
+            else:
+                batch = impute(batch, drop)
+        channels = [batch["bands"].index(b) for b in plan.bands]
+        image = batch["image"][:, :, channels]  # (N, T, C', H, W) in the encoder's band order
+        doy = batch.get("doy")
+        if plan.dates == "select":
+            steps = choose_dates(batch, self.num_dates)
+            image, doy = image[:, steps], None if doy is None else np.asarray(doy)[:, steps]
+        if plan.spatial == "tiles":
+            return self._dense_features(batch, image, plan, pool, block, doy)
+        return self._sample_features(image, plan, pool, block, doy)
+
+    def _sample_features(self, image: Tensor, plan: Plan, pool: str, block: int, doy) -> np.ndarray:
+        size = self.img_size if plan.spatial == "broadcast" else None
+        if plan.dates == "select":
+            return self._encode(image, plan, pool, block, doy, size)
+        n, t = image.shape[:2]
+        x = self._encode(image.flatten(0, 1), plan, pool, block, None, size)  # (N*T, D)
+        return x.reshape(n, t, -1).mean(1)  # (N, T, D) -> (N, D); T = 1 for single images
+
+    def _dense_features(self, batch: dict, image: Tensor, plan: Plan, pool: str, block: int, doy) -> np.ndarray:
+        """Per-pixel features of a segmentation task's sampled pixels: scenes tiled into windows of
+        the encoder's size, patch features upsampled bilinearly to pixels, gathered at each sample."""
+        s, t, c, h, w = image.shape
+        win = self.img_size
+        ph, pw = -h % win, -w % win
+        steps = 1 if plan.dates == "select" else t
+        scenes = image.reshape(s * t, c, h, w) if plan.dates == "select" else image.flatten(0, 1)
+        padded = F.pad(scenes, (0, pw, 0, ph), mode="reflect")  # (S*T, C, Hp, Wp)
+        hp, wp = padded.shape[-2:]
+        tiles = padded.unfold(-2, win, win).unfold(-2, win, win)  # (S*T, C, nh, nw, win, win)
+        nh, nw = tiles.shape[2:4]
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, win, win)  # (S*T*nh*nw, C, win, win)
+        if plan.dates == "select":
+            tiles = tiles.reshape(s, t, nh * nw, c, win, win).transpose(1, 2).reshape(-1, t, c, win, win)
+            doy = None if doy is None else np.repeat(np.asarray(doy)[:1], len(tiles), 0)  # one scene-wide set of dates
+        maps = self._encode_dense(tiles, plan, block, doy)  # (M, D, g, g)
+        maps = F.interpolate(torch.from_numpy(maps), size=(win, win), mode="bilinear", align_corners=False)
+        d = maps.shape[1]
+        grid = maps.reshape(s, steps, nh, nw, d, win, win).permute(0, 1, 4, 2, 5, 3, 6)  # (S, T', D, nh, win, nw, win)
+        grid = grid.reshape(s, steps, d, hp, wp)
+        scene, row, col = (torch.as_tensor(a) for a in np.asarray(batch["pixel"]).T)
+        return grid[scene, :, :, row, col].mean(1).numpy()  # (N, T', D) -> (N, D)
+
+    def _encode(self, images: Tensor, plan: Plan, pool: str, block: int, doy, size: int | None) -> np.ndarray:
+        """(B, C, H, W) or (B, T, C, H, W) in ``plan.bands`` order -> (B, D)."""
+        raise NotImplementedError
+
+    def _encode_dense(self, images: Tensor, plan: Plan, block: int, doy) -> np.ndarray:
+        """Windows (B, [T,] C, s, s) -> patch feature maps (B, D, g, g)."""
+        raise NotImplementedError
+
+
+def impute(batch: dict, bands: tuple[str, ...]) -> dict:
+    """``batch`` with the ``bands`` channels replaced by their mean over the whole task (every
+    sample, step and pixel): a band missing at test time, filled with the least informative value."""
+    image = batch["image"].clone()
+    for b in bands:
+        if b in batch["bands"]:
+            i = batch["bands"].index(b)
+            image[:, :, i] = image[:, :, i].mean()
+    return {**batch, "image": image}
+
+
+def choose_dates(batch: dict, k: int) -> np.ndarray:
+    """Indices of ``k`` of a task's steps, the same for every sample: spread over the clearest dates
+    (one per day) when the task gives each date's clear fraction, else evenly spaced."""
+    t = batch["image"].shape[1]
+    clear = batch.get("date_clear")
+    if clear is not None:
+        candidates = np.flatnonzero(np.asarray(clear) >= MIN_DATE_CLEAR)
+        candidates = _one_per_day(candidates, tuple(d[:10] for d in batch["dates"]), np.asarray(clear))
+        if len(candidates) >= k:
+            return spread_pick(candidates, k, np.random.default_rng(0))
+    return np.unique(np.linspace(0, t - 1, k).round().astype(int))
+
+
+# ----------------------------------------------------------------------------------------------
+# eolab ViT encoders
+
+
+def _sha1_state(module: nn.Module) -> str:
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in module.state_dict().items()}, buf)
+    return hashlib.sha1(buf.getvalue()).hexdigest()
+
+
+class EolabEncoder(BenchEncoder):
+    """An eolab ``ViTEncoder`` with the ``Normalization`` it was trained with."""
+
+    has_axes = True
+
+    def __init__(self, encoder: ViTEncoder, normalization: Normalization, name: str = "eolab",
+                 config: dict | None = None, checkpoint: str | Path | None = None, fingerprint: str | None = None,
+                 batch_size: int = 256):
+        self.encoder = encoder.eval()
+        self.normalization = normalization
+        self.name, self.config, self.batch_size = name, config or {}, batch_size
+        self.checkpoint = str(checkpoint) if checkpoint else ""
+        tok = encoder.tokenizer
+        self.bands = tuple(normalization.bands)
+        if tuple(tok.bands) != self.bands:
+            raise ValueError(f"{name}: normalisation bands {self.bands} differ from the encoder's {tuple(tok.bands)}")
+        self.unit = normalization.unit
+        self.num_dates = getattr(tok, "num_dates", 1)
+        self.img_size, self.dense, self.depth = tok.img_size, True, len(encoder.blocks)
+        self.group_bands = tuple(getattr(tok, "group_bands", ()))
+        self._fingerprint = fingerprint
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, name: str | None = None) -> EolabEncoder:
+        """Load a checkpoint (weights only; a corrupt or foreign file raises CheckpointError naming it)."""
+        path = Path(path)
+        encoder, normalization, config = load_encoder(path)
+        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+        default = path.parent.name if path.stem == "encoder" else path.stem
+        return cls(encoder, normalization, name or default, config, path, fingerprint=sha1)
+
+    def random_init(self, seed: int = 0, name: str = "random_init") -> EolabEncoder:
+        """The same architecture and normalisation, freshly initialised with ``seed`` (the control
+        that shows what pre-training adds over the architecture and the inputs alone)."""
+        cfg = self.config or _config_of(self.encoder)
+        torch.manual_seed(seed)
+        encoder = build_encoder(cfg["size"], tuple(cfg["bands"]), cfg["img_size"], cfg["patch_size"],
+                                cfg.get("tokenizer", "patch"), tuple(tuple(g) for g in cfg.get("groups", ())),
+                                cfg.get("num_dates", 1))
+        fp = hashlib.sha1(json.dumps(["random_init", cfg, seed, self.normalization.to_dict()], sort_keys=True).encode())
+        return EolabEncoder(encoder, self.normalization, name, cfg, fingerprint=fp.hexdigest())
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.sha1((_sha1_state(self.encoder) + json.dumps(
+                self.normalization.to_dict(), sort_keys=True)).encode()).hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        return {**super().describe(), "checkpoint": self.checkpoint, "config": json.dumps(self.config),
+                "normalization_corpus": self.normalization.corpus}
+
+    def _data(self, images: Tensor, plan: Plan, doy) -> dict:
+        return {"image": images, "bands": plan.bands, "unit": plan.unit, "doy": doy}
+
+    def _encode(self, images, plan, pool, block, doy, size):
+        cells = min(BROADCAST_CELLS, self.encoder.tokenizer.grid) if size else 0
+        return embed(self.encoder, self.normalization, self._data(images, plan, doy), pool=pool,
+                     batch_size=self.batch_size, where=f"{self.name} inputs", block=block, size=size, cells=cells)
+
+    def _encode_dense(self, images, plan, block, doy):
+        tokens = embed(self.encoder, self.normalization, self._data(images, plan, doy), pool="tokens",
+                       batch_size=self.batch_size, where=f"{self.name} inputs", block=block)  # (B, K, D)
+        g = self.encoder.tokenizer.grid
+        b, _, d = tokens.shape
+        # Tokens are group- (or date-) major: (B, G*g*g, D) -> (B, G, g*g, D), averaged over groups/dates.
+        cells = tokens.reshape(b, -1, g * g, d).mean(1)
+        return cells.reshape(b, g, g, d).transpose(0, 3, 1, 2)  # (B, D, g, g)
+
+
+def _config_of(encoder: ViTEncoder) -> dict:
+    """The ``encoder_config`` of an in-memory encoder (its size looked up by width, depth and heads)."""
+    tok, dim, depth = encoder.tokenizer, encoder.dim, len(encoder.blocks)
+    heads = encoder.blocks[0].attn.num_heads
+    sizes = [n for n, c in SIZES.items() if (c.dim, c.depth, c.heads) == (dim, depth, heads)]
+    if not sizes:
+        raise ValueError(f"no model size has dim {dim}, depth {depth}, heads {heads}; pass config= to EolabEncoder")
+    kind = {PatchTokenizer: "patch", GroupTokenizer: "groups", TemporalTokenizer: "temporal"}[type(tok)]
+    return encoder_config(sizes[0], tok.bands, tok.img_size, tok.patch_size, kind,
+                          getattr(tok, "group_bands", ()), getattr(tok, "num_dates", 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Any callable or torch module
+
+
+class FunctionEncoder(BenchEncoder):
+    """A plain function (or a torch module: timm, torchgeo, ...) from images to vectors.
+
+    ``fn`` receives float tensors (B, C, H, W) - (B, T, C, H, W) when ``num_dates`` > 1 - holding
+    the declared ``bands`` in that order, in the declared ``unit``, unnormalised (normalise inside
+    ``fn`` as the model expects), and returns (B, D). ``img_size`` None: any image size. Give a
+    ``fingerprint`` that changes when the function does, so cached embeddings are not reused
+    wrongly (a module's weights are hashed when none is given).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor | np.ndarray], bands, unit: str, name: str = "function",
+                 num_dates: int = 1, img_size: int | None = None, fingerprint: str | None = None, batch_size: int = 256):
+        self.fn, self.bands, self.unit, self.name = fn, tuple(bands), unit, name
+        self.num_dates, self.img_size, self.batch_size = num_dates, img_size, batch_size
+        self._fingerprint = fingerprint
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            what = _sha1_state(self.fn) if isinstance(self.fn, nn.Module) else \
+                f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+            self._fingerprint = hashlib.sha1(json.dumps([self.name, self.bands, self.unit, what]).encode()).hexdigest()
+        return self._fingerprint
+
+    @torch.no_grad()
+    def _encode(self, images, plan, pool, block, doy, size):
+        if isinstance(self.fn, nn.Module):
+            self.fn.eval()
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            if size is not None:
+                chunk = chunk.expand(*chunk.shape[:-2], size, size)  # a pixel broadcast to an image
+            y = self.fn(chunk)
+            out.append(np.asarray(y.detach().float().cpu() if isinstance(y, Tensor) else y, dtype=np.float32))
+        return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Band statistics baseline
+
+
+class BandStats(BenchEncoder):
+    """Per-band mean and standard deviation over a sample's steps and pixels (2 x bands features).
+
+    With ``bands`` given (an encoder's bands, for a fair comparison), only those the task has are
+    used; with none of them in the task, or ``bands`` None, all task bands. A segmentation sample
+    (a pixel) gets its own values plus the mean and standard deviation of a 9 x 9 px neighbourhood,
+    averaged over its clear dates (3 x bands features).
+    """
+
+    name = "band_stats"
+
+    def __init__(self, bands: tuple[str, ...] | None = None, name: str = "band_stats"):
+        self.restrict = tuple(bands) if bands else None
+        self.bands, self.unit, self.name = self.restrict or (), "", name
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(["band_stats-v1", self.restrict]).encode()).hexdigest()
+
+    def plan(self, task: Task) -> Plan:
+        bands = tuple(b for b in task.bands if self.restrict is None or b in self.restrict)
+        note = f"the encoder's {len(bands)} bands" if bands and self.restrict else f"all {len(task.bands)} task bands"
+        return Plan(bands or task.bands, "", "mean", "as_is", note)
+
+    def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
+        if drop:
+            batch = impute(batch, drop)
+        channels = [batch["bands"].index(b) for b in plan.bands]
+        image = batch["image"][:, :, channels].double()  # (N, T, C, H, W)
+        if task.kind == "segmentation":
+            return _pixel_stats(image, batch).numpy()
+        x = image.transpose(1, 2).flatten(2)  # (N, C, T*H*W)
+        return torch.cat([x.mean(-1), x.std(-1, correction=0)], 1).float().numpy()  # (N, 2C)
+
+
+def _pixel_stats(image: Tensor, batch: dict, k: int = 9) -> Tensor:
+    """Per sampled pixel: value, k x k neighbourhood mean and std, averaged over clear dates: (N, 3C)."""
+    s, t, c, h, w = image.shape
+    x = image.flatten(0, 1)  # (S*T, C, H, W)
+    mean = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+    sq = F.avg_pool2d(x * x, k, 1, k // 2, count_include_pad=False)
+    stats = torch.cat([x, mean, (sq - mean * mean).clamp_min(0).sqrt()], 1).reshape(s, t, 3 * c, h, w)
+    valid = batch.get("valid")
+    weight = torch.ones(s, t, h, w, dtype=stats.dtype) if valid is None else torch.as_tensor(valid).to(stats.dtype)
+    scene, row, col = (torch.as_tensor(a) for a in np.asarray(batch["pixel"]).T)
+    per_date = stats[scene, :, :, row, col]  # (N, T, 3C)
+    wt = weight[scene, :, row, col][..., None]  # (N, T, 1)
+    return ((per_date * wt).sum(1) / wt.sum(1).clamp_min(1)).float()

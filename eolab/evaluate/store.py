@@ -1,0 +1,160 @@
+"""Embeddings stored as labelled arrays (xarray), reused instead of recomputed.
+
+An embedding set is an ``xarray.Dataset`` with the variable ``embedding`` (sample, dim) and the
+coordinates of every sample (``id``, ``lon``, ``lat`` and, where known, ``time``), plus attributes
+that say what produced it: encoder name and fingerprint (the SHA-1 of a checkpoint file, or of the
+weights), the encoder's bands, checkpoint path, task and task fingerprint (its input files), the
+bands read, pooling, block, adapter and variant (e.g. bands dropped at test time, an augmented view).
+It is written as netCDF under ``<cache>/embeddings/<encoder fingerprint>/``, keyed by
+(encoder fingerprint, task fingerprint, pool, block, variant): a second benchmark call, from a
+notebook, the command line or the ablation runner, reads it back instead of running the encoder.
+
+A task's sample table (targets, blocks, documented split, coordinates) is stored the same way, so
+that a call whose embeddings are all cached does not read the task's images at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..data.paths import cache_root
+
+ENGINE = "netcdf4"
+
+
+def _safe(text: str) -> str:
+    """A file-name-safe rendering of a key part."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _write_atomic(ds: xr.Dataset, path: Path) -> None:
+    """Write netCDF into a temporary file beside ``path`` and rename it: a killed write never
+    leaves a half-written file that a later call would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _coords(samples: dict) -> dict:
+    coords = {"id": ("sample", np.asarray(samples["id"], dtype=object)),
+              "lon": ("sample", np.asarray(samples["lonlat"])[:, 0]),
+              "lat": ("sample", np.asarray(samples["lonlat"])[:, 1])}
+    if samples.get("time") is not None:
+        coords["time"] = ("sample", np.asarray(samples["time"], dtype=object))
+    return coords
+
+
+def embeddings_dataset(features: np.ndarray, samples: dict, attrs: dict) -> xr.Dataset:
+    """Label an (N, D) feature array with its samples' coordinates and its provenance."""
+    n, d = features.shape
+    if n != len(samples["id"]):
+        raise ValueError(f"{n} embeddings for {len(samples['id'])} samples")
+    flat = {k: json.dumps(v) if isinstance(v, list | tuple | dict) else v for k, v in attrs.items()}
+    flat["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return xr.Dataset({"embedding": (("sample", "dim"), features.astype(np.float32))},
+                      coords={"sample": np.arange(n), "dim": np.arange(d), **_coords(samples)}, attrs=flat)
+
+
+def samples_dataset(samples: dict) -> xr.Dataset:
+    """A task's sample table: target, spatial block, documented split (-1: none), coordinates."""
+    target = np.asarray(samples["target"])
+    data = {"target": (("sample", "label") if target.ndim == 2 else ("sample",), target),
+            "group": ("sample", np.asarray(samples["group"])),
+            "is_test": ("sample", np.full(len(target), -1, dtype=np.int8) if samples.get("is_test") is None
+                        else np.asarray(samples["is_test"], dtype=np.int8))}
+    if samples.get("pixel") is not None:
+        data["pixel"] = (("sample", "axis"), np.asarray(samples["pixel"]))
+    return xr.Dataset(data, coords={"sample": np.arange(len(target)), **_coords(samples)},
+                      attrs={"classes": json.dumps(list(samples.get("classes") or ()))})
+
+
+def samples_from_dataset(ds: xr.Dataset) -> dict:
+    """Inverse of ``samples_dataset``."""
+    is_test = ds["is_test"].values
+    return {"target": ds["target"].values, "group": ds["group"].values,
+            "is_test": None if (is_test < 0).all() else is_test.astype(bool),
+            "id": [str(i) for i in ds["id"].values], "lonlat": np.c_[ds["lon"].values, ds["lat"].values],
+            "time": [str(t) for t in ds["time"].values] if "time" in ds.coords else None,
+            "pixel": ds["pixel"].values if "pixel" in ds else None,
+            "classes": tuple(json.loads(ds.attrs.get("classes", "[]")))}
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    encoder: str  # encoder fingerprint
+    task: str
+    task_fingerprint: str
+    pool: str
+    block: str
+    variant: str = ""
+
+    def filename(self) -> str:
+        variant = f"-{hashlib.sha1(self.variant.encode()).hexdigest()[:10]}" if self.variant else ""
+        return _safe(f"{self.task}-{self.task_fingerprint}-{self.pool}-b{self.block}{variant}.nc")
+
+
+@dataclass
+class EmbeddingStore:
+    """The on-disk cache of embeddings and task sample tables (``<cache_root>/embeddings``)."""
+
+    root: Path = field(default_factory=lambda: cache_root() / "embeddings")
+    hits: int = 0
+    misses: int = 0
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    def path(self, key: EmbeddingKey) -> Path:
+        return self.root / key.encoder[:16] / key.filename()
+
+    def load(self, key: EmbeddingKey) -> xr.Dataset | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            ds = ds.load()
+        # The key is in the name; the attributes confirm it (a hash clash or a hand-copied file).
+        same = (ds.attrs.get("encoder_fingerprint") == key.encoder and ds.attrs.get("task_fingerprint") == key.task_fingerprint
+                and ds.attrs.get("variant", "") == key.variant)
+        return ds if same else None
+
+    def get(self, key: EmbeddingKey, samples, compute, attrs: dict) -> xr.Dataset:
+        """The cached embeddings of ``key``, or ``compute()`` -> (N, D) stored with ``attrs``.
+
+        ``samples`` (a dict, or a function returning it) labels a new array; it is only called on a miss.
+        """
+        cached = self.load(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        ds = embeddings_dataset(compute(), samples() if callable(samples) else samples,
+                                {**attrs, "task": key.task, "task_fingerprint": key.task_fingerprint,
+                                 "pool": key.pool, "block": key.block, "variant": key.variant})
+        _write_atomic(ds, self.path(key))
+        return ds
+
+    def samples(self, task: str, task_fingerprint: str, load) -> dict:
+        """A task's sample table, from the cache or from ``load()`` (the full batch, then stored)."""
+        path = self.root / "tasks" / _safe(f"{task}-{task_fingerprint}.nc")
+        if path.is_file():
+            with xr.open_dataset(path, engine=ENGINE) as ds:
+                return samples_from_dataset(ds.load())
+        batch = load()
+        _write_atomic(samples_dataset(batch), path)
+        return samples_from_dataset(samples_dataset(batch))

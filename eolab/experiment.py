@@ -388,7 +388,8 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     task = _build_task(cfg, data.normalization.bands)
-    flops_per_step = training_flops(task, _sample_batch(cfg, data), seed=cfg.seed)
+    # One optimiser step is `accumulate` batches of `batch_size` (history counts optimiser steps).
+    flops_per_step = training_flops(task, _sample_batch(cfg, data), seed=cfg.seed) * cfg.accumulate
     steps_per_epoch = len(data.pretrain) // cfg.batch_size
     # A FLOP budget makes objectives of different cost per step comparable at equal compute.
     max_steps = math.ceil(cfg.train_tflops * 1e12 / flops_per_step) if cfg.train_tflops else 0
@@ -414,7 +415,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                "steps_per_epoch": steps_per_epoch, "encoder_params": parameter_count(task.encoder),
                "task_params": parameter_count(task), **non_embedding_params(task)}
     # analytic rule (6 x parameters x tokens + attention) next to the count: a check a reader can redo
-    compute["analytic_flops_per_step"] = analytic_training_flops(task, _sample_batch(cfg, data), seed=cfg.seed)
+    compute["analytic_flops_per_step"] = analytic_training_flops(task, _sample_batch(cfg, data), seed=cfg.seed) * cfg.accumulate
     validation = {}
     if data.validation is not None:
         validation = {f"val_{k}": v for k, v in held_out_loss(task, data.validation, data.normalization,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from eolab.experiment import PretrainConfig
+from eolab.train import slurm_layout
 
 SCRATCH_PREFIX = ".rank"
 """Scratch folder of a non-zero rank inside the run folder: ``<output_dir>/.rank<N>``."""
@@ -151,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:  # unreadable file, unknown or invalid parameter
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    layout = slurm_layout()
+    if layout is not None:  # the record says what ran: fit resolves these the same way
+        cfg = dataclasses.replace(cfg, devices=str(layout[1]) if cfg.devices == "auto" else cfg.devices,
+                                  strategy="ddp" if cfg.strategy == "auto" else cfg.strategy)
     record = run(cfg)
     if record is not None:
         print(f"record: {Path(cfg.output_dir) / 'record.json'}")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -331,7 +331,7 @@ def compile_blocks(task: nn.Module, blocks: list[nn.Module] | None = None) -> in
     return len(blocks)
 
 
-def _slurm_tasks() -> tuple[int, int] | None:
+def slurm_layout() -> tuple[int, int] | None:
     """(nodes, tasks per node) when this process is one of several tasks of an srun step (one
     rank of a job launched as ``srun python ...``), else None (a batch script or a one-task step:
     Lightning launches any further processes itself)."""
@@ -342,6 +342,19 @@ def _slurm_tasks() -> tuple[int, int] | None:
         return None
     nodes = int(os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
     return nodes, tasks // nodes
+
+
+class SrunDDPStrategy(DDPStrategy):
+    """DDP over processes that srun started (each task runs the same program as one rank): nothing
+    to launch. Lightning's "ddp" keeps a script launcher even then, and refuses it inside a Jupyter
+    kernel, which is how a notebook run can be rank 0 of a multi-task SLURM job
+    (``eolab.runner.slurm``)."""
+
+    def _configure_launcher(self) -> None:
+        if self.cluster_environment is not None and self.cluster_environment.creates_processes_externally:
+            self._launcher = None
+        else:
+            super()._configure_launcher()
 
 
 class FSDPStrategy(ModelParallelStrategy):
@@ -408,7 +421,7 @@ def fit(
     ``compile``: the transformer blocks run through ``torch.compile`` (``compile_blocks``); a
     machine without the C++ compiler inductor needs trains uncompiled, with a warning.
     """
-    layout = _slurm_tasks()
+    layout = slurm_layout()
     if layout is not None:
         num_nodes = num_nodes or layout[0]
         devices = layout[1] if devices == "auto" else devices
@@ -445,7 +458,7 @@ def fit(
     trainer = L.Trainer(
         max_epochs=-1 if max_steps else epochs, max_steps=max_steps or -1,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes or 1, precision=precision,
-        strategy=FSDPStrategy() if strategy == "fsdp" else strategy,
+        strategy=FSDPStrategy() if strategy == "fsdp" else SrunDDPStrategy() if layout and strategy == "ddp" else strategy,
         accumulate_grad_batches=accumulate, use_distributed_sampler=False,  # the batch sampler shards
         logger=False, enable_checkpointing=checkpoint_dir is not None, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[*callbacks, *extra, history], log_every_n_steps=1, deterministic=False,

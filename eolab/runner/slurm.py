@@ -8,10 +8,22 @@ never records a verdict, so the submitter records the run as failed with that re
 submitit's files (sbatch scripts, pickles, job logs) go to results/<name>/slurm/.
 
 Resources per run come from the spec's optional `resources` section (see `eolab.runner.spec`).
+
+Several tasks per run (`tasks_per_node` x `nodes` > 1: multi-GPU or multi-node DDP) run each run
+as one srun step of that many tasks. A Jupyter kernel cannot be one of several srun-launched ranks
+by itself, so the job splits the run: task 0 executes the notebook exactly as a one-task job does
+(status.json, executed notebook, record.json, all from rank 0), and its kernel's `fit` joins the
+job's process group as rank 0 (Lightning's SLURM environment, which the kernel inherits); every
+other task trains the same configuration (the run's parameters over the notebook's defaults) as
+rank 1..N-1 through `eolab.launch.worker_main`, in a scratch folder it removes afterwards. The
+notebook must therefore be one whose training is `eolab.experiment.pretrain` of a PretrainConfig
+built from its parameters (notebooks/pretrain.ipynb). srun runs with --kill-on-bad-exit, so a
+rank that crashes ends the others instead of leaving them waiting in a collective.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +51,8 @@ _SUBMITIT_NAMES = {
     "mem_gb": "mem_gb",
     "timeout_min": "timeout_min",
     "partition": "slurm_partition",
+    "tasks_per_node": "tasks_per_node",
+    "nodes": "nodes",
 }
 
 
@@ -95,14 +109,23 @@ class SlurmExecutor:
             return []
         executor = submitit.AutoExecutor(folder=self.results_dir / SLURM_DIRNAME / "%j", cluster="slurm")
         parameters = {_SUBMITIT_NAMES[k]: v for k, v in self.resources.items()}
+        function = execute_task
+        if self.tasks > 1:  # one rank per task: the notebook on rank 0, training workers on the others
+            function = execute_distributed_task
+            parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         executor.update_parameters(name=self.job_name, slurm_array_parallelism=len(claimed), **parameters)
         submitted_at = utc_now()
         with executor.batch():
-            jobs = [executor.submit(execute_task, task) for task, _ in claimed]
+            jobs = [executor.submit(function, task) for task, _ in claimed]
         return [
             _Job(task=task, claim=claim, job=job, submitted_at=submitted_at)
             for (task, claim), job in zip(claimed, jobs, strict=True)
         ]
+
+    @property
+    def tasks(self) -> int:
+        """Processes per run: tasks_per_node x nodes."""
+        return int(self.resources.get("tasks_per_node", 1)) * int(self.resources.get("nodes", 1))
 
     def _finish(self, outcomes: dict[str, RunOutcome], outcome: RunOutcome) -> None:
         outcomes[outcome.run_id] = outcome
@@ -110,25 +133,63 @@ class SlurmExecutor:
             self.on_finished(outcome)
 
 
+def execute_distributed_task(task: RunTask) -> RunOutcome | None:
+    """One task of a multi-task run (see the module docstring): rank 0 executes the notebook and
+    returns its outcome (a failed run, recorded in status.json, also fails the task, so that srun
+    ends the other ranks); any other rank trains as a worker and returns None."""
+    rank = submitit.JobEnvironment().global_rank
+    if rank == 0:
+        outcome = execute_task(task)
+        if outcome.state == FAILED:  # exit non-zero: srun --kill-on-bad-exit ends the ranks waiting for this one
+            raise RuntimeError(f"run {task.run_id} failed on rank 0: {outcome.error}")
+        return outcome
+    from eolab.launch import worker_main
+
+    worker_main({k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM} |
+                {"output_dir": task.parameters[OUTPUT_DIR_PARAM]}, notebook=task.notebook)
+    return None
+
+
 def _collect(job: _Job) -> RunOutcome:
     """The job's RunOutcome, or a failure naming the SLURM state (recorded in status.json).
 
     A failed run whose job SLURM ended (scancel, time limit: SIGTERM reaches the kernel too, so
-    the notebook fails with "Kernel died") gets that SLURM state as its reason.
+    the notebook fails with "Kernel died") gets that SLURM state as its reason. In a multi-task
+    run a training worker (rank > 0) that raised is named too: srun then ended rank 0, whose
+    notebook only saw its kernel die.
     """
     try:
-        try:
-            outcome: RunOutcome = job.job.result()
-        except (UncompletedJobError, FailedJobError) as exc:
-            return _record_failure(job, f"SLURM job {job.job.job_id} ended {_final_state(job)}: {_first_line(exc)}")
-        if outcome.state == FAILED:
-            state = _final_state(job)
-            if state.startswith(SCHEDULER_END_STATES):
-                error = f"SLURM job {job.job.job_id} ended {state} ({outcome.error})"
-                return _record_failure(job, error, keep_verdict=False)
+        outcome = _outcome(job)
+        if outcome.state == FAILED and job.job.num_tasks > 1 and (worker := _worker_error(job)):
+            outcome = _record_failure(job, f"{outcome.error}; {worker}", keep_verdict=False)
         return outcome
     finally:
         job.claim.release()
+
+
+def _outcome(job: _Job) -> RunOutcome:
+    try:
+        # Rank 0's result: the one that executed the notebook (a one-task job has only it).
+        outcome: RunOutcome = job.job.results()[0]
+    except (UncompletedJobError, FailedJobError) as exc:
+        return _record_failure(job, f"SLURM job {job.job.job_id} ended {_final_state(job)}: {_first_line(exc)}")
+    if outcome.state == FAILED:
+        state = _final_state(job)
+        if state.startswith(SCHEDULER_END_STATES):
+            error = f"SLURM job {job.job.job_id} ended {state} ({outcome.error})"
+            return _record_failure(job, error, keep_verdict=False)
+    return outcome
+
+
+def _worker_error(job: _Job) -> str | None:
+    """The exception of the first training worker (rank > 0) that raised one, as "rank N: Error: ..."."""
+    for rank in range(1, job.job.num_tasks):
+        exc = job.job.task(rank).exception()
+        if isinstance(exc, FailedJobError):
+            lines = [line.strip() for line in str(exc).splitlines()]
+            errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line)]
+            return f"rank {rank}: {errors[-1] if errors else _first_line(exc)}"
+    return None
 
 
 def _final_state(job: _Job, wait_s: float = 20.0) -> str:

@@ -29,6 +29,7 @@ split), or percentiles over subsamples (diagnostics); the ``ci_method`` column s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import tempfile
@@ -45,12 +46,19 @@ from threadpoolctl import threadpool_limits
 
 from ..checkpoint import CheckpointError
 from ..data.paths import data_root as resolve_data_root
+from ..models import tokenizers as _tokenizers
+from ..models import vit as _vit
 from ..tasks.augment import AUGMENTATIONS
+from . import diagnostics as _diagnostics
+from . import encoders as _encoders
+from . import leakage as _leakage
+from . import probe as _probe
 from . import protocols as P
 from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
 from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
 from .leakage import overlaps, pretraining_footprints
-from .store import EmbeddingKey, EmbeddingStore
+from .report import headline
+from .store import EmbeddingKey, EmbeddingStore, code_version
 from .tasks import TASKS, Task, get_task
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,10 @@ BASELINES = ("random_init", "band_stats")
 DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", "VH")}
 """Robustness scenarios: bands missing at test time (a scenario applies when the encoder reads some,
 not all, of its bands)."""
+EMBED_VERSION = code_version(_encoders, _probe, _vit, _tokenizers)
+"""Part of every cached embedding's key: editing the adapters or the model code recomputes them."""
+CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _probe)
+"""Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
 COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
            "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke")
 
@@ -184,7 +196,7 @@ class TaskRun:
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
         """Embeddings of the samples (``rows`` of them), from the store or computed and stored."""
         key = EmbeddingKey(enc.fingerprint(), self.task.name, self.fingerprint, pool if enc.has_axes else "-",
-                           block_label.replace("/", "of") or "-", variant)
+                           block_label.replace("/", "of") or "-", variant, EMBED_VERSION)
 
         def batch() -> dict:
             b = self.batch() if rows is None else self.subset(rows)
@@ -332,16 +344,16 @@ def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Pla
         return run.features(enc, plan, *axes, variant=f"view:{s.augment}:{seed}", transform=transform)
 
     v1, v2 = view(s.seed + 1), view(s.seed + 2)
-    k = min(s.diagnostics_k, len(x) - 2)
+    k = min(s.diagnostics_k, int(0.8 * len(x)) - 2)  # neighbours within an 80 % subsample
     rows.append(_subsample_rows(ctx, "alignment", lambda i: alignment(v1[i], v2[i]), len(x), s))
     rows.append(_subsample_rows(ctx, "uniformity", lambda i: uniformity(v1[i]), len(x), s))
     rows.append(_subsample_rows(ctx, "knn_consistency", lambda i: knn_consistency(v1[i], v2[i], k), len(x), s))
     return rows
 
 
-def _leakage_rows(run: TaskRun, ctx: RowContext, footprints: pd.DataFrame | str | None) -> list[dict]:
+def _leakage_rows(run: TaskRun, ctx: RowContext, footprints: pd.DataFrame | str) -> list[dict]:
     if not isinstance(footprints, pd.DataFrame):
-        return _not_applicable(ctx, ["leakage"], footprints or "no pre-training footprints for this encoder")
+        return _not_applicable(ctx, ["leakage"], footprints)
     size_m = run.task.gsd_m * (1 if run.task.kind == "segmentation" else run.task.size)
     table = leakage_table(run, footprints)
     rows = [ctx.row("leakage", "all", "overlap_fraction", table["overlaps"].mean(), ci_method="census of every sample",
@@ -361,19 +373,42 @@ def leakage_table(run: TaskRun, footprints: pd.DataFrame, margin_m: float | None
     return table.assign(id=run.samples["id"])
 
 
-def _footprints(enc: BenchEncoder, pretraining) -> pd.DataFrame | str:
-    """Pre-training footprints of ``enc``: given per encoder name, or (``"auto"``) rebuilt from the
-    ``record.json`` beside its checkpoint; a string says why there are none."""
-    if isinstance(pretraining, dict):
-        return pretraining.get(enc.name, f"no pre-training footprints given for {enc.name}")
-    if isinstance(pretraining, pd.DataFrame):
-        return pretraining
-    if pretraining != "auto" or not getattr(enc, "checkpoint", ""):
-        return f"{enc.name} has no recorded pre-training data"
-    record = Path(enc.checkpoint).parent / "record.json"
-    if not record.is_file():
-        return f"no record.json beside {enc.checkpoint}: pre-training data unknown"
-    return pretraining_footprints(record)
+class Footprints:
+    """An encoder's pre-training footprints: given per encoder name (a dict of DataFrames), one
+    DataFrame, ``"auto"`` (rebuilt from the ``record.json`` beside its checkpoint) or None. They are
+    rebuilt only when a leakage row is computed; ``key`` identifies them for the result cache."""
+
+    def __init__(self, enc: BenchEncoder, pretraining):
+        self.enc, self.pretraining = enc, pretraining
+        self.record = None
+        if pretraining == "auto" and getattr(enc, "checkpoint", ""):
+            self.record = Path(enc.checkpoint).parent / "record.json"
+
+    @cached_property
+    def key(self) -> str:
+        if self.record is not None and self.record.is_file():
+            return "record:" + hashlib.sha1(self.record.read_bytes()).hexdigest()
+        value = self.value
+        if isinstance(value, pd.DataFrame):
+            return "frame:" + str(int(pd.util.hash_pandas_object(value, index=False).sum()))
+        return value
+
+    @cached_property
+    def value(self) -> pd.DataFrame | str:
+        """The footprints, or why there are none."""
+        name, pre = self.enc.name, self.pretraining
+        if isinstance(pre, dict):
+            return pre.get(name, f"no pre-training footprints given for {name}")
+        if isinstance(pre, pd.DataFrame):
+            return pre
+        if self.record is None:
+            return f"{name} has no recorded pre-training data"
+        if not self.record.is_file():
+            return f"no record.json beside {self.enc.checkpoint}: pre-training data unknown"
+        try:
+            return pretraining_footprints(self.record)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # the check is auxiliary: say why, run the rest
+            return f"pre-training footprints could not be rebuilt from {self.record}: {type(exc).__name__}: {exc}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,15 +419,17 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
              baselines: Sequence[str] = BASELINES, splits: Sequence[str] = SPLITS, pools: Sequence[str] = ("mean",),
              blocks: Sequence[int] = (-1,), data_root: str | Path | None = None, cache_dir: str | Path | None = None,
              pretraining="auto", output_dir: str | Path | None = None, settings: Settings | None = None,
-             name: str | None = None) -> pd.DataFrame:
+             name: str | None = None, reuse_results: bool = True) -> pd.DataFrame:
     """Benchmark ``encoder`` (and ``baselines``) on ``tasks`` (default: all) -> one tidy table.
 
     Columns: ``COLUMNS``. ``pools`` and ``blocks`` are axes of ViT encoders (block -1: the last,
     -2: the one before, ...). ``pretraining``: "auto" (footprints from the record beside a
     checkpoint), a DataFrame (lon, lat, dates, size_m) or a dict encoder name -> DataFrame, or None.
     ``output_dir``: where ``benchmark.csv`` and ``benchmark.json`` (parameters, encoders, seed, git
-    commit, wall time, cache use) are written. A corrupt checkpoint raises ``CheckpointError``
-    naming the file before any work starts.
+    commit, wall time, cache use) are written. With ``reuse_results`` the rows of an (encoder, task)
+    already evaluated with the same settings and the same code are read back from the cache (set it
+    False to refit every probe on the cached embeddings). A corrupt checkpoint raises
+    ``CheckpointError`` naming the file before any work starts.
     """
     t_start = time.perf_counter()
     settings = settings or Settings()
@@ -402,31 +439,44 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
     root = resolve_data_root(data_root)
     encoders = resolve_encoders(encoder, baselines, name, settings.seed)
     store = EmbeddingStore(Path(cache_dir)) if cache_dir else EmbeddingStore()
+    footprints = {e.name: Footprints(e, pretraining) for e in encoders}
     rows, timing = [], {}
     for task in [get_task(t) for t in (tasks or TASKS)]:
         run = TaskRun(task, root, store, settings)
         for enc in encoders:
             t0 = time.perf_counter()
-            rows += _encoder_rows(run, enc, protocols, splits, pools, blocks, pretraining)
+
+            def compute(run=run, enc=enc) -> list[dict]:
+                return _encoder_rows(run, enc, protocols, splits, pools, blocks, footprints[enc.name])
+
+            if reuse_results:
+                key = {"task": run.fingerprint, "protocols": list(protocols), "splits": list(splits),
+                       "pools": list(pools), "blocks": list(blocks), "settings": asdict(settings), "name": enc.name,
+                       "footprints": footprints[enc.name].key if "leakage" in protocols else "", "code": CODE_VERSION}
+                rows += store.rows(enc.fingerprint(), task.name, key, compute)
+            else:
+                rows += compute()
             timing[f"{task.name}/{enc.name}"] = round(time.perf_counter() - t0, 2)
             log.info("%s / %s: %.1f s", task.name, enc.name, timing[f"{task.name}/{enc.name}"])
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing,
-                       cache={"hits": store.hits, "misses": store.misses, "root": str(store.root)})
+                       cache={"hits": store.hits, "misses": store.misses, "result_hits": store.result_hits,
+                              "root": str(store.root)})
     if output_dir:
         write_outputs(table, Path(output_dir), encoders, settings, protocols=list(protocols), splits=list(splits),
                       pools=list(pools), blocks=list(blocks))
     return table
 
 
-def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blocks, pretraining) -> list[dict]:
+def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blocks,
+                  footprints: Footprints) -> list[dict]:
     plan = enc.plan(run.task)
     ctx = RowContext(run.task, enc.name, "", "", "", run.n)
     if isinstance(plan, NotApplicable):
         return _not_applicable(ctx, protocols, plan.reason)
     rows = []
     if "leakage" in protocols:
-        rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n), _footprints(enc, pretraining))
+        rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n), footprints.value)
     for pool, block, pool_label, block_label in _axes(enc, pools, blocks):
         ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n)
         axes = (pool, block, block_label)
@@ -472,22 +522,6 @@ def write_outputs(table: pd.DataFrame, output_dir: Path, encoders: list[BenchEnc
     return record
 
 
-def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """One line per task, encoder and split: the first metric of the linear probe as 'value [low, high]'."""
-    lin = table[(table["protocol"] == "linear") & (table["not_applicable"] == "")]
-    first = lin.groupby("task")["metric"].transform("first")
-    lin = lin[lin["metric"] == first]
-    cells = lin.assign(cell=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(lin["value"], lin["ci_low"], lin["ci_high"],
-                                                                                  strict=True)])
-    wide = cells.pivot_table(index=["task", "metric", "encoder"], columns="split", values="cell", aggfunc="first")
-    na = table[table["not_applicable"] != ""].groupby(["task", "encoder"])["not_applicable"].first()
-    for (task, enc), reason in na.items():
-        if (task, enc) not in {(t, e) for t, _, e in wide.index} and not table[(table["task"] == task) & (
-                table["encoder"] == enc) & (table["not_applicable"] == "")].shape[0]:
-            wide.loc[(task, "", enc), :] = f"n/a: {reason[:60]}"
-    return wide.sort_index()
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -514,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timing", action="store_true",
-                        help="run twice (a fresh cache unless --cache-dir) and print both wall times")
+                        help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
+                             "(probes refitted), with cached results; print the wall times")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     kwargs = {"tasks": _names(args.tasks), "protocols": _names(args.protocols), "splits": _names(args.splits),
@@ -527,14 +562,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.timing:
             with tempfile.TemporaryDirectory(prefix="eolab-bench-") as tmp:
                 cache = args.cache_dir or tmp
-                first = evaluate(encoder, cache_dir=cache, **kwargs)
-                second = evaluate(encoder, cache_dir=cache, output_dir=args.output, **kwargs)
-            print(f"first call:  {first.attrs['wall_time_s']:.1f} s (embeddings computed: {first.attrs['cache']['misses']}, "
-                  f"reused: {first.attrs['cache']['hits']})")
-            print(f"second call: {second.attrs['wall_time_s']:.1f} s (embeddings computed: {second.attrs['cache']['misses']}, "
-                  f"reused: {second.attrs['cache']['hits']})")
+                calls = [("first call", evaluate(encoder, cache_dir=cache, **kwargs)),
+                         ("second call, probes refitted on cached embeddings",
+                          evaluate(encoder, cache_dir=cache, reuse_results=False, **kwargs)),
+                         ("third call, cached results", evaluate(encoder, cache_dir=cache, output_dir=args.output, **kwargs))]
+            for label, t in calls:
+                c = t.attrs["cache"]
+                print(f"{label}: {t.attrs['wall_time_s']:.1f} s (embeddings computed {c['misses']}, reused {c['hits']}; "
+                      f"result sets reused {c['result_hits']})")
             print(f"torch threads: {torch.get_num_threads()}")
-            table = second
+            table = calls[-1][1]
         else:
             table = evaluate(encoder, cache_dir=args.cache_dir, output_dir=args.output, **kwargs)
     except (CheckpointError, FileNotFoundError) as exc:

@@ -35,7 +35,7 @@ def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     rec = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     cfg = PretrainConfig(**{k: v for k, v in rec["params"].items() if k in names})
-    dataset, tiles, ids, _ = _pretrain_dataset(cfg, data_root(cfg.data_root or None))
+    dataset, tiles, ids = _pretrain_dataset(cfg, data_root(cfg.data_root or None))[:3]  # (dataset, tiles, ids, ...)
     expected = rec.get("data", {}).get("patches_sha1")
     if expected and hashlib.sha1("\n".join(ids).encode()).hexdigest() != expected:
         log.warning("%s: the rebuilt pre-training patches differ from the recorded ones (data changed?)", path)

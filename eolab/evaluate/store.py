@@ -16,19 +16,31 @@ that a call whose embeddings are all cached does not read the task's images at a
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..data.paths import cache_root
 
 ENGINE = "netcdf4"
+
+
+def code_version(*modules) -> str:
+    """Short hash of the source of ``modules``: part of every cache key, so that editing the code
+    that produced a cached array or result makes it be recomputed rather than silently reused."""
+    h = hashlib.sha1()
+    for m in modules:
+        h.update(inspect.getsource(m).encode())
+    return h.hexdigest()[:10]
 
 
 def _safe(text: str) -> str:
@@ -102,10 +114,11 @@ class EmbeddingKey:
     pool: str
     block: str
     variant: str = ""
+    code: str = ""  # version of the code that computes embeddings (``code_version``)
 
     def filename(self) -> str:
         variant = f"-{hashlib.sha1(self.variant.encode()).hexdigest()[:10]}" if self.variant else ""
-        return _safe(f"{self.task}-{self.task_fingerprint}-{self.pool}-b{self.block}{variant}.nc")
+        return _safe(f"{self.task}-{self.task_fingerprint}-{self.pool}-b{self.block}{variant}-c{self.code}.nc")
 
 
 @dataclass
@@ -113,8 +126,9 @@ class EmbeddingStore:
     """The on-disk cache of embeddings and task sample tables (``<cache_root>/embeddings``)."""
 
     root: Path = field(default_factory=lambda: cache_root() / "embeddings")
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # embeddings read back
+    misses: int = 0  # embeddings computed
+    result_hits: int = 0  # result rows read back (embeddings and probes skipped)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -130,7 +144,7 @@ class EmbeddingStore:
             ds = ds.load()
         # The key is in the name; the attributes confirm it (a hash clash or a hand-copied file).
         same = (ds.attrs.get("encoder_fingerprint") == key.encoder and ds.attrs.get("task_fingerprint") == key.task_fingerprint
-                and ds.attrs.get("variant", "") == key.variant)
+                and ds.attrs.get("variant", "") == key.variant and ds.attrs.get("code_version", "") == key.code)
         return ds if same else None
 
     def get(self, key: EmbeddingKey, samples, compute, attrs: dict) -> xr.Dataset:
@@ -145,9 +159,26 @@ class EmbeddingStore:
         self.misses += 1
         ds = embeddings_dataset(compute(), samples() if callable(samples) else samples,
                                 {**attrs, "task": key.task, "task_fingerprint": key.task_fingerprint,
-                                 "pool": key.pool, "block": key.block, "variant": key.variant})
+                                 "pool": key.pool, "block": key.block, "variant": key.variant, "code_version": key.code})
         _write_atomic(ds, self.path(key))
         return ds
+
+    def rows(self, encoder: str, task: str, key: dict, compute: Callable[[], list[dict]]) -> list[dict]:
+        """Result rows of one encoder on one task for the settings in ``key`` (protocols, splits, axes,
+        protocol parameters, code version): read back, or ``compute()``-d and stored as CSV."""
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = self.root / "results" / encoder[:16] / _safe(f"{task}-{digest}.csv")
+        if path.is_file():
+            self.result_hits += 1
+            table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""], "ci_low": [""], "ci_high": [""]})
+            return table.to_dict(orient="records")
+        rows = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return rows
 
     def samples(self, task: str, task_fingerprint: str, load) -> dict:
         """A task's sample table, from the cache or from ``load()`` (the full batch, then stored)."""

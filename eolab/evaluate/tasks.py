@@ -56,6 +56,7 @@ from .protocols import spatial_blocks
 
 KINDS = ("classification", "multilabel", "regression", "segmentation")
 TASK_VERSION = 1  # bump when a loader changes what it returns, so cached embeddings are not reused
+_LOADER_CODE = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]  # and an edited loader, too
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Task:
         """Hash of the task definition and of its input files (path, size, mtime): a changed input
         gives a new key, so embeddings cached for the old one are not reused."""
         root = data_root(root)
-        h = hashlib.sha1(json.dumps([TASK_VERSION, self.name, self.kind, self.bands, self.num_dates]).encode())
+        h = hashlib.sha1(json.dumps([TASK_VERSION, _LOADER_CODE, self.name, self.kind, self.bands, self.num_dates]).encode())
         for pattern in self.files:
             for f in sorted(root.glob(pattern)):
                 if f.is_file():
@@ -221,7 +222,7 @@ def _slovenia_labels(root: Path, height: int, width: int) -> dict:
     lulc = np.asarray(_load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), "the scene"))[..., 0]
     pixels, target, classes = slovenia_pixels(lulc)
     crs, transform = _eopatch_grid(folder / "bbox.geojson", height, width)
-    xs, ys = transform * (pixels[:, 1] + 0.5, pixels[:, 0] + 0.5)  # pixel centres in the scene's CRS
+    xs, ys = transform @ (pixels[:, 1] + 0.5, pixels[:, 0] + 0.5)  # pixel centres in the scene's CRS
     lon, lat = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
     blocks = pixels // SLOVENIA_BLOCK_PX  # (N, 2) block row, block col
     _, group = np.unique(blocks, axis=0, return_inverse=True)

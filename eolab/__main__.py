@@ -6,6 +6,7 @@
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
+    python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
     python -m eolab bench [-- BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
 
 `ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
@@ -184,6 +185,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # Subcommand registry: one line per command.
+def cmd_launch(args: argparse.Namespace) -> int:
+    """One pre-training run from a parameters file, as srun starts it on every task."""
+    from eolab.launch import main
+
+    return main(args.launch_args)
+
+
 COMMANDS: dict[str, Command] = {
     "ablate": Command(
         cmd_ablate,
@@ -222,6 +230,8 @@ COMMANDS: dict[str, Command] = {
             arg("--data-root", metavar="DIR"),
         ),
     ),
+    "launch": Command(cmd_launch, "one pre-training run from a JSON/YAML parameters file (what srun starts per task)",
+                      (arg("launch_args", nargs=argparse.REMAINDER, metavar="PARAMS [--output-dir DIR]"),)),
     "bench": Command(cmd_bench, "training-step and loader throughput: eolab's MAE vs lightly's and HF's",
                      (arg("bench_args", nargs="*", metavar="-- OPTION", help="options of python -m eolab.bench"),)),
 }

@@ -118,6 +118,7 @@ class PretrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     accumulate: int = 1
+    torch_compile: bool = False
     num_workers: int = 0
     checkpoint_every: int = 200
     output_dir: str = "."
@@ -390,7 +391,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     task = _build_task(cfg, data.normalization.bands)
     # One optimiser step is `accumulate` batches of `batch_size` (history counts optimiser steps).
     flops_per_step = training_flops(task, _sample_batch(cfg, data), seed=cfg.seed) * cfg.accumulate
-    steps_per_epoch = len(data.pretrain) // cfg.batch_size
+    steps_per_epoch = math.ceil(len(data.pretrain) // cfg.batch_size / cfg.accumulate)  # optimiser steps
     # A FLOP budget makes objectives of different cost per step comparable at equal compute.
     max_steps = math.ceil(cfg.train_tflops * 1e12 / flops_per_step) if cfg.train_tflops else 0
     sampler = None
@@ -405,10 +406,13 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   accelerator=cfg.accelerator, devices=int(cfg.devices) if cfg.devices != "auto" else "auto",
                   strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
-                  checkpoint_every=cfg.checkpoint_every or 1, history_path=out / "history.csv")
+                  checkpoint_every=cfg.checkpoint_every or 1, history_path=out / "history.csv",
+                  compile=cfg.torch_compile)
     train_time = time.perf_counter() - t0
-    # Training checkpoints exist to resume a killed run; once it finished, the encoder is the product.
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    # Under srun every task runs this function; the run folder is rank 0's to write.
+    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    if rank0:  # training checkpoints exist to resume a killed run; once it finished, the encoder is the product
+        shutil.rmtree(checkpoints, ignore_errors=True)
     steps = int(history["step"].max()) if len(history) else 0
     compute = {"flops_per_step": flops_per_step, "train_steps": steps, "train_flops": flops_per_step * steps,
                "samples_seen": steps * cfg.batch_size * cfg.accumulate,
@@ -422,7 +426,9 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                                                                cfg.batch_size, cfg.seed).items()}
     encoder = task.encoder.cpu().eval()
     spec = _encoder_spec(cfg, data.normalization.bands)
-    ckpt = save_encoder(out / "encoder.pt", encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
+    ckpt = out / "encoder.pt"
+    if rank0:
+        save_encoder(ckpt, encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
     return PretrainResult(encoder, history, train_time, ckpt, compute, validation)
 
 
@@ -502,7 +508,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     metrics.update({
         "loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first),
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,
-        "train_images_per_s": float(len(h) * cfg.batch_size / run.train_time_s),
+        "train_images_per_s": float(len(h) * cfg.batch_size * cfg.accumulate / run.train_time_s),  # a row per optimiser step
         **{f"final_{name}": v[1] for name, v in health.items() if v},
         **{k: float(v) for k, v in run.compute.items()},
         **run.validation,
@@ -529,6 +535,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "normalization": data.normalization.to_dict(),
         "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                 "world_size": torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
     if data.sample is not None:

@@ -14,6 +14,8 @@ Spec format (paths are relative to the repository root, not the cwd)::
     seeds: [0, 1]                    # optional; every grid point x every seed (sets `seed`)
     resources:                       # optional; per-run SLURM request (`ablate --executor slurm`)
       {cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32, timeout_min: 120, partition: gpu}
+      # {tasks_per_node: 4, nodes: 2}: > 1 task makes each run one DDP job over srun tasks,
+      # the notebook on rank 0 (see README, "Training at scale")
 
 A spec may instead (or besides the grid) have an Optuna `study:` section; each trial is one run of
 the notebook with sampled parameters (see `eolab.runner.study`)::
@@ -76,6 +78,8 @@ RESOURCE_TYPES: dict[str, tuple[type, ...]] = {
     "mem_gb": (int, float),
     "timeout_min": (int,),
     "partition": (str,),
+    "tasks_per_node": (int,),  # > 1 task: one DDP run over srun tasks, the notebook on rank 0
+    "nodes": (int,),
 }
 """Keys of the optional `resources` section (what one run asks the scheduler for) and their types."""
 

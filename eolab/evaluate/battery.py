@@ -59,7 +59,7 @@ from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
 from .leakage import overlaps, pretraining_footprints
 from .report import headline
 from .store import EmbeddingKey, EmbeddingStore, code_version
-from .tasks import TASKS, Task, get_task
+from .tasks import SAMPLE_KEYS, TASKS, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -173,22 +173,24 @@ class TaskRun:
                 out[split] = str(exc)
         return out
 
-    @property
-    def robustness_split(self) -> str:
-        """The documented split where there is one (only its test samples are re-embedded), else random."""
-        return "official" if isinstance(self.folds["official"], list) else "random"
+    def robustness_split(self, splits: Sequence[str]) -> str | None:
+        """The split whose probe is tested with bands missing: the documented one where the task has
+        one (only its test samples are re-embedded), else the first other requested split that exists."""
+        usable = [s for s in ("official", "random", "blocked") if s in splits and isinstance(self.folds[s], list)]
+        return usable[0] if usable else None
 
     def subset(self, rows: np.ndarray) -> dict:
         """The batch restricted to samples ``rows`` (a segmentation task keeps its whole scenes)."""
-        batch, n = self.batch(), self.n
+        batch = self.batch()
         out = dict(batch)
-        for key, value in batch.items():
-            if key == "image" and self.task.kind == "segmentation":
+        for key in SAMPLE_KEYS:
+            value = batch.get(key)
+            if value is None or (key == "image" and self.task.kind == "segmentation"):
                 continue
-            if isinstance(value, np.ndarray | torch.Tensor) and len(value) == n:
-                out[key] = value[torch.as_tensor(rows)] if isinstance(value, torch.Tensor) else value[rows]
-            elif isinstance(value, list) and len(value) == n:
-                out[key] = [value[i] for i in rows]
+            if isinstance(value, torch.Tensor):
+                out[key] = value[torch.as_tensor(rows)]
+            else:
+                out[key] = value[rows] if isinstance(value, np.ndarray) else [value[i] for i in rows]
         return out
 
     def features(self, enc: BenchEncoder, plan: Plan, pool: str, block: int, block_label: str, variant: str = "",
@@ -287,7 +289,7 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
         if isinstance(folds, str):
             rows += _not_applicable(ctx, [p for p in ("linear", "knn") if p in protocols], folds, split)
             continue
-        robust = variants if split == run.robustness_split else {}
+        robust = variants if split == run.robustness_split(splits) else {}
         if "linear" in protocols or robust:
             results = P.run_probe(lambda: P.linear_model(kind, s.seed), x, y, folds, robust)
             if "linear" in protocols:
@@ -305,12 +307,12 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
             except ValueError as exc:
                 rows.append(ctx.row("few_shot", "few_shot", "", np.nan, variant=f"shots={shots}", not_applicable=str(exc)))
                 continue
-            results = P.run_probe(lambda: P.linear_model(kind, s.seed, fixed_c=0.1), x, y, folds)
+            results = P.run_probe(lambda: P.linear_model(kind, s.seed, fixed_c=P.FEW_SHOT_C), x, y, folds)
             rows += _summary_rows(ctx, "few_shot", "few_shot", y, results, variant=f"shots={shots}", over="draws")
     return rows
 
 
-def _subsample_rows(ctx: RowContext, metric: str, fn: Callable[[np.ndarray], float], n: int, settings: Settings) -> dict:
+def _subsample_row(ctx: RowContext, metric: str, fn: Callable[[np.ndarray], float], n: int, settings: Settings) -> dict:
     """A label-free statistic: mean and percentile interval over random 80 % subsamples of the samples
     (the same subsamples for every encoder; rank and neighbour statistics depend on the sample count,
     so value and interval are both taken at 80 %)."""
@@ -329,7 +331,7 @@ def _views_apply(task: Task) -> bool:
 
 def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Plan, axes, x: np.ndarray) -> list[dict]:
     s = run.settings
-    rows = [_subsample_rows(ctx, "effective_rank", lambda i: effective_rank(x[i]), len(x), s)]
+    rows = [_subsample_row(ctx, "effective_rank", lambda i: effective_rank(x[i]), len(x), s)]
     if not _views_apply(run.task):
         return rows
     transforms = AUGMENTATIONS[s.augment]
@@ -345,9 +347,9 @@ def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Pla
 
     v1, v2 = view(s.seed + 1), view(s.seed + 2)
     k = min(s.diagnostics_k, int(0.8 * len(x)) - 2)  # neighbours within an 80 % subsample
-    rows.append(_subsample_rows(ctx, "alignment", lambda i: alignment(v1[i], v2[i]), len(x), s))
-    rows.append(_subsample_rows(ctx, "uniformity", lambda i: uniformity(v1[i]), len(x), s))
-    rows.append(_subsample_rows(ctx, "knn_consistency", lambda i: knn_consistency(v1[i], v2[i], k), len(x), s))
+    rows.append(_subsample_row(ctx, "alignment", lambda i: alignment(v1[i], v2[i]), len(x), s))
+    rows.append(_subsample_row(ctx, "uniformity", lambda i: uniformity(v1[i]), len(x), s))
+    rows.append(_subsample_row(ctx, "knn_consistency", lambda i: knn_consistency(v1[i], v2[i], k), len(x), s))
     return rows
 
 
@@ -468,6 +470,27 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
     return table
 
 
+def _robustness_features(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Plan, axes, splits,
+                         rows: list[dict]) -> dict[str, np.ndarray]:
+    """Features with each applicable scenario's bands missing, for the test samples of the robustness
+    split (NaN elsewhere: only test samples are ever predicted with missing bands). Appends a
+    not-applicable row when no scenario applies."""
+    drops = _drops_for(plan, run.settings.drops)
+    split = run.robustness_split(splits)
+    if not drops or split is None:
+        reason = (f"no scenario in {sorted(run.settings.drops)} removes some but not all of the bands {enc.name} reads"
+                  if not drops else "no requested split to test robustness on")
+        rows += _not_applicable(ctx, ["robustness"], reason)
+        return {}
+    test = np.unique(np.concatenate([f.test for f in run.folds[split]]))
+    variants = {}
+    for name, bands in drops.items():
+        part = run.features(enc, plan, *axes, variant=f"drop:{','.join(bands)}:{split}", rows=test, drop=bands)
+        variants[name] = np.full((run.n, part.shape[1]), np.nan, dtype=part.dtype)
+        variants[name][test] = part
+    return variants
+
+
 def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blocks,
                   footprints: Footprints) -> list[dict]:
     plan = enc.plan(run.task)
@@ -481,19 +504,7 @@ def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blo
         ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n)
         axes = (pool, block, block_label)
         x = run.features(enc, plan, *axes)
-        variants = {}
-        if "robustness" in protocols:
-            drops = _drops_for(plan, run.settings.drops)
-            if not drops:
-                rows += _not_applicable(ctx, ["robustness"], f"no scenario in {sorted(run.settings.drops)} removes some "
-                                        f"but not all of the bands {enc.name} reads")
-            test = np.unique(np.concatenate([f.test for f in run.folds[run.robustness_split]]))
-            for dname, bands in drops.items():
-                part = run.features(enc, plan, *axes, variant=f"drop:{','.join(bands)}:{run.robustness_split}",
-                                    rows=test, drop=bands)
-                full = np.full((run.n, part.shape[1]), np.nan, dtype=part.dtype)
-                full[test] = part  # only test samples are ever predicted with missing bands
-                variants[dname] = full
+        variants = _robustness_features(run, ctx, enc, plan, axes, splits, rows) if "robustness" in protocols else {}
         rows += _probe_rows(run, ctx, x, variants, protocols, splits)
         if "diagnostics" in protocols:
             rows += _diagnostic_rows(run, ctx, enc, plan, axes, x)

@@ -94,6 +94,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 RIDGE_ALPHAS = tuple(10.0 ** np.arange(-3, 4))
 MULTILABEL_C = 0.1  # multi-label tasks here are smoke tests, too small to cross-validate C
+FEW_SHOT_C = 0.1  # as fit_linear_probe without a grid: one or a few examples per class cannot choose C
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ from ..data.timeseries import (
 from .protocols import spatial_blocks
 
 KINDS = ("classification", "multilabel", "regression", "segmentation")
+SAMPLE_KEYS = ("image", "target", "id", "lonlat", "group", "time", "doy", "is_test", "pixel")
+"""Batch entries with one item per sample (``image``: except for segmentation, whose samples are pixels)."""
 TASK_VERSION = 1  # bump when a loader changes what it returns, so cached embeddings are not reused
 _LOADER_CODE = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]  # and an edited loader, too
 

@@ -250,35 +250,16 @@ class Trainer:
         return time.perf_counter() - start
 
 
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                             **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_backward_flop_count
-
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-# torch's FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
-# F.scaled_dot_product_attention dispatches to on CPU; without these, attention would count as zero.
-CPU_SDPA_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
-}
-
-
 def step_flops(trainer: Trainer, x: Tensor) -> int:
     """FLOPs of one training step (forward + backward) as torch's FlopCounterMode counts them.
 
     The optimiser step is elementwise and counts as zero, as in the usual MFU convention."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from eolab.compute import CPU_ATTENTION_FLOPS
+
     trainer.optimizer.zero_grad(set_to_none=True)
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         with autocast(trainer.device, trainer.precision):
             loss = trainer.loss_fn(x)
         loss.backward()

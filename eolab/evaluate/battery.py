@@ -127,10 +127,12 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
     return encoders
 
 
-def _axes(enc: BenchEncoder, pools: Sequence[str], blocks: Sequence[int]) -> list[tuple[str, int, str, str]]:
-    """(pool, block, pool label, block label) combinations: pooling and depth apply to ViTs only."""
+def _axes(enc: BenchEncoder, plan: Plan, pools: Sequence[str], blocks: Sequence[int]) -> list[tuple[str, int, str, str]]:
+    """(pool, block, pool label, block label) combinations: pooling and depth apply to ViTs only, and
+    pooling not to dense (per-pixel) features."""
     if not enc.has_axes:
         return [("mean", -1, "", "")]
+    pools = ["patch"] if plan.spatial == "tiles" else pools
     return [(p, b, p, f"{b % enc.depth + 1}/{enc.depth}") for p in pools for b in blocks]
 
 
@@ -500,7 +502,7 @@ def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blo
     rows = []
     if "leakage" in protocols:
         rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n), footprints.value)
-    for pool, block, pool_label, block_label in _axes(enc, pools, blocks):
+    for pool, block, pool_label, block_label in _axes(enc, plan, pools, blocks):
         ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n)
         axes = (pool, block, block_label)
         x = run.features(enc, plan, *axes)
@@ -588,8 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with pd.option_context("display.width", 200, "display.max_colwidth", 70, "display.max_rows", 500):
-        print(headline(table))
+    with pd.option_context("display.max_colwidth", 60):
+        print(headline(table).to_string())
     return 0
 
 

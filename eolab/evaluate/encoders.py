@@ -158,7 +158,7 @@ class BenchEncoder:
             steps = choose_dates(batch, self.num_dates)
             image, doy = image[:, steps], None if doy is None else np.asarray(doy)[:, steps]
         if plan.spatial == "tiles":
-            return self._dense_features(batch, image, plan, pool, block, doy)
+            return self._dense_features(batch, image, plan, block, doy)
         return self._sample_features(image, plan, pool, block, doy)
 
     def _sample_features(self, image: Tensor, plan: Plan, pool: str, block: int, doy) -> np.ndarray:
@@ -169,15 +169,15 @@ class BenchEncoder:
         x = self._encode(image.flatten(0, 1), plan, pool, block, None, size)  # (N*T, D)
         return x.reshape(n, t, -1).mean(1)  # (N, T, D) -> (N, D); T = 1 for single images
 
-    def _dense_features(self, batch: dict, image: Tensor, plan: Plan, pool: str, block: int, doy) -> np.ndarray:
+    def _dense_features(self, batch: dict, image: Tensor, plan: Plan, block: int, doy) -> np.ndarray:
         """Per-pixel features of a segmentation task's sampled pixels: scenes tiled into windows of
-        the encoder's size, patch features upsampled bilinearly to pixels, gathered at each sample."""
+        the encoder's size, patch features upsampled bilinearly to pixels, gathered at each sample
+        (pooling does not apply: every pixel reads the patch tokens around it)."""
         s, t, c, h, w = image.shape
         win = self.img_size
         ph, pw = -h % win, -w % win
-        steps = 1 if plan.dates == "select" else t
-        scenes = image.reshape(s * t, c, h, w) if plan.dates == "select" else image.flatten(0, 1)
-        padded = F.pad(scenes, (0, pw, 0, ph), mode="reflect")  # (S*T, C, Hp, Wp)
+        steps = 1 if plan.dates == "select" else t  # a temporal encoder reads the dates together
+        padded = F.pad(image.flatten(0, 1), (0, pw, 0, ph), mode="reflect")  # (S*T, C, Hp, Wp)
         hp, wp = padded.shape[-2:]
         tiles = padded.unfold(-2, win, win).unfold(-2, win, win)  # (S*T, C, nh, nw, win, win)
         nh, nw = tiles.shape[2:4]

@@ -58,6 +58,8 @@ def spatial_gap(table: pd.DataFrame, task: str = "eurosat", protocol: str = "lin
     rows = table[(table["task"] == task) & (table["protocol"] == protocol) & (table["not_applicable"] == "")]
     out = []
     for (enc, pool, block, metric), part in rows.groupby(["encoder", "pool", "block", "metric"], sort=False):
+        if not {"random", "blocked"} <= set(part["split"]):
+            continue
         r, b = (part[part["split"] == s].iloc[0] for s in ("random", "blocked"))
         half = np.hypot((r["ci_high"] - r["ci_low"]) / 2, (b["ci_high"] - b["ci_low"]) / 2)
         gap = r["value"] - b["value"]

@@ -137,6 +137,8 @@ def test_exceeds_seed_noise_only_beyond_uniforms_seed_spread(results):
     assert np.allclose(pooled["reference_seed_spread"], 0.02)
     assert pooled.loc["kcenter", "exceeds_seed_noise"].all()  # |0.05| > 0.02
     assert not pooled.loc["stratified:source", "exceeds_seed_noise"].any()  # |-0.01| < 0.02
+    assert np.allclose(pooled["sampler_seed_spread"], 0.02)  # every sampler moves with the seed alike here
+    assert (pooled["exceeds_both_seed_spreads"] == pooled["exceeds_seed_noise"]).all()
     # Both intervals exclude 0: the folds alone would call the small difference real.
     assert pooled["interval_excludes_0"].all()
 
@@ -146,7 +148,7 @@ def test_seed_noise_flag_is_none_with_one_seed(tmp_path):
     results.table = results.table[results.table["seed"] == 0]
     out = sr.versus_uniform(results)
     assert out["reference_seed_spread"].isna().all() and out["exceeds_seed_noise"].isna().all()
-    assert out["same_sign"].isna().all()
+    assert out["same_sign"].isna().all() and out["exceeds_both_seed_spreads"].isna().all()
 
 
 def test_runs_of_an_earlier_spec_are_left_out(tmp_path, capsys):

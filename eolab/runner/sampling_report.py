@@ -183,7 +183,9 @@ def versus_uniform(results: AblationResults, reference: str = REFERENCE, encoder
     95% bootstrap interval over all paired folds, whether the interval excludes 0, whether every
     seed's difference has the pooled sign (``same_sign``; None with one seed), the seed spread of
     the reference and of the sampler, and ``exceeds_seed_noise``: |difference| > the reference's
-    seed spread (None when it has one seed). ``by_seed=True`` gives one row per seed instead.
+    seed spread (None when it has one seed). With two seeds a spread is itself a noisy estimate, so
+    ``exceeds_both_seed_spreads`` applies the stricter margin of the larger of the two spreads.
+    ``by_seed=True`` gives one row per seed instead.
 
     Unlike ``report.compare_arms`` (one reference run for every arm, a margin of twice the larger
     arm's seed sd) the reference here is uniform *at each budget*, and seeds are pooled.
@@ -214,7 +216,10 @@ def versus_uniform(results: AblationResults, reference: str = REFERENCE, encoder
                    reference_seed_spread=noise,
                    exceeds_seed_noise=bool(abs(mean) > noise) if math.isfinite(noise) else None)
         if not by_seed:
-            row["sampler_seed_spread"] = float(spreads.get((key["sampler"], key["budget"]), np.nan))
+            own = float(spreads.get((key["sampler"], key["budget"]), np.nan))
+            both = max(noise, own) if math.isfinite(noise) and math.isfinite(own) else float("nan")
+            row.update(sampler_seed_spread=own,
+                       exceeds_both_seed_spreads=bool(abs(mean) > both) if math.isfinite(both) else None)
         rows.append(row)
     return _sorted(pd.DataFrame(rows), results).round(4)
 

@@ -6,6 +6,7 @@
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
+    python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (= python -m eolab.evaluate.battery)
     python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
     python -m eolab bench [-- BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
 
@@ -185,6 +186,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # Subcommand registry: one line per command.
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """The embedding benchmark on one or more checkpoints (all tasks, protocols and baselines)."""
+    from eolab.evaluate.battery import main
+
+    return main(args.benchmark_args)
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     """One pre-training run from a parameters file, as srun starts it on every task."""
     from eolab.launch import main
@@ -230,6 +238,8 @@ COMMANDS: dict[str, Command] = {
             arg("--data-root", metavar="DIR"),
         ),
     ),
+    "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab.evaluate.battery)",
+                         (arg("benchmark_args", nargs=argparse.REMAINDER, metavar="--checkpoint PATH ..."),)),
     "launch": Command(cmd_launch, "one pre-training run from a JSON/YAML parameters file (what srun starts per task)",
                       (arg("launch_args", nargs=argparse.REMAINDER, metavar="PARAMS [--output-dir DIR]"),)),
     "bench": Command(cmd_bench, "training-step and loader throughput: eolab's MAE vs lightly's and HF's",

@@ -113,6 +113,7 @@ class PretrainConfig:
     probe_folds: int = 5
     probe_repeats: int = 5
     probe_baselines: bool = True
+    benchmark: str = ""
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -182,6 +183,8 @@ class PretrainConfig:
             ("sampling", self.sampling == "pandas_uniform" or self.n_pretrain > 0,
              "left at its default unless n_pretrain (the budget it samples) is set"),
             ("probe_folds", self.probe_folds >= 2, ">= 2"),
+            ("benchmark", all(t in _benchmark_tasks() for t in self.benchmark_list),
+             f"empty, 'all' or comma-separated task names from {list(_benchmark_tasks())}"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -204,6 +207,10 @@ class PretrainConfig:
         return tuple(_names(g) for g in self.band_groups.split("|") if _names(g))
 
     @property
+    def benchmark_list(self) -> tuple[str, ...]:
+        return tuple(_benchmark_tasks()) if self.benchmark.strip() == "all" else _names(self.benchmark)
+
+    @property
     def weight_list(self) -> tuple[float, ...]:
         return tuple(float(w) for w in _names(self.objective_weights))
 
@@ -211,6 +218,13 @@ class PretrainConfig:
     def from_namespace(cls, namespace: dict) -> PretrainConfig:
         """Build from a notebook's globals: picks exactly the config's fields."""
         return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+
+
+def _benchmark_tasks() -> dict:
+    """The benchmark's task registry, imported only when a run names tasks."""
+    from .evaluate.tasks import TASKS
+
+    return TASKS
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -270,6 +284,13 @@ def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.Data
     ids = [dataset[i]["id"] for i in range(len(dataset))]
     sources = [cfg.dataset] * len(dataset)
     return dataset, None, ids, sources, None
+
+
+def pretraining_samples(cfg: PretrainConfig) -> tuple[Dataset, pd.DataFrame | None, list[str]]:
+    """The pre-training samples a run with ``cfg`` draws: (dataset, tile index or None, ids). What a
+    leakage check compares evaluation samples with, rebuilt from a record's parameters."""
+    dataset, tiles, ids, _, _ = _pretrain_dataset(cfg, data_root(cfg.data_root or None))
+    return dataset, tiles, ids
 
 
 def prepare_data(cfg: PretrainConfig) -> PreparedData:
@@ -474,6 +495,24 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Ev
     return Evaluation(pd.DataFrame(rows), diagnostics)
 
 
+def benchmark(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> pd.DataFrame | None:
+    """The embedding benchmark (``eolab.evaluate.battery``) on the tasks ``cfg.benchmark`` names, for
+    the encoder this run saved, next to its random-init twin and band statistics; None when no task
+    is named. Writes ``benchmark.csv`` and ``benchmark.json`` into the run folder, so a sweep's every
+    run can end with the same battery."""
+    if not cfg.benchmark_list:
+        return None
+    from .evaluate.battery import evaluate as run_battery
+
+    footprints = None  # for the leakage check: where (and when) the pre-training windows lie
+    if data.tiles is not None:
+        footprints = pd.DataFrame({"lon": data.tiles["lon"], "lat": data.tiles["lat"], "dates": data.tiles["time"].astype(str),
+                                   "size_m": cfg.img_size * 10.0, "id": data.tiles["id"]})  # scenes are on a 10 m grid
+    return run_battery(run.checkpoint, tasks=cfg.benchmark_list, data_root=cfg.data_root or None,
+                       output_dir=cfg.output_dir, name="pretrained",
+                       pretraining={"pretrained": footprints} if footprints is not None else None)
+
+
 def _cost(cfg: PretrainConfig, run: PretrainResult) -> dict[str, float]:
     """CPU hours of this process so far (training, evaluation, everything in the kernel) and GPU
     hours of training (devices x training time; 0 on a CPU run)."""
@@ -534,6 +573,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "data": data.manifest,
         "normalization": data.normalization.to_dict(),
         "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
+        "benchmark": "benchmark.csv" if cfg.benchmark_list else None,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "world_size": torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},

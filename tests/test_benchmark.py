@@ -245,3 +245,12 @@ def test_real_task_loads_its_declared_shapes(loaded, name):
     assert torch.isfinite(image).all()
     if task.kind in P.CLASSIFICATION:
         assert batch["target"].min() == 0 and len(batch["classes"]) == batch["target"].max() + 1
+
+
+def test_pretraining_run_names_benchmark_tasks_that_exist():
+    from eolab.experiment import PretrainConfig
+
+    assert PretrainConfig(benchmark="all").benchmark_list == tuple(TASKS)
+    assert PretrainConfig(benchmark="eurosat, presto_algae").benchmark_list == ("eurosat", "presto_algae")
+    with pytest.raises(ValueError, match="parameter 'benchmark'.*eurosat"):
+        PretrainConfig(benchmark="eurosat,eurosatt")

@@ -97,3 +97,29 @@ def test_multimodal_and_time_series_runs_end_to_end(tmp_path, params):
     else:  # a time-series encoder cannot read single-date EuroSAT: said, not faked
         assert "not applicable" in record["evaluation"]["not_applicable"]
         assert not any(k.endswith("_acc_mean") for k in record["metrics"])
+
+
+def test_scene_run_with_sampler_held_out_loss_and_benchmark(tmp_path):
+    """The pieces the scaling, sampling and benchmark studies add to one run, through the entry point."""
+    import json
+
+    import eolab.experiment as ex
+
+    cfg = ex.PretrainConfig(**TINY, sources="major_tom,ssl4eo", val_sources="hydro", n_pretrain=128,
+                            sampling="kcenter", probe_baselines=False, knn_every=0,
+                            benchmark="eurosat,era5_next_day_t2m", output_dir=str(tmp_path))
+    data = ex.prepare_data(cfg)
+    run = ex.pretrain(cfg, data)
+    table = ex.benchmark(cfg, data, run)
+    record = ex.write_record(cfg, data, run, ex.evaluate(cfg, data, run))
+    metrics = record["metrics"]
+    assert metrics["val_loss"] > 0 and "sample_vendi_cos" in metrics  # held-out loss, sample representativeness
+    assert metrics["flops_per_step"] == pytest.approx(metrics["analytic_flops_per_step"], rel=0.05)
+    assert set(record["folds"][0]) >= {"encoder", "accuracy"} and {f["encoder"] for f in record["folds"]} == {"pretrained"}
+    sample = json.loads((tmp_path / ex.SAMPLE_FILE).read_text())
+    assert len(sample["ids"]) == 128 and sample["ids_sha1"] == record["data"]["patches_sha1"]
+    assert record["benchmark"] == "benchmark.csv" and (tmp_path / "benchmark.csv").exists()
+    era5 = table[table["task"] == "era5_next_day_t2m"]
+    pretrained = era5[era5["encoder"] == "pretrained"]
+    assert len(pretrained) and pretrained["not_applicable"].str.contains("lacks bands").all()  # said, not faked
+    assert (table[(table["task"] == "eurosat") & (table["encoder"] == "pretrained")]["value"].notna()).any()

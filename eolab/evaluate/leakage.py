@@ -27,15 +27,14 @@ log = logging.getLogger(__name__)
 def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     """Footprints (lon, lat, dates, size_m, id) of the pre-training samples of an eolab run, from
     its ``record.json`` (or the run folder holding it)."""
-    from ..data.paths import data_root
-    from ..experiment import PretrainConfig, _pretrain_dataset
+    from ..experiment import PretrainConfig, pretraining_samples
 
     path = Path(record)
     path = path / "record.json" if path.is_dir() else path
     rec = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     cfg = PretrainConfig(**{k: v for k, v in rec["params"].items() if k in names})
-    dataset, tiles, ids = _pretrain_dataset(cfg, data_root(cfg.data_root or None))[:3]  # (dataset, tiles, ids, ...)
+    dataset, tiles, ids = pretraining_samples(cfg)
     expected = rec.get("data", {}).get("patches_sha1")
     if expected and hashlib.sha1("\n".join(ids).encode()).hexdigest() != expected:
         log.warning("%s: the rebuilt pre-training patches differ from the recorded ones (data changed?)", path)

@@ -8,7 +8,7 @@
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
     python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (= python -m eolab.evaluate.battery)
     python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
-    python -m eolab bench [-- BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
+    python -m eolab bench [BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
 
 `ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
 killed by the OOM killer (or SIGKILL) is recorded as failed and the others go on; the default 1
@@ -185,7 +185,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
-# Subcommand registry: one line per command.
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """The embedding benchmark on one or more checkpoints (all tasks, protocols and baselines)."""
     from eolab.evaluate.battery import main
@@ -200,6 +199,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return main(args.launch_args)
 
 
+# Subcommand registry: one line per command.
 COMMANDS: dict[str, Command] = {
     "ablate": Command(
         cmd_ablate,
@@ -239,9 +239,9 @@ COMMANDS: dict[str, Command] = {
         ),
     ),
     "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab.evaluate.battery)",
-                         (arg("benchmark_args", nargs=argparse.REMAINDER, metavar="--checkpoint PATH ..."),)),
+                         (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of python -m eolab.evaluate.battery"),)),
     "launch": Command(cmd_launch, "one pre-training run from a JSON/YAML parameters file (what srun starts per task)",
-                      (arg("launch_args", nargs=argparse.REMAINDER, metavar="PARAMS [--output-dir DIR]"),)),
+                      (arg("launch_args", nargs="*", metavar="OPTION", help="PARAMS [--output-dir DIR], as python -m eolab.launch"),)),
     "bench": Command(cmd_bench, "training-step and loader throughput: eolab's MAE vs lightly's and HF's",
                      (arg("bench_args", nargs="*", metavar="-- OPTION", help="options of python -m eolab.bench"),)),
 }
@@ -258,11 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FORWARDING = ("bench", "benchmark", "launch")
+"""Commands whose arguments are another module's command line (`--` before them is optional)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
     from eolab.runner.execute import ExecutorError, KernelError
     from eolab.runner.spec import SpecError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
+        argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].handler(args)

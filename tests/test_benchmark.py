@@ -254,3 +254,12 @@ def test_pretraining_run_names_benchmark_tasks_that_exist():
     assert PretrainConfig(benchmark="eurosat, presto_algae").benchmark_list == ("eurosat", "presto_algae")
     with pytest.raises(ValueError, match="parameter 'benchmark'.*eurosat"):
         PretrainConfig(benchmark="eurosat,eurosatt")
+
+
+def test_command_line_names_a_corrupt_checkpoint(tmp_path, capsys):
+    from eolab.__main__ import main
+
+    bad = tmp_path / "encoder.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["benchmark", "--checkpoint", str(bad), "--tasks", "eurosat"]) == 2  # no `--` needed
+    assert str(bad) in capsys.readouterr().err

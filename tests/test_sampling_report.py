@@ -254,3 +254,22 @@ def test_summary_notebook_runs_on_fake_results(tmp_path):
     table = pd.read_csv(tmp_path / "sampling" / sr.SUMMARY_CSV)
     versus = pd.read_csv(tmp_path / "sampling" / sr.VERSUS_CSV)
     assert len(table) == 6 and len(versus) == 4
+
+
+def test_benchmark_of_the_runs_encoders_by_sampler(results):
+    assert sr.benchmark_by_sampler(results).empty  # not benchmarked: nothing to show
+    runs = sr.run_metrics(results)
+    rows = []
+    for r in runs.itertuples():
+        for split, value in (("random", 0.7 + 0.01 * r.seed), ("blocked", 0.6)):
+            rows.append({"task": "eurosat", "encoder": r.run_id, "protocol": "linear", "split": split, "variant": "",
+                         "metric": "accuracy", "value": value, "ci_low": value - 0.05, "ci_high": value + 0.05})
+            rows.append({**rows[-1], "metric": "balanced_accuracy"})  # not the headline metric: left out
+    path = results.results_dir / sr.BENCHMARK_TABLE
+    path.parent.mkdir()
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = sr.benchmark_by_sampler(results)
+    cells = runs.groupby(["sampler", "budget"]).ngroups
+    assert len(table) == 2 * cells and set(table["metric"]) == {"accuracy"}
+    random = table[table["split"] == "random"]
+    assert np.allclose(random["value"], 0.705) and np.allclose(random["seed_spread"], 0.01)  # mean and spread of seeds 0, 1

@@ -152,6 +152,30 @@ def sampling_table(results: AblationResults, encoder: str = ENCODER) -> pd.DataF
     return _sorted(frame, results).round(4)
 
 
+BENCHMARK_TABLE = Path("benchmark") / "benchmark.csv"
+"""Where the sampling study keeps the embedding benchmark of its runs' encoders (written by
+``python -m eolab benchmark --checkpoint <run>/encoder.pt ... --output <results>/benchmark``)."""
+
+
+def benchmark_by_sampler(results: AblationResults, protocol: str = "linear") -> pd.DataFrame:
+    """Each benchmark task's headline metric per (sampler, budget, split): mean over the seeds' runs,
+    the seed spread, and the mean of each run's own interval bounds. Empty when the study's
+    encoders were not benchmarked. Encoders are matched to runs by name (the run folder)."""
+    path = Path(results.results_dir) / BENCHMARK_TABLE
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    rows = table[(table["protocol"] == protocol) & table["value"].notna() & (table["variant"].fillna("") == "")]
+    headline = rows.groupby("task", sort=False)["metric"].first()  # accuracy, micro_f1 or r2: the first a task names
+    rows = rows[rows["metric"] == rows["task"].map(headline)]
+    runs = run_metrics(results)[["run_id", "sampler", "budget", "seed"]]
+    rows = rows.merge(runs, left_on="encoder", right_on="run_id", how="inner")
+    out = rows.groupby(["task", "metric", "split", "sampler", "budget"], sort=False).agg(
+        value=("value", "mean"), seed_spread=("value", seed_spread), ci_low=("ci_low", "mean"),
+        ci_high=("ci_high", "mean"), n_seeds=("seed", "nunique")).reset_index()
+    return out.round(4)
+
+
 def paired_differences(results: AblationResults, reference: str = REFERENCE, encoder: str = ENCODER) -> pd.DataFrame:
     """Per fold: accuracy of each sampler minus that of ``reference`` at the same budget and seed.
 

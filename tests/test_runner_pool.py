@@ -19,7 +19,7 @@ import pandas as pd
 
 from eolab.__main__ import main
 from eolab.runner import load_spec, rebuild_table, run_ablation
-from eolab.runner.claim import CLAIM_NAME, try_claim
+from eolab.runner.claim import CLAIM_NAME, process_alive, try_claim
 from eolab.runner.spec import REPO_ROOT
 from eolab.runner.store import RunStore, write_json_atomic
 from tests.test_runner import write_notebook, write_spec
@@ -228,3 +228,16 @@ def test_workers_share_the_cores_unless_threads_are_set(monkeypatch):
     assert worker_environment(4, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert worker_environment(2, cores=8)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
+
+
+def test_process_alive_treats_a_zombie_as_gone():
+    # A child that exited but is not reaped yet is a zombie: its pid exists, yet it runs nothing, so a
+    # claim or a trial it held must count as abandoned.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert process_alive(os.getpid())
+    deadline = time.monotonic() + 10
+    while process_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(child.pid)  # exited, not yet reaped
+    child.wait()
+    assert not process_alive(child.pid)  # reaped: the pid no longer exists

@@ -69,7 +69,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from eolab.runner.claim import CLAIM_NAME, try_claim
+from eolab.runner.claim import CLAIM_NAME, process_alive, try_claim
 from eolab.runner.execute import (
     LocalExecutor,
     Progress,
@@ -367,29 +367,14 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie has exited: it only waits for its parent to reap it
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        text = stat.read_text()
-        return text[text.rindex(")") + 2] != "Z"
-    return True
-
-
 def wait_gone(pids: Sequence[int], timeout_s: float) -> tuple[bool, float]:
     """Wait until none of `pids` is alive; (all gone, seconds waited)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if not any(alive(p) for p in pids):
+        if not any(process_alive(p) for p in pids):
             return True, time.monotonic() - started
         time.sleep(0.2)
-    return not any(alive(p) for p in pids), time.monotonic() - started
+    return not any(process_alive(p) for p in pids), time.monotonic() - started
 
 
 def code_cell_states(nb: dict[str, Any] | None) -> list[str | None]:

@@ -9,6 +9,7 @@ deletes it by hand (`rm results/<name>/runs/<run_id>/claim`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -79,17 +80,24 @@ def _read_owner(path: Path) -> dict[str, Any] | None:
     return {"hostname": owner["hostname"], "pid": owner["pid"]}
 
 
-def _is_stale(owner: dict[str, Any]) -> bool:
-    """Stale means: claimed on this host by a pid that no longer exists."""
-    if owner["hostname"] != socket.gethostname():
-        return False
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs: it exists (another user's counts) and is not
+    a zombie, which has exited and only waits for its parent to reap it."""
     try:
-        os.kill(owner["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
         return False
-    return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    with contextlib.suppress(OSError):  # no /proc (not Linux): existing is all we can tell
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2] != "Z"  # the state follows the parenthesised command name
+    return True
+
+
+def _is_stale(owner: dict[str, Any]) -> bool:
+    """Stale means: claimed on this host by a pid that no longer runs."""
+    return owner["hostname"] == socket.gethostname() and not process_alive(owner["pid"])
 
 
 def _remove_stale(path: Path, owner: dict[str, Any]) -> bool:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eolab.runner.claim import CLAIM_NAME, claim_holder
+from eolab.runner.claim import CLAIM_NAME, claim_holder, process_alive
 from eolab.runner.execute import (
     DEFAULT_RESULTS_ROOT,
     SKIPPED,
@@ -450,23 +450,13 @@ def fail_stale_trials(study: optuna.Study, store: RunStore, trials: list[Any] | 
 
 def _stale_reason(trial: optuna.trial.FrozenTrial) -> str | None:
     owner = trial.user_attrs.get(ATTR_OWNER) or {}
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not process_alive(owner["pid"]):
         return f"pid {owner['pid']} on {owner['host']} no longer exists"
     start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
     beat = trial.user_attrs.get(ATTR_HEARTBEAT, start)
     if time.time() - float(beat) > STALE_AFTER_S:
         return f"no heartbeat for {time.time() - float(beat):.0f} s"
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fail_trial(study: optuna.Study, store: RunStore, trial: optuna.trial.FrozenTrial, reason: str) -> int:

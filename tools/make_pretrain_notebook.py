@@ -10,8 +10,10 @@ params = code('''\
 data_root: str = ""                      # empty: $EOLAB_DATA, else ../shared/data beside the repository
 dataset: str = "scenes"                  # scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series
 sources: str = "major_tom,hydro,ssl4eo"  # scenes only: unlabelled Sentinel-2 scenes to pre-train on (comma-separated)
+val_sources: str = ""                    # scenes only: scenes held out for the proxy task's validation loss (empty: none)
 bands: str = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"  # input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)
 n_pretrain: int = 0                      # scenes only: number of pre-training patches drawn (0 means all)
+sampling: str = "pandas_uniform"         # scenes with n_pretrain: which patches (uniform | geo_grid | stratified:source | kcenter | kmeans | clear | mixes like 0.5*uniform+0.5*kcenter)
 tile_stride: int = 32                    # stride (pixels) of the window grid over scenes and series
 img_size: int = 64                       # window size in pixels
 num_dates: int = 4                       # time-series datasets: dates per sample
@@ -46,6 +48,7 @@ devices: str = "auto"                    # Lightning devices per node: auto or a
 strategy: str = "auto"                   # Lightning strategy: auto | ddp_notebook (several GPUs from a notebook) | ddp | fsdp
 precision: str = "32-true"               # Lightning precision: 32-true | bf16-mixed | 16-mixed
 accumulate: int = 1                      # gradient accumulation (batches per optimiser step)
+torch_compile: bool = False              # compile the transformer blocks with torch.compile (inductor; on CPU needs g++)
 num_workers: int = 0                     # data-loader worker processes
 checkpoint_every: int = 200              # steps between training checkpoints for resuming a killed run (0 means none)
 # --- evaluation ---------------------------------------------------------------------------
@@ -53,6 +56,8 @@ knn_every: int = 100                     # steps between in-loop EuroSAT k-NN pr
 pool: str = "mean_std"                   # embedding: mean | cls | mean_std (mean and spatial std of patch tokens)
 probe_folds: int = 5                     # stratified folds of the linear probe
 probe_repeats: int = 5                   # repeats of the k-fold split (folds x repeats scores)
+probe_baselines: bool = True             # also probe a random-init encoder and band statistics
+benchmark: str = ""                      # embedding benchmark tasks after the probe: "" (none), all, or names (eurosat,slovenia_landcover,...)
 # --- output -------------------------------------------------------------------------------
 output_dir: str = "../results/scratch"   # run folder: record.json, history.csv, encoder.pt''')
 params.metadata["tags"] = ["parameters"]
@@ -81,6 +86,13 @@ nb.cells = [
        "The record also carries label-free diagnostics of each feature set (effective rank, "
        "embedding spread, a collapse flag)."),
     code("evaluation = ex.evaluate(cfg, data, run)\nevaluation.not_applicable or ex.summarize(evaluation.scores)"),
+    md("## Embedding benchmark\n"
+       "With `benchmark` set, the saved encoder, its random-init twin and band statistics go through the "
+       "benchmark's tasks (linear probe, k-NN, few-shot, random and spatially blocked splits, label-free "
+       "diagnostics, leakage); the table is written to `benchmark.csv` in the run folder."),
+    code("from eolab.evaluate.report import headline\n\n"
+         "benchmark_table = ex.benchmark(cfg, data, run)  # None unless `benchmark` names tasks\n"
+         "None if benchmark_table is None else headline(benchmark_table)"),
     code("record = ex.write_record(cfg, data, run, evaluation, started)\n"
          "{k: round(v, 4) for k, v in record['metrics'].items()}"),
 ]

@@ -44,8 +44,10 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from .. import intervals as _intervals
 from ..checkpoint import CheckpointError
 from ..data.paths import data_root as resolve_data_root
+from ..intervals import bootstrap_ci
 from ..models import tokenizers as _tokenizers
 from ..models import vit as _vit
 from ..tasks.augment import AUGMENTATIONS
@@ -71,7 +73,7 @@ DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", 
 not all, of its bands)."""
 EMBED_VERSION = code_version(_encoders, _probe, _vit, _tokenizers)
 """Part of every cached embedding's key: editing the adapters or the model code recomputes them."""
-CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _probe)
+CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _probe, _intervals)
 """Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
 COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
            "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke")
@@ -222,17 +224,6 @@ class TaskRun:
 # Rows
 
 
-def _ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (as ``eolab.runner.report.bootstrap_ci``,
-    which this module does not import: it would load the runner and its plotting stack)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    means = values[np.random.default_rng(seed).integers(0, len(values), (n_boot, len(values)))].mean(1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
-
-
 @dataclass
 class RowContext:
     task: Task
@@ -265,7 +256,7 @@ def _summary_rows(ctx: RowContext, protocol: str, split: str, y: np.ndarray, res
     pooled = kind == "multilabel"  # folds of a handful of samples: metrics over pooled out-of-fold predictions
     per_fold = P.fold_metrics(kind, y, results, variant_key, pooled)
     method = f"bootstrap over {'repeats (pooled folds)' if pooled else over}"
-    return [ctx.row(protocol, split, m, np.nanmean(v := [f[m] for f in per_fold]), _ci(v), method, len(v), variant)
+    return [ctx.row(protocol, split, m, np.nanmean(v := [f[m] for f in per_fold]), bootstrap_ci(v), method, len(v), variant)
             for m in P.METRICS[kind]]
 
 

@@ -19,6 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from eolab.history import LOSS_WINDOW, ends
+from eolab.intervals import bootstrap_ci
 from eolab.runner.store import (
     HISTORY_NAME,
     RUNS_DIRNAME,
@@ -248,21 +249,6 @@ def paired_gains(results: AblationResults, reference: str = "pretrained") -> pd.
                 "fold_sd": wide[reference].std(), "beats": bool(diff.mean() > wide[reference].std()),
             })
     return pd.DataFrame(rows).round(4)
-
-
-def bootstrap_ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement).
-
-    Over cross-validation folds the interval is optimistic: repeated k-fold folds share training
-    data and are not independent draws, so read it together with the fold and seed spreads.
-    """
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
 def compare_arms(results: AblationResults, encoder: str = "pretrained", reference: str | None = None) -> pd.DataFrame:

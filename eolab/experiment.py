@@ -411,7 +411,10 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     torch.manual_seed(cfg.seed)
     task = _build_task(cfg, data.normalization.bands)
     # One optimiser step is `accumulate` batches of `batch_size` (history counts optimiser steps).
-    flops_per_step = training_flops(task, _sample_batch(cfg, data), seed=cfg.seed) * cfg.accumulate
+    batch = _sample_batch(cfg, data)
+    flops_per_step = training_flops(task, batch, seed=cfg.seed) * cfg.accumulate
+    # the analytic rule (6 x parameters x tokens + attention) beside the count: a check a reader can redo
+    analytic_flops_per_step = analytic_training_flops(task, batch, seed=cfg.seed) * cfg.accumulate
     steps_per_epoch = math.ceil(len(data.pretrain) // cfg.batch_size / cfg.accumulate)  # optimiser steps
     # A FLOP budget makes objectives of different cost per step comparable at equal compute.
     max_steps = math.ceil(cfg.train_tflops * 1e12 / flops_per_step) if cfg.train_tflops else 0
@@ -438,9 +441,8 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     compute = {"flops_per_step": flops_per_step, "train_steps": steps, "train_flops": flops_per_step * steps,
                "samples_seen": steps * cfg.batch_size * cfg.accumulate,
                "steps_per_epoch": steps_per_epoch, "encoder_params": parameter_count(task.encoder),
-               "task_params": parameter_count(task), **non_embedding_params(task)}
-    # analytic rule (6 x parameters x tokens + attention) next to the count: a check a reader can redo
-    compute["analytic_flops_per_step"] = analytic_training_flops(task, _sample_batch(cfg, data), seed=cfg.seed) * cfg.accumulate
+               "task_params": parameter_count(task), **non_embedding_params(task),
+               "analytic_flops_per_step": analytic_flops_per_step}
     validation = {}
     if data.validation is not None:
         validation = {f"val_{k}": v for k, v in held_out_loss(task, data.validation, data.normalization,
@@ -479,10 +481,10 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Ev
         return Evaluation(empty, {}, f"EuroSAT probe not applicable: EuroSAT lacks bands {missing} "
                                      "and they do not form whole token groups that could be left out")
     labels = data.eurosat["label"].numpy()
-    torch.manual_seed(cfg.seed)  # the random-init encoder is the same draw for a given seed
-    random_encoder = _build_task(cfg, bands).encoder.eval()
     features = {"pretrained": embed(run.encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT")}
     if cfg.probe_baselines:  # the same for every run of one architecture: a sweep may compute them once
+        torch.manual_seed(cfg.seed)  # the random-init encoder is the same draw for a given seed
+        random_encoder = _build_task(cfg, bands).encoder.eval()
         features["random_init"] = embed(random_encoder, data.normalization, data.eurosat, cfg.pool, where="EuroSAT")
         features["band_stats"] = band_stats_features(data.eurosat, eval_bands)
     rows, diagnostics = [], {}
@@ -503,11 +505,10 @@ def benchmark(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> p
     if not cfg.benchmark_list:
         return None
     from .evaluate.battery import evaluate as run_battery
+    from .evaluate.leakage import tile_footprints
 
-    footprints = None  # for the leakage check: where (and when) the pre-training windows lie
-    if data.tiles is not None:
-        footprints = pd.DataFrame({"lon": data.tiles["lon"], "lat": data.tiles["lat"], "dates": data.tiles["time"].astype(str),
-                                   "size_m": cfg.img_size * 10.0, "id": data.tiles["id"]})  # scenes are on a 10 m grid
+    # for the leakage check: where (and when) the pre-training windows lie
+    footprints = tile_footprints(data.tiles, cfg.img_size) if data.tiles is not None else None
     return run_battery(run.checkpoint, tasks=cfg.benchmark_list, data_root=cfg.data_root or None,
                        output_dir=cfg.output_dir, name="pretrained",
                        pretraining={"pretrained": footprints} if footprints is not None else None)

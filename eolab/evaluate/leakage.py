@@ -24,6 +24,13 @@ EARTH_RADIUS_M = 6_371_008.8
 log = logging.getLogger(__name__)
 
 
+def tile_footprints(tiles: pd.DataFrame, img_size: int) -> pd.DataFrame:
+    """Footprints (lon, lat, dates, size_m, id) of scene windows (``SceneCache.tiles`` rows) of
+    ``img_size`` pixels; every scene source is on a 10 m grid."""
+    return pd.DataFrame({"lon": tiles["lon"], "lat": tiles["lat"], "dates": tiles["time"].astype(str),
+                         "size_m": img_size * 10.0, "id": tiles["id"]})
+
+
 def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     """Footprints (lon, lat, dates, size_m, id) of the pre-training samples of an eolab run, from
     its ``record.json`` (or the run folder holding it)."""
@@ -38,10 +45,9 @@ def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     expected = rec.get("data", {}).get("patches_sha1")
     if expected and hashlib.sha1("\n".join(ids).encode()).hexdigest() != expected:
         log.warning("%s: the rebuilt pre-training patches differ from the recorded ones (data changed?)", path)
-    size_m = cfg.img_size * 10.0  # every pre-training source is on a 10 m grid
     if tiles is not None:
-        return pd.DataFrame({"lon": tiles["lon"], "lat": tiles["lat"], "dates": tiles["time"].astype(str),
-                             "size_m": size_m, "id": tiles["id"]})
+        return tile_footprints(tiles, cfg.img_size)
+    size_m = cfg.img_size * 10.0  # every pre-training source is on a 10 m grid
     dates = []
     for i in range(len(dataset)):  # series and pairs: the dates each window was drawn with
         item = dataset[i]

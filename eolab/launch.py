@@ -118,9 +118,7 @@ def worker_main(parameters: dict[str, Any], notebook: str | Path | None = None) 
     params = dict(parameters)
     if notebook is not None:
         params = {**notebook_defaults(notebook), **params}
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    cfg = PretrainConfig(**{k: v for k, v in params.items() if k in fields})
-    run(cfg)
+    run(PretrainConfig.from_namespace(params))
 
 
 def notebook_defaults(notebook: str | Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ shares an acquisition date. The pre-training footprints of an eolab run are rebu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -39,8 +38,7 @@ def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     path = Path(record)
     path = path / "record.json" if path.is_dir() else path
     rec = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    cfg = PretrainConfig(**{k: v for k, v in rec["params"].items() if k in names})
+    cfg = PretrainConfig.from_namespace(rec["params"])
     dataset, tiles, ids = pretraining_samples(cfg)
     expected = rec.get("data", {}).get("patches_sha1")
     if expected and hashlib.sha1("\n".join(ids).encode()).hexdigest() != expected:

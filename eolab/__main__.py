@@ -6,9 +6,8 @@
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
-    python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (= python -m eolab.evaluate.battery)
+    python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (the embedding benchmark)
     python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
-    python -m eolab bench [BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
 
 `ablate --workers N` runs up to N notebooks at once, each in its own child process, so a run
 killed by the OOM killer (or SIGKILL) is recorded as failed and the others go on; the default 1
@@ -19,6 +18,10 @@ from the spec's `resources:` section) and waits for them; the results folder mus
 system the compute nodes share.
 A spec with a `study:` section runs an Optuna study instead (eolab.runner.study): --workers N
 study workers (local processes, or SLURM jobs with --executor slurm) share its trials.
+
+Benchmarks of eolab itself (throughput, runner overhead, samplers) are programs of the repository,
+not of the library: `python -m benchmarks.throughput`, `python -m benchmarks.runner_overhead`,
+`python -m benchmarks.sampling`, run from the repository root.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
@@ -177,17 +180,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Pre-training throughput benchmark; its options live in eolab.bench (passed after `--`), so
-    that `python -m eolab` itself does not import torch to build its parser."""
-    from eolab.bench import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """The embedding benchmark on one or more checkpoints (all tasks, protocols and baselines)."""
-    from eolab.evaluate.battery import main
+    from eolab.cli.benchmark import main
 
     return main(args.benchmark_args)
 
@@ -238,12 +233,10 @@ COMMANDS: dict[str, Command] = {
             arg("--data-root", metavar="DIR"),
         ),
     ),
-    "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab.evaluate.battery)",
-                         (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of python -m eolab.evaluate.battery"),)),
+    "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab benchmark)",
+                         (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of python -m eolab benchmark"),)),
     "launch": Command(cmd_launch, "one pre-training run from a JSON/YAML parameters file (what srun starts per task)",
                       (arg("launch_args", nargs="*", metavar="OPTION", help="PARAMS [--output-dir DIR], as python -m eolab.launch"),)),
-    "bench": Command(cmd_bench, "training-step and loader throughput: eolab's MAE vs lightly's and HF's",
-                     (arg("bench_args", nargs="*", metavar="-- OPTION", help="options of python -m eolab.bench"),)),
 }
 
 
@@ -258,13 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FORWARDING = ("bench", "benchmark", "launch")
+FORWARDING = ("benchmark", "launch")
 """Commands whose arguments are another module's command line (`--` before them is optional)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
-    from eolab.runner.execute import ExecutorError, KernelError
+    from eolab.runner.execute import ExecutorError
+    from eolab.runner.notebook import KernelError
     from eolab.runner.spec import SpecError
 
     argv = list(sys.argv[1:] if argv is None else argv)

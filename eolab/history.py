@@ -1,5 +1,6 @@
 """Summaries of a training history (one row per step), shared by run records and summary notebooks,
-so "the loss fell" means the same thing in a record.json and in a rendered summary."""
+so "the loss fell" means the same thing in a record.json and in a rendered summary. Plotting a
+history is report code: ``eolab.reports.history``."""
 
 from __future__ import annotations
 
@@ -29,19 +30,3 @@ def ends(history: pd.DataFrame, column: str = "loss", window: float = LOSS_WINDO
 
 HEALTH = ("embedding_std", "effective_rank", "knn_accuracy")
 """Health columns of a history, logged every few steps (NaN in between)."""
-
-
-def plot_history(history: pd.DataFrame, title: str = ""):
-    """Loss (log scale) and, where logged, the health columns against the step: one row of panels."""
-    import matplotlib.pyplot as plt
-
-    panels = ["loss"] + [c for c in HEALTH if c in history and history[c].notna().any()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
-    for ax, column in zip(axes[0], panels, strict=True):
-        values = history[["step", column]].dropna()
-        ax.plot(values["step"], values[column], marker="." if column != "loss" else None)
-        ax.set(xlabel="step", title=column, yscale="log" if column == "loss" else "linear")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig

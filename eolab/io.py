@@ -1,10 +1,14 @@
-"""Atomic file writes: readers (and a resumed batch) never see half a file from a killed writer."""
+"""Atomic file writes (readers, and a resumed batch, never see half a file from a killed writer) and
+the exclusive lock that serialises writers sharing a folder."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +40,37 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Atomic JSON write (see write_text_atomic)."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing); the kernel releases it if we die,
+    so a killed process never leaves a lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) environment variables for the duration (child processes and
+    kernels inherit them), then restore each to what it was, unset ones unset again."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        _apply(values)
+        yield
+    finally:
+        _apply(saved)
+
+
+def _apply(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

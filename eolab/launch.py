@@ -3,13 +3,14 @@
     srun --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 python -m eolab.launch params.yaml --output-dir runs/x
     python -m eolab.launch params.json --output-dir runs/x      # one process (or Lightning's own DDP launch)
 
-``params`` is a JSON or YAML mapping of ``eolab.experiment.PretrainConfig`` fields (the pretrain
-notebook's parameters); ``--output-dir`` overrides its ``output_dir``. Every task runs
-``prepare_data`` and ``pretrain``; Lightning's SLURM environment reads SLURM_NTASKS, SLURM_PROCID,
+``params`` is a JSON or YAML mapping of ``eolab.config.PretrainConfig`` fields (the pretrain
+notebook's parameters); ``--output-dir`` overrides its ``output_dir``. The run executes the steps
+of ``eolab.pipeline.STEPS``, the same ones as the notebook: every task runs the training steps
+(``prepare``, ``pretrain``); Lightning's SLURM environment reads SLURM_NTASKS, SLURM_PROCID,
 SLURM_LOCALID and SLURM_NNODES, so the tasks join one DDP process group (``eolab.train.fit`` turns
 ``devices="auto"`` into the tasks per node, ``strategy="auto"`` into "ddp" and sets the node
-count). Only global rank 0 evaluates and writes outputs (``record.json``, ``history.csv``,
-``encoder.pt``, in the same format as a notebook run); the other ranks train in a scratch folder
+count). Only global rank 0 runs the rest (evaluation, embedding benchmark, record) and writes outputs
+(``record.json``, ``history.csv``, ``encoder.pt``, the same files as a notebook run); the other ranks train in a scratch folder
 inside the run folder, which they remove when done.
 
 ``worker_main`` is the other ranks' half of a notebook run under SLURM with several tasks
@@ -25,12 +26,12 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eolab.experiment import PretrainConfig
+from eolab.config import PretrainConfig
+from eolab.pipeline import STEPS, TRAINING_STEPS, Pipeline
 from eolab.train import slurm_layout
 
 SCRATCH_PREFIX = ".rank"
@@ -50,9 +51,12 @@ def global_rank() -> int:
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
-    """A JSON (``.json``) or YAML mapping of parameter names to values."""
-    path = Path(path)
-    text = path.read_text()
+    """A JSON (``.json``) or YAML mapping of parameter names to values; ``-``: JSON on stdin."""
+    if str(path) == "-":
+        path, text = Path("<stdin>.json"), sys.stdin.read()
+    else:
+        path = Path(path)
+        text = path.read_text()
     if path.suffix == ".json":
         params = json.loads(text)
     else:
@@ -67,13 +71,9 @@ def load_params(path: str | Path) -> dict[str, Any]:
 def make_config(params: dict[str, Any], output_dir: str | None = None) -> PretrainConfig:
     """Validated config; names that are not PretrainConfig fields are an error (a typo would
     otherwise silently run the default)."""
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise ValueError(f"unknown parameters {unknown}; PretrainConfig has {sorted(fields)}")
     if output_dir is not None:
         params = {**params, "output_dir": output_dir}
-    return PretrainConfig(**params)
+    return PretrainConfig.from_params(params)
 
 
 def for_rank(cfg: PretrainConfig, rank: int) -> PretrainConfig:
@@ -92,19 +92,11 @@ def for_rank(cfg: PretrainConfig, rank: int) -> PretrainConfig:
 
 
 def run(cfg: PretrainConfig, rank: int | None = None) -> dict | None:
-    """prepare_data -> pretrain on every rank; evaluate -> write_record on rank 0 (its record)."""
-    from eolab import experiment as ex
-
-    started = time.perf_counter()
+    """The pipeline's steps: the training steps on every rank, all of them on rank 0 (its record)."""
     rank = global_rank() if rank is None else rank
     mine = for_rank(cfg, rank)
     try:
-        data = ex.prepare_data(mine)
-        result = ex.pretrain(mine, data)
-        if rank != 0:
-            return None
-        evaluation = ex.evaluate(cfg, data, result)
-        return ex.write_record(cfg, data, result, evaluation, started)
+        return Pipeline(mine).run_all(STEPS if rank == 0 else TRAINING_STEPS)
     finally:
         if rank != 0:
             shutil.rmtree(mine.output_dir, ignore_errors=True)
@@ -118,7 +110,7 @@ def worker_main(parameters: dict[str, Any], notebook: str | Path | None = None) 
     params = dict(parameters)
     if notebook is not None:
         params = {**notebook_defaults(notebook), **params}
-    run(PretrainConfig.from_namespace(params))
+    run(PretrainConfig.from_params(params))
 
 
 def notebook_defaults(notebook: str | Path) -> dict[str, Any]:
@@ -140,11 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eolab.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("params", help="JSON or YAML file of PretrainConfig parameters")
     p.add_argument("--output-dir", default=None, help="the run folder (overrides output_dir in params)")
+    p.add_argument("--worker-of", metavar="NOTEBOOK", default=None,
+                   help="train as a non-zero rank of a notebook run (parameters the file does not set take the "
+                        "notebook's defaults); what the SLURM executor starts on every task but the first")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.worker_of:
+        worker_main(load_params(args.params), notebook=args.worker_of)
+        return 0
     try:
         cfg = make_config(load_params(args.params), args.output_dir)
     except (OSError, ValueError, TypeError) as exc:  # unreadable file, unknown or invalid parameter

@@ -6,7 +6,7 @@ precision produced a row with positive throughput and an MFU that is a fraction 
 
 import csv
 
-from eolab.bench import MODELS, PRECISIONS, main
+from benchmarks.throughput import MODELS, PRECISIONS, main
 
 
 def test_quick_bench_writes_a_row_per_model_and_precision(tmp_path):

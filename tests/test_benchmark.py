@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from eolab.checkpoint import CheckpointError, save_encoder
+from eolab.cli.benchmark import main
+from eolab.data.downstream import TASKS, Task
 from eolab.data.stats import Normalization
 from eolab.evaluate import protocols as P
-from eolab.evaluate.battery import COLUMNS, Settings, TaskRun, evaluate, main
+from eolab.evaluate.battery import COLUMNS, Settings, TaskRun, evaluate
 from eolab.evaluate.diagnostics import alignment, knn_consistency, uniformity
 from eolab.evaluate.encoders import (
     BandStats,
@@ -20,7 +22,6 @@ from eolab.evaluate.encoders import (
 )
 from eolab.evaluate.leakage import overlaps
 from eolab.evaluate.store import EmbeddingStore
-from eolab.evaluate.tasks import TASKS, Task
 from eolab.models.vit import build_encoder, encoder_config
 
 BANDS = ("B02", "B03", "B04", "B08")
@@ -248,7 +249,7 @@ def test_real_task_loads_its_declared_shapes(loaded, name):
 
 
 def test_pretraining_run_names_benchmark_tasks_that_exist():
-    from eolab.experiment import PretrainConfig
+    from eolab.config import PretrainConfig
 
     assert PretrainConfig(benchmark="all").benchmark_list == tuple(TASKS)
     assert PretrainConfig(benchmark="eurosat, presto_algae").benchmark_list == ("eurosat", "presto_algae")

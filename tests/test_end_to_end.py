@@ -84,7 +84,7 @@ S1S2 = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12,VV,VH"
      "num_dates": 4, "objective": "mae", "mask": "group_consistent", "batch_size": 8},
 ], ids=["s1s2-cross-view", "slovenia-time-series"])
 def test_multimodal_and_time_series_runs_end_to_end(tmp_path, params):
-    import eolab.experiment as ex
+    import eolab.pipeline as ex
 
     cfg = ex.PretrainConfig(**TINY, **params, output_dir=str(tmp_path))
     data = ex.prepare_data(cfg)
@@ -103,14 +103,14 @@ def test_scene_run_with_sampler_held_out_loss_and_benchmark(tmp_path):
     """The pieces the scaling, sampling and benchmark studies add to one run, through the entry point."""
     import json
 
-    import eolab.experiment as ex
+    import eolab.pipeline as ex
 
     cfg = ex.PretrainConfig(**TINY, sources="major_tom,ssl4eo", val_sources="hydro", n_pretrain=128,
                             sampling="kcenter", probe_baselines=False, knn_every=0,
                             benchmark="eurosat,era5_next_day_t2m", output_dir=str(tmp_path))
     data = ex.prepare_data(cfg)
     run = ex.pretrain(cfg, data)
-    table = ex.benchmark(cfg, data, run)
+    table = ex.embedding_benchmark(cfg, data, run)
     record = ex.write_record(cfg, data, run, ex.evaluate(cfg, data, run))
     metrics = record["metrics"]
     assert metrics["val_loss"] > 0 and "sample_vendi_cos" in metrics  # held-out loss, sample representativeness

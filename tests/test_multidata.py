@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from eolab.data.pairs import PAIR_S2_BANDS, S1_FILL_DB, PairedS1S2
 from eolab.data.scenes import ssl4eo_s12
 from eolab.data.schema import collate, validate
-from eolab.data.timeseries import SLOVENIA_DIR, SloveniaSeries, SSL4EOSeries, read_ssl4eo_s2
+from eolab.data.timeseries import (
+    SLOVENIA_DIR,
+    SloveniaSeries,
+    SSL4EOSeries,
+    read_ssl4eo_s2,
+)
 
 
 def _mirror(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:

@@ -3,7 +3,12 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from eolab.evaluate.probe import linear_probe
-from eolab.evaluate.protocols import few_shot_probe, knn_probe, spatial_block_probe, spatial_blocks
+from eolab.evaluate.protocols import (
+    few_shot_probe,
+    knn_probe,
+    spatial_block_probe,
+    spatial_blocks,
+)
 
 
 @pytest.fixture

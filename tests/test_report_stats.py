@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from eolab.runner.report import AblationResults, bootstrap_ci, compare_arms
+from eolab.reports.runs import AblationResults, bootstrap_ci, compare_arms
 
 
 def _results(effect, seed_shift):

@@ -19,7 +19,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from eolab.__main__ import main
 from eolab.runner import KernelError, SpecError, load_spec, rebuild_table, run_ablation
-from eolab.runner.execute import check_kernel
+from eolab.runner.notebook import check_kernel
 from eolab.runner.spec import REPO_ROOT, make_run_id
 from eolab.runner.store import RunStore, write_json_atomic
 
@@ -255,7 +255,7 @@ def test_kernel_check_rejects_foreign_interpreter(monkeypatch: pytest.MonkeyPatc
 def test_report_on_partial_results(batch, tmp_path: Path) -> None:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    from eolab.runner import report
+    from eolab.reports import runs as report
 
     summary, _, ids, _ = batch
     results = report.load_results(summary.results_dir)
@@ -405,7 +405,7 @@ def test_summary_renders_on_fake_results(tmp_path: Path, job_notebook: Path) -> 
 
 
 def test_paired_gains_pair_folds_and_apply_the_fold_sd_margin(tmp_path: Path) -> None:
-    from eolab.runner.report import AblationResults, paired_gains
+    from eolab.reports.runs import AblationResults, paired_gains
 
     folds = range(4)
     table = pd.DataFrame(

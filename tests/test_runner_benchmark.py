@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eolab.runner.benchmark import main
+from benchmarks.runner_overhead import main
 
 
 @pytest.mark.slow

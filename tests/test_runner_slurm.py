@@ -116,9 +116,9 @@ def test_srun_two_tasks_train_one_run_and_write_one_record(tmp_path: Path) -> No
 def test_slurm_executor_runs_the_notebook_as_rank_0_of_two_tasks(tmp_path: Path) -> None:
     """resources tasks_per_node: 2: the notebook (rank 0) and a training worker (rank 1) train one
     DDP run; the run folder is a notebook run's (status, executed notebook, record)."""
-    from eolab.runner.execute import RunTask
     from eolab.runner.slurm import SlurmExecutor
     from eolab.runner.store import NOTEBOOK_NAME
+    from eolab.runner.types import RunTask
 
     results = tmp_path / "results" / "ddp"
     store = RunStore(results)
@@ -142,8 +142,8 @@ def test_slurm_executor_runs_the_notebook_as_rank_0_of_two_tasks(tmp_path: Path)
 def test_slurm_multi_task_run_names_the_failing_worker(tmp_path: Path) -> None:
     """A worker rank that raises ends the job (srun --kill-on-bad-exit), rather than leaving rank 0
     waiting in a collective, and the run's error names it."""
-    from eolab.runner.execute import RunTask
     from eolab.runner.slurm import SlurmExecutor
+    from eolab.runner.types import RunTask
 
     results = tmp_path / "results" / "bad"
     store = RunStore(results)

@@ -19,22 +19,21 @@ import optuna
 import pandas as pd
 import pytest
 
+from eolab import trial as trial_module
 from eolab.__main__ import main
 from eolab.runner import spec as spec_module
 from eolab.runner import study as study_module
 from eolab.runner.spec import REPO_ROOT, SpecError, load_spec, redact
+from eolab.runner.storage import open_storage
 from eolab.runner.store import PRUNED_MARKER_NAME, RunStore
-from eolab.runner.study import (
-    ATTR_OWNER,
+from eolab.runner.study import ATTR_OWNER, fail_stale_trials, run_study
+from eolab.trial import (
     PRUNER_ENV,
     RUN_DIR_ENV,
     STORAGE_ENV,
     STUDY_NAME_ENV,
     TRIAL_NUMBER_ENV,
-    fail_stale_trials,
-    open_storage,
     report_intermediate,
-    run_study,
     trial_callbacks,
 )
 from tests.test_runner import write_notebook, write_spec
@@ -53,7 +52,7 @@ output_dir: str = "."  # where record.json goes
 BODY = """\
 import json
 from pathlib import Path
-from eolab.runner.study import report_intermediate
+from eolab.trial import report_intermediate
 out = Path(output_dir)
 if x < fail_below:
     raise ValueError(f"x={x} is below {fail_below}")
@@ -242,7 +241,7 @@ def trial_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[optuna.S
     for key, value in {STORAGE_ENV: url, STUDY_NAME_ENV: "cb", PRUNER_ENV: pruner,
                        TRIAL_NUMBER_ENV: str(trial.number), RUN_DIR_ENV: str(run_dir)}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(study_module, "_TRIAL_CACHE", {})
+    monkeypatch.setattr(trial_module, "_TRIAL_CACHE", {})
     return study, trial, run_dir
 
 
@@ -361,7 +360,7 @@ def test_resume_continues_the_study(pruned_study, notebook: Path, capsys: pytest
 
 def test_failed_trial_is_told_fail_and_replaced(tmp_path: Path, notebook: Path) -> None:
     text = study_spec(notebook, n_trials=1, pruner="none", extra="base:\n  fail_below: 0.1\ngrid:\n  x: [0.05]\n")
-    summary = run_study(write_spec(tmp_path / "s.yaml", text), results_root=tmp_path / "results", log=lambda l: None)
+    summary = run_study(write_spec(tmp_path / "s.yaml", text), results_root=tmp_path / "results", log=lambda line: None)
     trials = trials_of(summary.results_dir)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert "ValueError: x=0.05 is below 0.1" in trials[0].user_attrs["eolab_error"]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.sampling import BENCH_SPECS
 from eolab.data.representativeness import (
     FourierFeatures,
     equal_area_cells,
@@ -20,18 +21,17 @@ from eolab.data.representativeness import (
     vendi_score,
 )
 from eolab.data.sampling import (
-    BENCH_SPECS,
     SAMPLERS,
     Pool,
     allocate,
     box_sums,
-    encoder_features,
     greedy_kcenter,
     parse_spec,
     pool_reference,
     select,
     window_statistics,
 )
+from eolab.evaluate.probe import encoder_features
 
 
 def toy_pool(n: int = 600, seed: int = 0) -> pd.DataFrame:
@@ -376,7 +376,7 @@ def test_kcenter_on_encoder_embeddings(real):
 
 
 def test_sampling_parameter_is_validated_before_any_work():
-    from eolab.experiment import PretrainConfig
+    from eolab.config import PretrainConfig
 
     with pytest.raises(ValueError, match="parameter 'sampling'.*unknown sampler 'unifrom'"):
         PretrainConfig(sampling="unifrom", n_pretrain=10)
@@ -386,7 +386,7 @@ def test_sampling_parameter_is_validated_before_any_work():
 
 @pytest.mark.slow
 def test_pretraining_set_from_a_named_sampler_is_recorded(tmp_path):
-    import eolab.experiment as ex
+    import eolab.pipeline as ex
 
     cfg = ex.PretrainConfig(n_pretrain=64, sampling="stratified:source", output_dir=str(tmp_path))
     data = ex.prepare_data(cfg)

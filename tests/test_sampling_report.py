@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eolab.runner import report
-from eolab.runner import sampling_report as sr
+from eolab.reports import runs as report
+from eolab.reports import sampling as sr
 from eolab.runner.store import rebuild_table
 
 matplotlib.use("Agg")
@@ -231,21 +231,17 @@ def test_empty_results_give_empty_frames(tmp_path):
 
 
 def test_sample_file_name_matches_the_pretrain_notebook():
-    """Read from the source: importing eolab.experiment would load torch (seconds) for one string."""
-    import ast
+    """The file the pipeline writes is the one the report reads (one name, in eolab.run_folder)."""
+    from eolab import pipeline
 
-    from eolab.data.paths import REPO_ROOT
-
-    tree = ast.parse((REPO_ROOT / "eolab" / "experiment.py").read_text())
-    values = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-              and any(getattr(t, "id", None) == "SAMPLE_FILE" for t in node.targets)]
+    values = [pipeline.SAMPLE_FILE]
     assert values == [sr.SAMPLE_NAME]
 
 
 @pytest.mark.slow
 def test_summary_notebook_runs_on_fake_results(tmp_path):
     from eolab.data.paths import REPO_ROOT
-    from eolab.runner.execute import execute_notebook
+    from eolab.runner.notebook import execute_notebook
 
     make_results(tmp_path / "sampling")
     out = tmp_path / "summary.ipynb"

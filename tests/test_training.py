@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from eolab.compute import training_flops
+from eolab.config import PretrainConfig
 from eolab.data.samplers import SceneDiverseBatchSampler
 from eolab.data.stats import Normalization, NormalizationMismatch
 from eolab.evaluate.probe import embed
-from eolab.experiment import PretrainConfig
 from eolab.models.vit import build_encoder
 from eolab.tasks import TaskParams, build_task
 from eolab.train import KnnProbe, fit
@@ -235,10 +235,10 @@ def test_compiled_fit_matches_eager_and_keeps_checkpoint_keys():
 
 @pytest.mark.slow
 def test_bench_compile_adds_a_compiled_row(tmp_path):
-    """`python -m eolab.bench --compile` times the compiled blocks next to eager (or warns and skips)."""
+    """`python -m benchmarks.throughput --compile` times the compiled blocks next to eager (or warns and skips)."""
     import csv
 
-    from eolab.bench import main as bench_main
+    from benchmarks.throughput import main as bench_main
     from eolab.train import compile_unavailable
 
     out = tmp_path / "bench.csv"

@@ -25,10 +25,10 @@ cells = [
         "from pathlib import Path\n\n"
         "from IPython.display import Markdown, display\n\n"
         "try:\n"
-        "    from eolab.runner import study_report as report\n"
+        "    from eolab.reports import study as report\n"
         "except ImportError:  # opened by hand from notebooks/: make the repository importable\n"
         "    sys.path.insert(0, str(Path.cwd().parent))\n"
-        "    from eolab.runner import study_report as report\n\n"
+        "    from eolab.reports import study as report\n\n"
         "results = report.load_study_results(results_dir)\n"
         "display(Markdown(report.describe_study(results)))"
     ),
@@ -61,7 +61,7 @@ cells = [
     new_markdown_cell(
         "## Intermediate values\n\n"
         "What the notebook reported while training (`health/<study.intermediate>`, through "
-        "`eolab.runner.study.trial_callbacks`). Pruned trials are dashed and end in a red x where the "
+        "`eolab.trial.trial_callbacks`). Pruned trials are dashed and end in a red x where the "
         "pruner stopped them: compare them with the complete trials at the same step."
     ),
     new_code_cell("report.plot_intermediate(results);"),

@@ -25,10 +25,10 @@ cells = [
         "from pathlib import Path\n\n"
         "from IPython.display import Markdown, display\n\n"
         "try:\n"
-        "    from eolab.runner import report\n"
+        "    from eolab.reports import runs as report\n"
         "except ImportError:  # opened by hand from notebooks/: make the repository importable\n"
         "    sys.path.insert(0, str(Path.cwd().parent))\n"
-        "    from eolab.runner import report\n\n"
+        "    from eolab.reports import runs as report\n\n"
         "results = report.load_results(results_dir)\n"
         "display(Markdown(report.describe(results)))"
     ),

@@ -44,8 +44,15 @@ from torch.utils.data import Dataset
 from .bands import canonical_band_name
 from .paths import data_root
 from .raster import RasterError, read_raster
-from .scenes import _offset_from_baseline, _to_reflectance_dn
-from .timeseries import REFLECTANCE_SCALE, Recent, read_ssl4eo_s2, window_fraction, window_grid, window_lonlat
+from .scenes import offset_from_baseline, to_reflectance_dn
+from .timeseries import (
+    REFLECTANCE_SCALE,
+    Recent,
+    read_ssl4eo_s2,
+    window_fraction,
+    window_grid,
+    window_lonlat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +119,7 @@ def ssl4eo_pairs(root: Path) -> list[PairRef]:
     return refs
 
 
-def _metadata_json(folder: Path) -> dict:
+def bigearthnet_metadata(folder: Path) -> dict:
     """BigEarthNet's ``<patch>_labels_metadata.json``, or an error naming where it should be."""
     path = folder / f"{folder.name}_labels_metadata.json"
     if not path.is_file():
@@ -127,14 +134,14 @@ def bigearthnet_pairs(root: Path) -> list[PairRef]:
     """BigEarthNet-MM S1 patches whose ``corresponding_s2_patch`` folder exists under ``bigearthnet/s2``."""
     refs, absent = [], 0
     for s1 in sorted(d for d in (root / "bigearthnet" / "s1").glob("*") if d.is_dir()):
-        md = _metadata_json(s1)
+        md = bigearthnet_metadata(s1)
         if "corresponding_s2_patch" not in md:
             raise ValueError(f"{s1 / (s1.name + '_labels_metadata.json')}: no 'corresponding_s2_patch'")
         s2 = root / "bigearthnet" / "s2" / md["corresponding_s2_patch"]
         if not s2.is_dir():
             absent += 1
             continue
-        s2_md = _metadata_json(s2)
+        s2_md = bigearthnet_metadata(s2)
         s2_date = s2_md.get("acquisition_date", "")[:10] or _iso(re.search(r"_(\d{8})T", s2.name).group(1))
         s1_date = md.get("acquisition_time", "")[:10] or _iso(re.search(r"_(\d{8})T", s1.name).group(1))
         refs.append(PairRef("bigearthnet", s2, s1, s2_date, s1_date))
@@ -169,9 +176,9 @@ def read_bigearthnet_s2(folder: Path, bands: tuple[str, ...]) -> tuple[np.ndarra
     ref, meta = read_raster(files["B02"], expected_count=1)
     shape = ref.shape[1:]
     raw = np.stack([read_raster(files[b], expected_count=1, out_shape=shape)[0][0] for b in bands])  # (C, H, W)
-    baseline = re.search(r"_N(\d{4})_", _metadata_json(folder).get("tile_source", ""))
-    offset = _offset_from_baseline(baseline.group(1) if baseline else None)
-    return _to_reflectance_dn(raw, offset), ~(raw == 0).all(0), meta
+    baseline = re.search(r"_N(\d{4})_", bigearthnet_metadata(folder).get("tile_source", ""))
+    offset = offset_from_baseline(baseline.group(1) if baseline else None)
+    return to_reflectance_dn(raw, offset), ~(raw == 0).all(0), meta
 
 
 def _reproject(path: Path, crs, transform: Affine, shape: tuple[int, int]) -> np.ndarray:

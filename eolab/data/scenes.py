@@ -47,7 +47,7 @@ class Scene:
     notes: list[str] = field(default_factory=list)
 
 
-def _offset_from_baseline(baseline: str | None) -> int:
+def offset_from_baseline(baseline: str | None) -> int:
     """Digital-number offset of a processing baseline such as '04.00', 'N0400' or 'N9999'."""
     if not baseline:
         return 0
@@ -55,13 +55,13 @@ def _offset_from_baseline(baseline: str | None) -> int:
     return 1000 if digits and 400 <= int(digits) < 9999 else 0
 
 
-def _to_reflectance_dn(stack: np.ndarray, offset: int) -> np.ndarray:
+def to_reflectance_dn(stack: np.ndarray, offset: int) -> np.ndarray:
     """Remove the radiometric offset; values that fall below zero are clipped (no-data stays 0)."""
     out = stack.astype(np.int32) - offset
     return np.clip(out, 0, 65535).astype(np.uint16)
 
 
-def _read_band_files(product: Path, bands: tuple[str, ...], rel: str) -> tuple[np.ndarray, dict, list[str]]:
+def read_band_files(product: Path, bands: tuple[str, ...], rel: str) -> tuple[np.ndarray, dict, list[str]]:
     """Read one-file-per-band products, resampled to the grid of B02; names like B2.tif or B02.tif."""
     files = {}
     for f in product.glob("B*.tif"):
@@ -82,7 +82,7 @@ def _read_band_files(product: Path, bands: tuple[str, ...], rel: str) -> tuple[n
     return np.stack(layers), meta, notes
 
 
-def _scene(rel, source, bands, dn, nodata_mask, cloud, meta, time, level, notes) -> Scene:
+def make_scene(rel, source, bands, dn, nodata_mask, cloud, meta, time, level, notes) -> Scene:
     valid = ~nodata_mask
     if cloud is not None:
         valid &= cloud == 0
@@ -99,15 +99,15 @@ def major_tom(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
         if not product.is_dir():
             continue
         rel = str(product.relative_to(root))
-        raw, meta, notes = _read_band_files(product, bands, rel)
+        raw, meta, notes = read_band_files(product, bands, rel)
         baseline = re.search(r"_N(\d{4})_", product.name)
-        offset = _offset_from_baseline(baseline.group(1) if baseline else None)
+        offset = offset_from_baseline(baseline.group(1) if baseline else None)
         cloud = None
         if (product / "cloud_mask.tif").exists():
             cloud = read_raster(product / "cloud_mask.tif", expected_count=1, out_shape=raw.shape[1:],
                                 resampling=Resampling.nearest)[0][0]
         time = re.search(r"_(\d{8})T", product.name)
-        yield _scene(rel, "major_tom", bands, _to_reflectance_dn(raw, offset), (raw == 0).all(0), cloud, meta,
+        yield make_scene(rel, "major_tom", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), cloud, meta,
                      time and f"{time.group(1)[:4]}-{time.group(1)[4:6]}-{time.group(1)[6:]}", "L2A",
                      notes + [f"radiometric offset {offset} removed"])
 
@@ -127,7 +127,7 @@ def hydro(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
         raw, meta = read_raster(path, expected_count=len(HYDRO_FILE_ORDER))
         raw = raw[idx]
         offset = _infer_offset(raw)
-        yield _scene(rel, "hydro", bands, _to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta, None,
+        yield make_scene(rel, "hydro", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta, None,
                      "L2A", [f"radiometric offset {offset} removed (heuristic: inferred from the darkest pixels)"])
 
 
@@ -149,11 +149,11 @@ def ssl4eo_s12(root: Path, bands: tuple[str, ...] = S2_L2A, products=("s2a", "s2
             if not date_dir.is_dir():
                 continue
             rel = str(date_dir.relative_to(root))
-            raw, meta, notes = _read_band_files(date_dir, bands, rel)
+            raw, meta, notes = read_band_files(date_dir, bands, rel)
             md = json.loads((date_dir / "metadata.json").read_text()) if (date_dir / "metadata.json").exists() else {}
-            offset = _offset_from_baseline(md.get("PROCESSING_BASELINE"))
+            offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
             d = date_dir.name[:8]
-            yield _scene(rel, f"ssl4eo_{prod}", bands, _to_reflectance_dn(raw, offset), (raw == 0).all(0), None,
+            yield make_scene(rel, f"ssl4eo_{prod}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None,
                          meta, f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if prod == "s2a" else "L1C",
                          notes + [f"radiometric offset {offset} removed"])
 

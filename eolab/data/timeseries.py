@@ -33,7 +33,13 @@ from torch.utils.data import Dataset
 
 from .bands import S2_L2A
 from .paths import data_root
-from .scenes import Scene, _offset_from_baseline, _read_band_files, _scene, _to_reflectance_dn
+from .scenes import (
+    Scene,
+    make_scene,
+    offset_from_baseline,
+    read_band_files,
+    to_reflectance_dn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +114,7 @@ def day_of_year(iso: str) -> int:
 # eo-learn Slovenia EOPatch
 
 
-def _load_npy(path: Path, shape: tuple[int | None, ...] | None = None, like: str = "") -> np.ndarray:
+def load_npy(path: Path, shape: tuple[int | None, ...] | None = None, like: str = "") -> np.ndarray:
     """Memory-map an EOPatch array; a missing file or a disagreeing shape is an error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (an eo-learn EOPatch needs it)")
@@ -123,7 +129,7 @@ def _load_npy(path: Path, shape: tuple[int | None, ...] | None = None, like: str
     return arr
 
 
-def _eopatch_dates(path: Path, steps: int) -> tuple[str, ...]:
+def eopatch_dates(path: Path, steps: int) -> tuple[str, ...]:
     """ISO dates (YYYY-MM-DD) of the EOPatch time axis, from timestamps.json."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (an eo-learn EOPatch needs it)")
@@ -133,7 +139,7 @@ def _eopatch_dates(path: Path, steps: int) -> tuple[str, ...]:
     return tuple(datetime.fromisoformat(s).date().isoformat() for s in stamps)
 
 
-def _eopatch_grid(path: Path, height: int, width: int) -> tuple[str, Affine]:
+def eopatch_grid(path: Path, height: int, width: int) -> tuple[str, Affine]:
     """CRS and affine transform of the EOPatch raster from bbox.geojson (rows run north to south)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (an eo-learn EOPatch needs it for coordinates)")
@@ -146,7 +152,7 @@ def _eopatch_grid(path: Path, height: int, width: int) -> tuple[str, Affine]:
     return f"EPSG:{code.group(1)}", Affine((maxx - minx) / width, 0, minx, 0, -(maxy - miny) / height, maxy)
 
 
-def _one_per_day(candidates: np.ndarray, days: tuple[str, ...], clear: np.ndarray) -> np.ndarray:
+def one_per_day(candidates: np.ndarray, days: tuple[str, ...], clear: np.ndarray) -> np.ndarray:
     """Keep the clearest acquisition of each calendar day (the EOPatch has two on 2015-12-08).
 
     Two images of one day would carry the same ``doy`` and tell a temporal model nothing new.
@@ -184,16 +190,16 @@ class SloveniaSeries(Dataset):
         if num_dates < 1:
             raise ValueError(f"num_dates must be >= 1, got {num_dates}")
         self.rel, self.patch, self.num_dates, self.seed = eopatch, patch, num_dates, seed
-        ndvi = _load_npy(folder / "data" / "NDVI.npy")
+        ndvi = load_npy(folder / "data" / "NDVI.npy")
         if ndvi.ndim != 4 or ndvi.shape[-1] != 1:
             raise ValueError(f"{folder / 'data' / 'NDVI.npy'}: shape {ndvi.shape}, expected (T, H, W, 1)")
         steps, height, width = ndvi.shape[:3]
         like = f"data/NDVI.npy {ndvi.shape}"
-        cloud = _load_npy(folder / "mask" / "CLM.npy", (steps, height, width, 1), like)
-        has_data = _load_npy(folder / "mask" / "IS_DATA.npy", (steps, height, width, 1), like)
-        lulc = _load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), like)
-        self.dates = _eopatch_dates(folder / "timestamps.json", steps)
-        crs, transform = _eopatch_grid(folder / "bbox.geojson", height, width)
+        cloud = load_npy(folder / "mask" / "CLM.npy", (steps, height, width, 1), like)
+        has_data = load_npy(folder / "mask" / "IS_DATA.npy", (steps, height, width, 1), like)
+        lulc = load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), like)
+        self.dates = eopatch_dates(folder / "timestamps.json", steps)
+        crs, transform = eopatch_grid(folder / "bbox.geojson", height, width)
 
         self.ndvi = ndvi[..., 0]  # (T, H, W, 1) -> (T, H, W), still memory-mapped
         self.lulc = np.asarray(lulc[..., 0], dtype=np.int64)  # (H, W, 1) -> (H, W)
@@ -204,7 +210,7 @@ class SloveniaSeries(Dataset):
         frac = window_fraction(clear, rows, cols, patch)  # (T, N)
         keep, self.candidates = [], []
         for w in range(len(rows)):
-            dates = _one_per_day(np.flatnonzero(frac[:, w] >= 1 - max_cloud), self.dates, frac[:, w])
+            dates = one_per_day(np.flatnonzero(frac[:, w] >= 1 - max_cloud), self.dates, frac[:, w])
             if len(dates) >= num_dates:
                 keep.append(w)
                 self.candidates.append(dates)
@@ -255,12 +261,12 @@ def read_ssl4eo_s2(date_dir: Path, root: Path, bands: tuple[str, ...] = S2_L2A) 
     the same helpers: band files resampled to B02's grid, offset from PROCESSING_BASELINE.
     """
     rel = str(date_dir.relative_to(root))
-    raw, meta, notes = _read_band_files(date_dir, bands, rel)
+    raw, meta, notes = read_band_files(date_dir, bands, rel)
     md_path = date_dir / "metadata.json"
     md = json.loads(md_path.read_text()) if md_path.exists() else {}
-    offset = _offset_from_baseline(md.get("PROCESSING_BASELINE"))
+    offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
     product, d = date_dir.parent.parent.name, date_dir.name[:8]
-    return _scene(rel, f"ssl4eo_{product}", bands, _to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta,
+    return make_scene(rel, f"ssl4eo_{product}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta,
                   f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if product == "s2a" else "L1C",
                   notes + [f"radiometric offset {offset} removed"])
 

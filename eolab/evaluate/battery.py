@@ -6,7 +6,7 @@
     python -m eolab.evaluate.battery --checkpoint results/.../encoder.pt --output results/benchmark
     python -m eolab.evaluate.battery --checkpoint results/.../encoder.pt --timing
 
-Tasks (``eolab.evaluate.tasks``) declare their inputs; an encoder that cannot read a task gets a
+Tasks (``eolab.data.downstream``) declare their inputs; an encoder that cannot read a task gets a
 not-applicable row with the reason (``eolab.evaluate.encoders``). Embeddings are cached as labelled
 arrays (``eolab.evaluate.store``), so a second call reuses them. Protocols, all on the same folds
 for every encoder of a task (differences are paired):
@@ -28,11 +28,9 @@ split), or percentiles over subsamples (diagnostics); the ``ci_method`` column s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,11 +43,13 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .. import intervals as _intervals
-from ..checkpoint import CheckpointError
+from ..data.downstream import SAMPLE_KEYS, TASKS, Task, get_task
 from ..data.paths import data_root as resolve_data_root
 from ..intervals import bootstrap_ci
+from ..io import write_json_atomic, write_text_atomic
 from ..models import tokenizers as _tokenizers
 from ..models import vit as _vit
+from ..provenance import git_commit
 from ..tasks.augment import AUGMENTATIONS
 from . import diagnostics as _diagnostics
 from . import encoders as _encoders
@@ -59,9 +59,7 @@ from . import protocols as P
 from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
 from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
 from .leakage import overlaps, pretraining_footprints
-from .report import headline
 from .store import EmbeddingKey, EmbeddingStore, code_version
-from .tasks import SAMPLE_KEYS, TASKS, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -511,80 +509,14 @@ def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blo
 def write_outputs(table: pd.DataFrame, output_dir: Path, encoders: list[BenchEncoder], settings: Settings,
                   **params) -> dict:
     """``benchmark.csv`` (the tidy table) and ``benchmark.json`` (what produced it) in ``output_dir``."""
-    from ..experiment import _git_commit  # late: experiment imports the training stack
-    from ..io import write_json_atomic, write_text_atomic
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_dir / "benchmark.csv", table.to_csv(index=False))
     record = {"params": {**params, "settings": asdict(settings)}, "seed": settings.seed,
-              "encoders": [e.describe() for e in encoders], "git_commit": _git_commit(),
+              "encoders": [e.describe() for e in encoders], "git_commit": git_commit(),
               "wall_time_s": table.attrs.get("wall_time_s"), "timing_s": table.attrs.get("timing"),
               "cache": table.attrs.get("cache"), "rows": len(table),
               "not_applicable": table.loc[table["not_applicable"] != "", ["task", "encoder", "not_applicable"]]
               .drop_duplicates().to_dict(orient="records")}
     write_json_atomic(output_dir / "benchmark.json", record)
     return record
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eolab.evaluate.battery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, action="append", help="eolab encoder checkpoint (repeatable)")
-    parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
-    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--splits", default=",".join(SPLITS))
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats or ''")
-    parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
-    parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--cache-dir", default=None, help="embedding cache (default: <EOLAB_CACHE>/embeddings)")
-    parser.add_argument("--no-leakage-record", action="store_true", help="do not rebuild pre-training footprints")
-    parser.add_argument("--output", default=None, help="folder for benchmark.csv and benchmark.json")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--timing", action="store_true",
-                        help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
-                             "(probes refitted), with cached results; print the wall times")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    kwargs = {"tasks": _names(args.tasks), "protocols": _names(args.protocols), "splits": _names(args.splits),
-              "baselines": _names(args.baselines), "pools": _names(args.pools),
-              "blocks": [int(b) for b in _names(args.blocks)], "data_root": args.data_root,
-              "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
-              "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed)}
-    encoder = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
-    try:
-        if args.timing:
-            with tempfile.TemporaryDirectory(prefix="eolab-bench-") as tmp:
-                cache = args.cache_dir or tmp
-                calls = [("first call", evaluate(encoder, cache_dir=cache, **kwargs)),
-                         ("second call, probes refitted on cached embeddings",
-                          evaluate(encoder, cache_dir=cache, reuse_results=False, **kwargs)),
-                         ("third call, cached results", evaluate(encoder, cache_dir=cache, output_dir=args.output, **kwargs))]
-            for label, t in calls:
-                c = t.attrs["cache"]
-                print(f"{label}: {t.attrs['wall_time_s']:.1f} s (embeddings computed {c['misses']}, reused {c['hits']}; "
-                      f"result sets reused {c['result_hits']})")
-            print(f"torch threads: {torch.get_num_threads()}")
-            table = calls[-1][1]
-        else:
-            table = evaluate(encoder, cache_dir=args.cache_dir, output_dir=args.output, **kwargs)
-    except (CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with pd.option_context("display.max_colwidth", 60):
-        print(headline(table).to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

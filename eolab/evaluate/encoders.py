@@ -40,12 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_encoder
+from ..data.downstream import Task
 from ..data.stats import Normalization
-from ..data.timeseries import _one_per_day, spread_pick
+from ..data.timeseries import one_per_day, spread_pick
 from ..models.tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer
 from ..models.vit import SIZES, ViTEncoder, build_encoder, encoder_config
 from .probe import embed
-from .tasks import Task
 
 MIN_DATE_CLEAR = 0.9  # a temporal encoder's dates are drawn among those at least this clear over the scene
 BROADCAST_CELLS = 2  # a ViT reads a broadcast pixel through its central 2 x 2 patches (see probe.embed)
@@ -220,7 +220,7 @@ def choose_dates(batch: dict, k: int) -> np.ndarray:
     clear = batch.get("date_clear")
     if clear is not None:
         candidates = np.flatnonzero(np.asarray(clear) >= MIN_DATE_CLEAR)
-        candidates = _one_per_day(candidates, tuple(d[:10] for d in batch["dates"]), np.asarray(clear))
+        candidates = one_per_day(candidates, tuple(d[:10] for d in batch["dates"]), np.asarray(clear))
         if len(candidates) >= k:
             return spread_pick(candidates, k, np.random.default_rng(0))
     return np.unique(np.linspace(0, t - 1, k).round().astype(int))

@@ -19,6 +19,10 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import BallTree
 
+from ..config import PretrainConfig
+from ..data.paths import data_root
+from ..data.pretraining import pretraining_set
+
 EARTH_RADIUS_M = 6_371_008.8
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,12 @@ def tile_footprints(tiles: pd.DataFrame, img_size: int) -> pd.DataFrame:
 def pretraining_footprints(record: str | Path) -> pd.DataFrame:
     """Footprints (lon, lat, dates, size_m, id) of the pre-training samples of an eolab run, from
     its ``record.json`` (or the run folder holding it)."""
-    from ..experiment import PretrainConfig, pretraining_samples
-
     path = Path(record)
     path = path / "record.json" if path.is_dir() else path
     rec = json.loads(path.read_text())
-    cfg = PretrainConfig.from_namespace(rec["params"])
-    dataset, tiles, ids = pretraining_samples(cfg)
+    cfg = PretrainConfig.from_params(rec["params"])
+    chosen = pretraining_set(cfg, data_root(cfg.data_root or None))
+    dataset, tiles, ids = chosen.dataset, chosen.tiles, chosen.ids
     expected = rec.get("data", {}).get("patches_sha1")
     if expected and hashlib.sha1("\n".join(ids).encode()).hexdigest() != expected:
         log.warning("%s: the rebuilt pre-training patches differ from the recorded ones (data changed?)", path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -25,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from ..data.cache import PatchDataset, SceneCache
 from ..data.stats import Normalization
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -131,3 +133,19 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, folds: int = 5, repea
             model = fit_linear_probe(features[train], labels[train], seed)
             scores.append(float(model.score(features[test], labels[test])))
     return scores
+
+
+def encoder_features(encoder, normalization, cache: SceneCache, tiles: pd.DataFrame, patch: int,
+                     chunk: int = 2048, batch_size: int = 128) -> np.ndarray:
+    """Embeddings (n, D) of every pool window through a frozen encoder, for ``select(..., features=)``.
+
+    Windows are read and embedded ``chunk`` at a time (``embed`` on a stacked chunk), so memory stays at one chunk of images whatever the pool size. Cost is one forward pass
+    per window: minutes on CPU for a 100k pool, against seconds for the spectral statistics.
+    """
+    ds = PatchDataset(cache, tiles, patch=patch, bands=tuple(b for b in normalization.bands if b in cache.bands))
+    out = []
+    for s in range(0, len(ds), chunk):
+        images = torch.stack([ds[i]["image"] for i in range(s, min(s + chunk, len(ds)))])  # (chunk, C, H, W)
+        data = {"image": images, "bands": ds.bands, "unit": "reflectance"}
+        out.append(embed(encoder, normalization, data, batch_size=batch_size, where="sampling pool"))
+    return np.concatenate(out).astype(np.float32)

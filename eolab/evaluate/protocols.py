@@ -28,14 +28,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ..data.splits import spatial_blocks
 from .probe import C_GRID, fit_linear_probe
-
-
-def spatial_blocks(lonlat: np.ndarray, cell_deg: float = 2.0) -> np.ndarray:
-    """Group id per sample: the ``cell_deg`` x ``cell_deg`` degree cell of its centre."""
-    cells = np.floor(np.asarray(lonlat) / cell_deg).astype(np.int64)  # (N, 2)
-    _, groups = np.unique(cells, axis=0, return_inverse=True)
-    return groups.ravel()
 
 
 def spatial_block_probe(

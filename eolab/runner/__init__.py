@@ -1,9 +1,10 @@
 """Ablation runner: declarative YAML specs -> papermill runs -> tidy tables -> rendered summary.
 
-`eolab.runner.report` (plotting, imports seaborn) is deliberately not imported here.
+`eolab.reports.runs` (plotting, imports seaborn) is deliberately not imported here.
 """
 
-from eolab.runner.execute import KernelError, run_ablation
+from eolab.runner.execute import run_ablation
+from eolab.runner.notebook import KernelError
 from eolab.runner.spec import SpecError, load_spec
 from eolab.runner.store import rebuild_table
 

@@ -1,7 +1,7 @@
 """Execute an ablation: one papermill run per spec point, resumable, failure-tolerant.
 
-Runs are described by self-contained `RunTask`s and handed to an `Executor`: the sequential
-`LocalExecutor` here, `eolab.runner.pool.PoolExecutor` (N child processes) or
+Runs are described by self-contained `RunTask`s (`eolab.runner.types`) and handed to an
+`Executor`: the sequential `LocalExecutor` (`eolab.runner.notebook`), `eolab.runner.pool.PoolExecutor` (N child processes) or
 `eolab.runner.slurm.SlurmExecutor` (one SLURM job per run, a job array). An executor only has
 to implement `submit(tasks) -> list[RunOutcome]` (calling `execute_task` wherever the run happens),
 because all state lives in the run folder (status.json, record.json), not in the executor.
@@ -13,21 +13,16 @@ run twice; a run claimed by the other process is reported as skipped (outcome st
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-import papermill
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
 
-from eolab.runner.claim import Claim, claim_holder, try_claim
+from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
+from eolab.runner.pool import PoolExecutor
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
     OUTPUT_DIR_PARAM,
@@ -38,112 +33,15 @@ from eolab.runner.spec import (
     SpecError,
     load_spec,
 )
-from eolab.runner.store import DONE, FAILED, NOTEBOOK_NAME, RECORD_NAME, RunStore, rebuild_table
+from eolab.runner.store import FAILED, RunStore, rebuild_table
+from eolab.runner.types import SKIPPED, Executor, Log, RunOutcome, RunTask
 
-KERNEL_NAME = "python3"
 DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
 SUMMARY_NOTEBOOK_NAME = "summary.ipynb"
-SKIPPED = "skipped"
-"""Outcome state (never written to status.json) of a run another process claimed or finished."""
-
-Log = Callable[[str], None]
-
-
-class KernelError(RuntimeError):
-    """The Jupyter kernel papermill would start is not this interpreter (wrong venv, no torch...)."""
 
 
 class ExecutorError(RuntimeError):
     """The requested executor cannot be used here (unknown kind, bad worker count, submitit missing)."""
-
-
-@dataclass(frozen=True)
-class RunTask:
-    """Everything needed to execute one run, anywhere: plain paths and JSON-able parameters."""
-
-    run_id: str
-    notebook: Path
-    results_dir: Path
-    parameters: dict[str, Any]  # includes output_dir
-    force: bool = False  # execute even if another process finished the run after it was planned
-
-    @property
-    def run_dir(self) -> Path:
-        return RunStore(self.results_dir).run_dir(self.run_id)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form, to hand the task to a worker process."""
-        return {
-            "run_id": self.run_id,
-            "notebook": str(self.notebook),
-            "results_dir": str(self.results_dir),
-            "parameters": self.parameters,
-            "force": self.force,
-        }
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> RunTask:
-        return cls(
-            run_id=obj["run_id"],
-            notebook=Path(obj["notebook"]),
-            results_dir=Path(obj["results_dir"]),
-            parameters=dict(obj["parameters"]),
-            force=bool(obj.get("force", False)),
-        )
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How one run ended; the same facts are in the run's status.json."""
-
-    run_id: str
-    state: str  # DONE or FAILED; SKIPPED if another process claimed or finished it
-    error: str | None  # for SKIPPED: why
-    seconds: float
-
-
-class Executor(Protocol):
-    """Runs tasks and reports each outcome; implementations decide where and how concurrently."""
-
-    def submit(self, tasks: Sequence[RunTask]) -> list[RunOutcome]: ...
-
-
-@dataclass
-class LocalExecutor:
-    """Runs tasks one after another in this process (one kernel at a time)."""
-
-    on_finished: Callable[[RunOutcome], None] | None = None
-
-    def submit(self, tasks: Sequence[RunTask]) -> list[RunOutcome]:
-        outcomes = []
-        for task in tasks:
-            claimed = claim_task(task)
-            if isinstance(claimed, RunOutcome):
-                outcome = claimed
-            else:
-                try:
-                    outcome = execute_task(task)
-                finally:
-                    claimed.release()
-            outcomes.append(outcome)
-            if self.on_finished:
-                self.on_finished(outcome)
-        return outcomes
-
-
-def claim_task(task: RunTask) -> Claim | RunOutcome:
-    """Claim the run for this process, or return the SKIPPED outcome saying who has it.
-
-    Checks `is_done` again after claiming: another process may have finished the run between
-    planning the batch and now.
-    """
-    claim = try_claim(task.run_dir)
-    if claim is None:
-        return RunOutcome(task.run_id, SKIPPED, f"claimed by {claim_holder(task.run_dir)}", 0.0)
-    if not task.force and RunStore(task.results_dir).is_done(task.run_id):
-        claim.release()
-        return RunOutcome(task.run_id, SKIPPED, "done by another process meanwhile", 0.0)
-    return claim
 
 
 @dataclass
@@ -268,7 +166,9 @@ def make_executor(
     check_executor(kind, workers)
     if kind == "slurm":
         try:
-            from eolab.runner.slurm import SlurmExecutor  # imports submitit, and this module
+            from eolab.runner.slurm import (
+                SlurmExecutor,  # imports submitit, an optional dependency
+            )
         except ModuleNotFoundError as exc:
             install = f"{sys.executable} -m pip install submitit"
             raise ExecutorError(f"the slurm executor needs submitit; install it with `{install}`") from exc
@@ -278,8 +178,6 @@ def make_executor(
         )
     if workers == 1:
         return LocalExecutor(on_finished=on_finished)
-    from eolab.runner.pool import PoolExecutor  # imports this module
-
     return PoolExecutor(workers=workers, on_finished=on_finished)
 
 
@@ -307,48 +205,6 @@ def make_task(spec: AblationSpec, store: RunStore, run: Run, force: bool = False
     )
 
 
-def execute_task(task: RunTask) -> RunOutcome:
-    """Execute one run with papermill and record the verdict in status.json; never raises for a
-    failing notebook (KeyboardInterrupt is recorded, then re-raised)."""
-    store = RunStore(task.results_dir)
-    status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
-    started = time.monotonic()
-    error: str | None = None
-    traceback: str | None = None
-    try:
-        execute_notebook(task.notebook, task.run_dir / NOTEBOOK_NAME, task.parameters)
-    except PapermillExecutionError as exc:
-        error = f"{exc.ename}: {exc.evalue}"
-        traceback = _strip_ansi("\n".join(exc.traceback or []))
-    except KeyboardInterrupt:
-        store.mark_finished(status, error="KeyboardInterrupt: interrupted by user")
-        raise
-    except Exception as exc:  # kernel died, notebook unreadable...: record and go on with the batch
-        error = f"{type(exc).__name__}: {exc}"
-    else:
-        if not (task.run_dir / RECORD_NAME).is_file():
-            error = f"notebook finished without writing {RECORD_NAME} to output_dir"
-    store.mark_finished(status, error=error, traceback=traceback)
-    return RunOutcome(
-        run_id=task.run_id, state=FAILED if error else DONE, error=error, seconds=time.monotonic() - started
-    )
-
-
-def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any]) -> None:
-    """papermill with the runner's conventions: kernel python3, cwd = the notebook's folder, quiet."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with eolab_importable():
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            cwd=str(notebook.parent),
-            kernel_name=KERNEL_NAME,
-            progress_bar=False,
-            log_output=False,
-        )
-
-
 def render_summary(summary_notebook: Path, results_dir: Path) -> tuple[Path | None, str | None]:
     """Execute the summary notebook into results_dir and render it to HTML.
 
@@ -364,45 +220,6 @@ def render_summary(summary_notebook: Path, results_dir: Path) -> tuple[Path | No
         error = f"{type(exc).__name__}: {exc}"
     html = render_html(executed) if executed.is_file() else None
     return html, error
-
-
-def check_kernel(kernel_name: str = KERNEL_NAME) -> str:
-    """Fail early unless the kernelspec starts this interpreter: a kernelspec registered by another
-    Python (e.g. in ~/.local/share/jupyter) would run the notebooks without this venv's packages."""
-    try:
-        spec = KernelSpecManager().get_kernel_spec(kernel_name)
-    except NoSuchKernel as exc:
-        raise KernelError(f"no Jupyter kernel named {kernel_name!r}; install ipykernel into {sys.prefix}") from exc
-    argv0 = spec.argv[0] if spec.argv else ""
-    # jupyter_client itself swaps a bare "python"/"python3"/"python3.X" for sys.executable
-    bare_names = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
-    executable = sys.executable if argv0 in bare_names else argv0
-    if os.path.normpath(os.path.abspath(executable)) != os.path.normpath(os.path.abspath(sys.executable)):
-        raise KernelError(
-            f"the {kernel_name!r} kernelspec in {spec.resource_dir} starts {executable}, not this "
-            f"interpreter {sys.executable}; remove that kernelspec or run "
-            f"`{sys.executable} -m ipykernel install --sys-prefix`"
-        )
-    return executable
-
-
-@contextlib.contextmanager
-def eolab_importable() -> Iterator[None]:
-    """Let kernels `import eolab` although their cwd is the notebook's folder: the kernel inherits
-    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration."""
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), previous) if p)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = previous
-
-
-def _strip_ansi(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
 def _hms(seconds: float) -> str:

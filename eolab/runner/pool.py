@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eolab.runner.claim import Claim
-from eolab.runner.execute import RunOutcome, RunTask, claim_task
+from eolab.runner.notebook import claim_task
 from eolab.runner.spec import OUTPUT_DIR_PARAM
 from eolab.runner.store import DONE, FAILED, RunStore
+from eolab.runner.types import RunOutcome, RunTask
 
 WORKER_LOG_NAME = "worker.log"
 POLL_SECONDS = 0.1
@@ -91,26 +92,33 @@ def worker_environment(workers: int, cores: int | None = None) -> dict[str, str]
     return env
 
 
-def _start(task: RunTask, claim: Claim, workers: int) -> _Job:
-    """Start a worker in its own session (a terminal's Ctrl-C reaches only the parent, which
-    then stops the workers in order) and hand it the task on stdin."""
-    log_path = task.run_dir / WORKER_LOG_NAME
+def start_worker(argv: Sequence[str], payload: bytes, log_path: Path, workers: int) -> subprocess.Popen:
+    """Start a worker process in its own session (a terminal's Ctrl-C reaches only the parent,
+    which then stops the workers in order), output to ``log_path``, ``payload`` on its stdin.
+    The one way the runner starts local workers: run workers here, study workers too."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "eolab.runner.worker"],
+            [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=worker_environment(workers),
+            env=worker_environment(workers),  # cores shared between workers
         )
     try:
         assert process.stdin is not None
-        process.stdin.write(json.dumps(task.to_json()).encode())
+        process.stdin.write(payload)
         process.stdin.close()
-    except BrokenPipeError:  # the worker died at once; _collect reports its exit code
+    except BrokenPipeError:  # the worker died at once; its exit code says why
         pass
+    return process
+
+
+def _start(task: RunTask, claim: Claim, workers: int) -> _Job:
+    """A run worker (``eolab.runner.worker``) with the task on stdin."""
+    process = start_worker(["-m", "eolab.runner.worker"], json.dumps(task.to_json()).encode(),
+                           task.run_dir / WORKER_LOG_NAME, workers)
     return _Job(task=task, claim=claim, process=process)
 
 

@@ -16,14 +16,17 @@ by itself, so the job splits the run: task 0 executes the notebook exactly as a 
 job's process group as rank 0 (Lightning's SLURM environment, which the kernel inherits); every
 other task trains the same configuration (the run's parameters over the notebook's defaults) as
 rank 1..N-1 through `eolab.launch.worker_main`, in a scratch folder it removes afterwards. The
-notebook must therefore be one whose training is `eolab.experiment.pretrain` of a PretrainConfig
+notebook must therefore be one whose training is `eolab.pipeline.pretrain` of a PretrainConfig
 built from its parameters (notebooks/pretrain.ipynb). srun runs with --kill-on-bad-exit, so a
 rank that crashes ends the others instead of leaving them waiting in a collective.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +37,10 @@ import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from eolab.runner.claim import Claim
-from eolab.runner.execute import RunOutcome, RunTask, claim_task, execute_task
+from eolab.runner.notebook import claim_task, execute_task
 from eolab.runner.spec import OUTPUT_DIR_PARAM
 from eolab.runner.store import DONE, FAILED, RunStore, utc_now
+from eolab.runner.types import RunOutcome, RunTask
 
 SLURM_DIRNAME = "slurm"
 POLL_SECONDS = 2.0
@@ -45,7 +49,7 @@ SCHEDULER_END_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "P
 UNFINISHED_STATES = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN")
 
 # spec `resources` key -> submitit AutoExecutor parameter
-_SUBMITIT_NAMES = {
+SUBMITIT_NAMES = {
     "cpus_per_task": "cpus_per_task",
     "gpus_per_node": "gpus_per_node",
     "mem_gb": "mem_gb",
@@ -54,6 +58,17 @@ _SUBMITIT_NAMES = {
     "tasks_per_node": "tasks_per_node",
     "nodes": "nodes",
 }
+
+
+def array_executor(results_dir: Path, name: str, resources: dict[str, Any], parallelism: int,
+                   **extra: Any) -> submitit.AutoExecutor:
+    """A submitit executor for one job array under ``<results_dir>/slurm/<job id>``, with the spec's
+    ``resources`` (its names mapped to submitit's) and at most ``parallelism`` jobs at once. The one
+    way the runner submits to SLURM: runs here, study workers too."""
+    executor = submitit.AutoExecutor(folder=results_dir / SLURM_DIRNAME / "%j", cluster="slurm")
+    parameters = {SUBMITIT_NAMES[k]: v for k, v in resources.items()}
+    executor.update_parameters(name=name, slurm_array_parallelism=parallelism, **parameters, **extra)
+    return executor
 
 
 @dataclass
@@ -107,13 +122,10 @@ class SlurmExecutor:
         """One `sbatch --array` for all claimed runs (one scheduler call, one line in squeue)."""
         if not claimed:
             return []
-        executor = submitit.AutoExecutor(folder=self.results_dir / SLURM_DIRNAME / "%j", cluster="slurm")
-        parameters = {_SUBMITIT_NAMES[k]: v for k, v in self.resources.items()}
-        function = execute_task
+        function, extra = execute_task, {}
         if self.tasks > 1:  # one rank per task: the notebook on rank 0, training workers on the others
-            function = execute_distributed_task
-            parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
-        executor.update_parameters(name=self.job_name, slurm_array_parallelism=len(claimed), **parameters)
+            function, extra = execute_distributed_task, {"slurm_srun_args": ["--kill-on-bad-exit=1"]}
+        executor = array_executor(self.results_dir, self.job_name, self.resources, len(claimed), **extra)
         submitted_at = utc_now()
         with executor.batch():
             jobs = [executor.submit(function, task) for task, _ in claimed]
@@ -143,10 +155,11 @@ def execute_distributed_task(task: RunTask) -> RunOutcome | None:
         if outcome.state == FAILED:  # exit non-zero: srun --kill-on-bad-exit ends the ranks waiting for this one
             raise RuntimeError(f"run {task.run_id} failed on rank 0: {outcome.error}")
         return outcome
-    from eolab.launch import worker_main
-
-    worker_main({k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM} |
-                {"output_dir": task.parameters[OUTPUT_DIR_PARAM]}, notebook=task.notebook)
+    # The training stack runs in a child process: the runner itself never imports it.
+    parameters = {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM} | {
+        "output_dir": task.parameters[OUTPUT_DIR_PARAM]}
+    subprocess.run([sys.executable, "-m", "eolab.launch", "-", "--worker-of", str(task.notebook)],
+                   input=json.dumps(parameters), text=True, check=True)
     return None
 
 

@@ -58,7 +58,9 @@ import nbformat
 import papermill
 import yaml
 
-from eolab.data.paths import REPO_ROOT  # relative paths in a spec resolve here, so specs work from any cwd
+from eolab.data.paths import (
+    REPO_ROOT,  # relative paths in a spec resolve here, so specs work from any cwd
+)
 
 OUTPUT_DIR_PARAM = "output_dir"
 """Parameter every job notebook declares; the runner injects the run folder into it."""

@@ -23,24 +23,20 @@ earlier can never overwrite the tables of one that scanned later (which would dr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
 
-from eolab.io import write_json_atomic, write_text_atomic
+from eolab.io import exclusive_lock, write_json_atomic, write_text_atomic
+from eolab.run_folder import HISTORY_NAME, RECORD_NAME
 
 RUNS_DIRNAME = "runs"
 NOTEBOOK_NAME = "notebook.ipynb"
-RECORD_NAME = "record.json"
-HISTORY_NAME = "history.csv"
 STATUS_NAME = "status.json"
 SPEC_NAME = "spec.json"
 TABLE_NAME = "table.csv"
@@ -127,20 +123,8 @@ def rebuild_table(results_dir: str | Path) -> Tables:
     Rows are sorted by run id, so rebuilding twice gives byte-identical files.
     """
     store = RunStore(results_dir)
-    with _table_lock(store.results_dir):
+    with exclusive_lock(store.results_dir / TABLE_LOCK_NAME):
         return _rebuild_locked(store)
-
-
-@contextlib.contextmanager
-def _table_lock(results_dir: Path) -> Iterator[None]:
-    """Exclusive flock for the scan-and-write of a rebuild; released by the kernel if we die."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(results_dir / TABLE_LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _rebuild_locked(store: RunStore) -> Tables:

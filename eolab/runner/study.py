@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -55,34 +53,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eolab.io import environment, exclusive_lock
 from eolab.runner.claim import CLAIM_NAME, claim_holder, process_alive
-from eolab.runner.execute import (
-    DEFAULT_RESULTS_ROOT,
-    SKIPPED,
-    LocalExecutor,
-    RunTask,
-    check_executor,
-    check_kernel,
-    eolab_importable,
-    render_summary,
-)
-from eolab.runner.pool import exit_reason, stop_process, worker_environment
+from eolab.runner.execute import DEFAULT_RESULTS_ROOT, check_executor, render_summary
+from eolab.runner.notebook import LocalExecutor, check_kernel, eolab_importable
+from eolab.runner.pool import exit_reason, start_worker, stop_process
 from eolab.runner.spec import (
     DEFAULT_STORAGE_NAME,
-    JOURNAL_SCHEME,
     OUTPUT_DIR_PARAM,
     AblationSpec,
-    Component,
     SpecError,
     StudySpec,
     build_component,
     expand_storage,
-    journal_path,
     load_spec,
     make_run_id,
     redact,
-    storage_kind,
     url_secrets,
+)
+from eolab.runner.storage import (
+    DEFAULT_INTERMEDIATE,
+    HEALTH_PREFIX,
+    INTERMEDIATE_ENV,
+    PRUNER_ENV,
+    RUN_DIR_ENV,
+    STORAGE_ENV,
+    STUDY_NAME_ENV,
+    TRIAL_NUMBER_ENV,
+    load_study,
+    open_storage,
 )
 from eolab.runner.store import (
     DONE,
@@ -97,23 +96,12 @@ from eolab.runner.store import (
     write_json_atomic,
     write_text_atomic,
 )
+from eolab.runner.types import SKIPPED, RunTask
 
 if TYPE_CHECKING:
     import optuna
 
 Log = Callable[[str], None]
-
-# Environment of a study worker and of the notebook kernels it starts.
-STORAGE_ENV = "EOLAB_STUDY_STORAGE"
-STUDY_NAME_ENV = "EOLAB_STUDY_NAME"
-PRUNER_ENV = "EOLAB_STUDY_PRUNER"
-INTERMEDIATE_ENV = "EOLAB_STUDY_INTERMEDIATE"
-TRIAL_NUMBER_ENV = "EOLAB_TRIAL_NUMBER"
-RUN_DIR_ENV = "EOLAB_RUN_DIR"
-
-DEFAULT_INTERMEDIATE = "knn_accuracy"
-HEALTH_PREFIX = "health/"
-"""The training code logs label-free health metrics as `health/<name>` (e.g. health/knn_accuracy)."""
 
 TRIALS_JSON_NAME = "trials.json"
 TRIALS_CSV_NAME = "trials.csv"
@@ -136,8 +124,6 @@ SLURM_POLL_SECONDS = 5.0
 CLAIM_WAIT_SECONDS = 2.0
 MIN_FAILURES_TO_GIVE_UP = 3
 """A launch stops asking after max(n_trials, this) failed trials: the notebook is broken, not unlucky."""
-SQLITE_BUSY_TIMEOUT_S = 120
-"""Workers, kernels and heartbeats write to one sqlite file; wait this long for its lock."""
 
 COMPLETE, PRUNED, FAIL, OPTUNA_RUNNING, WAITING = "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
 """optuna.trial.TrialState names."""
@@ -161,32 +147,6 @@ def storage_url(study: StudySpec, results_dir: Path) -> str:
 def storage_display(study: StudySpec, results_dir: Path) -> str:
     """What to print or store about the storage: the default sqlite path, or the spec's URL redacted."""
     return storage_url(study, results_dir) if study.storage is None else study.storage_display
-
-
-def open_storage(url: str, where: str = "") -> optuna.storages.BaseStorage:
-    """Connect to (and create the tables of) a storage; errors become SpecError without the password.
-
-    sqlite gets a long busy timeout: several workers and their kernels write to it at once.
-    """
-    import optuna
-
-    try:
-        if url.startswith(JOURNAL_SCHEME):
-            backend = optuna.storages.journal.JournalFileBackend(str(journal_path(url)))
-            return optuna.storages.JournalStorage(backend)
-        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if storage_kind(url) == "sqlite":
-            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # sqlalchemy, driver and file errors: all mean "this storage is unusable"
-        message = redact(f"{type(exc).__name__}: {exc}", url_secrets(url))
-        raise SpecError(f"{where}cannot open study storage {redact(url)}: {message}") from None
-
-
-def _load_study(name: str, storage: Any, sampler: Any = None, pruner: Any = None) -> optuna.Study:
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
 # --- the worker loop -----------------------------------------------------------------------------
@@ -235,7 +195,7 @@ def run_trials(job: StudyJob, on_trial: Callable[[TrialOutcome], None] | None = 
     storage = open_storage(url)
     name = job.spec.name
     sampler = build_component("sampler", job.study.sampler)
-    study = _load_study(name, storage, sampler=sampler, pruner=build_component("pruner", job.study.pruner))
+    study = load_study(name, storage, sampler=sampler, pruner=build_component("pruner", job.study.pruner))
     store = RunStore(job.results_dir)
     started, longest = time.monotonic(), 0.0
     outcomes: list[TrialOutcome] = []
@@ -256,7 +216,7 @@ def run_trials(job: StudyJob, on_trial: Callable[[TrialOutcome], None] | None = 
 def _ask(study: optuna.Study, job: StudyJob, store: RunStore) -> optuna.Trial | None:
     """A new trial, or None once COMPLETE + PRUNED + RUNNING trials reach n_trials. Counting and
     asking happen under a lock, so concurrent workers never overshoot n_trials between them."""
-    with _flock(job.results_dir / STUDY_LOCK_NAME):
+    with exclusive_lock(job.results_dir / STUDY_LOCK_NAME):
         trials = study.get_trials(deepcopy=False)
         if fail_stale_trials(study, store, trials):
             trials = study.get_trials(deepcopy=False)
@@ -387,13 +347,8 @@ def _reuse(trial: optuna.Trial, run_dir: Path, metric: str) -> tuple[str, float 
 @contextlib.contextmanager
 def _trial_environment(number: int, run_dir: Path) -> Iterator[None]:
     """Tell the kernel (which inherits os.environ) which trial it is and where its run folder is."""
-    saved = {k: os.environ.get(k) for k in (TRIAL_NUMBER_ENV, RUN_DIR_ENV)}
-    os.environ[TRIAL_NUMBER_ENV] = str(number)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    try:
+    with environment(**{TRIAL_NUMBER_ENV: str(number), RUN_DIR_ENV: str(run_dir)}):
         yield
-    finally:
-        _restore_environment(saved)
 
 
 @contextlib.contextmanager
@@ -647,7 +602,7 @@ def _enqueue_grid(spec: AblationSpec, study: optuna.Study, results_dir: Path) ->
     """Grid points become the study's first trials, once per study (a resumed study keeps them)."""
     if not spec.grid:
         return
-    with _flock(results_dir / STUDY_LOCK_NAME):
+    with exclusive_lock(results_dir / STUDY_LOCK_NAME):
         if study.user_attrs.get(GRID_ENQUEUED_ATTR):
             return
         for point in spec.grid_points():
@@ -671,20 +626,8 @@ def _study_environment(url: str, spec: AblationSpec) -> Iterator[None]:
         PRUNER_ENV: json.dumps(spec.study.pruner.to_json()),
         INTERMEDIATE_ENV: spec.study.intermediate or DEFAULT_INTERMEDIATE,
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with environment(**values):
         yield
-    finally:
-        _restore_environment(saved)
-
-
-def _restore_environment(saved: dict[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @dataclass
@@ -788,29 +731,18 @@ def _start_worker(job: StudyJob, workers: int) -> _WorkerProcess:
     """A child process running `run_trials(job)`, in its own session (a terminal's Ctrl-C reaches
     only the parent, which then stops the workers in order); output to study_workers/."""
     log_path = job.results_dir / WORKER_LOGS_DIRNAME / f"{job.launch}-{job.worker}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     code = "import sys; from eolab.runner.study import worker_main; sys.exit(worker_main())"
-    with open(log_path, "wb") as out, eolab_importable():
-        process = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=worker_environment(workers),  # cores shared between workers
-        )
-    try:
-        assert process.stdin is not None
-        process.stdin.write(pickle.dumps(job))
-        process.stdin.close()
-    except BrokenPipeError:  # died at once; its exit code says why
-        pass
+    with eolab_importable():
+        process = start_worker(["-c", code], pickle.dumps(job), log_path, workers)
     return _WorkerProcess(job=job, process=process, log_path=log_path)
 
 
 def worker_main() -> int:
     """Entry point of a local study worker: the pickled StudyJob on stdin; exit 0 when the study
     needs no more trials from it, 130 when interrupted (SIGTERM; its trial is told FAIL)."""
-    from eolab.runner.worker import _interrupt, _stop_when_orphaned
+    from eolab.runner.worker import become_worker
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    _stop_when_orphaned(os.getppid())
+    become_worker()
     job: StudyJob = pickle.loads(sys.stdin.buffer.read())
     try:
         for outcome in run_trials(job):
@@ -865,16 +797,14 @@ def _run_slurm_workers(
     and a job starts no trial it cannot finish within its `timeout_min`. A job that SLURM ends has
     its RUNNING trial told FAIL here; the storage URL reaches the jobs through the environment,
     which sbatch exports by default."""
-    import submitit
-
-    from eolab.runner.slurm import _SUBMITIT_NAMES, SLURM_DIRNAME
+    from eolab.runner.slurm import (
+        array_executor,  # imports submitit, an optional dependency
+    )
 
     resources = job.spec.resources
     budget = resources.get("timeout_min")
     job = dataclasses.replace(job, time_budget_s=budget * 60.0 if budget else None)
-    executor = submitit.AutoExecutor(folder=store.results_dir / SLURM_DIRNAME / "%j", cluster="slurm")
-    parameters = {_SUBMITIT_NAMES[k]: v for k, v in resources.items()}
-    executor.update_parameters(name=f"{job.spec.name}-study", slurm_array_parallelism=workers, **parameters)
+    executor = array_executor(store.results_dir, f"{job.spec.name}-study", resources, workers)
     with executor.batch():
         indices = range(job.worker, job.worker + workers)
         jobs = {i: executor.submit(run_trials, dataclasses.replace(job, worker=i)) for i in indices}
@@ -948,131 +878,7 @@ def export_trials(study: Any, spec: AblationSpec, results_dir: Path) -> list[dic
 
 # --- inside the notebook -------------------------------------------------------------------------------
 
-_TRIAL_CACHE: dict[tuple[str, ...], Any] = {}
-
-
-def _trial_env() -> tuple[str, str, str, int] | None:
-    """(storage, study name, pruner json, trial number) when running inside a trial, else None."""
-    values = [os.environ.get(k) for k in (STORAGE_ENV, STUDY_NAME_ENV, PRUNER_ENV, TRIAL_NUMBER_ENV)]
-    if not all(values):
-        return None
-    storage, name, pruner, number = values
-    assert storage and name and pruner and number
-    return storage, name, pruner, int(number)
-
-
-def current_trial() -> optuna.Trial | None:
-    """The optuna Trial this notebook runs as (None outside a study), connected to the storage.
-
-    Storage errors are re-raised without the URL's password: the notebook's outputs are kept.
-    """
-    env = _trial_env()
-    if env is None:
-        return None
-    key = (env[0], env[1], env[2], str(env[3]))
-    if key not in _TRIAL_CACHE:
-        import optuna
-
-        storage_url_, name, pruner_json, number = env
-        try:
-            storage = open_storage(storage_url_)
-            options = json.loads(pruner_json)
-            pruner = build_component("pruner", Component(type=options.pop("type"), options=options))
-            study = _load_study(name, storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner)
-            study_id = storage.get_study_id_from_name(name)
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        except Exception as exc:
-            message = redact(f"{type(exc).__name__}: {exc}", url_secrets(storage_url_))
-            raise RuntimeError(f"cannot reach trial {number} of study {name!r}: {message}") from None
-        _TRIAL_CACHE[key] = optuna.trial.Trial(study, trial_id)
-    return _TRIAL_CACHE[key]
-
-
-def report_intermediate(value: float, step: int) -> None:
-    """Report an intermediate objective value of this trial; raise optuna.TrialPruned when the
-    study's pruner stops it (after leaving a marker in the run folder, so the runner records the
-    trial as PRUNED whatever the notebook does with the exception). No-op outside a trial."""
-    import optuna
-
-    trial = current_trial()
-    if trial is None:
-        return
-    value = float(value)
-    trial.report(value, int(step))
-    if not trial.should_prune():
-        return
-    run_dir = os.environ.get(RUN_DIR_ENV)
-    if run_dir:
-        write_json_atomic(Path(run_dir) / PRUNED_MARKER_NAME,
-                          {"number": trial.number, "step": int(step), "value": value, "at": utc_now()})
-    metric = os.environ.get(INTERMEDIATE_ENV, DEFAULT_INTERMEDIATE)
-    raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} ({metric} = {value:.4g})")
-
-
-def trial_callbacks(metric: str | None = None) -> list[Any]:
-    """Callbacks for `lightning.Trainer(callbacks=...)`: empty outside a study trial; inside one,
-    a callback reporting `health/<metric>` (default: the spec's `study.intermediate`, else
-    knn_accuracy) to the trial after each training batch that logged a new value, and stopping
-    the run with optuna.TrialPruned when the pruner says so."""
-    if current_trial() is None:
-        return []
-    name = metric or os.environ.get(INTERMEDIATE_ENV) or DEFAULT_INTERMEDIATE
-    return [_reporter_class()(name)]
-
-
-_REPORTER_CLASS: list[type] = []
-
-
-def _reporter_class() -> type:
-    """The Lightning callback class, defined on first use so that the runner never imports lightning."""
-    if _REPORTER_CLASS:
-        return _REPORTER_CLASS[0]
-    import lightning
-    import optuna
-
-    class TrialReporter(lightning.Callback):
-        """Reports `health/<metric>` to the trial; in multi-process training rank 0 reports and
-        its pruning decision is broadcast, so every rank stops together."""
-
-        def __init__(self, metric: str) -> None:
-            self.metric = metric
-            self.key = f"{HEALTH_PREFIX}{metric}"
-            self.last: float | None = None
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            value = trainer.callback_metrics.get(self.key)
-            if value is None:
-                return
-            value = float(value)
-            if self.last is not None and value == self.last:
-                return  # not logged anew since the last report (callback_metrics keeps the last value)
-            self.last = value
-            pruned: optuna.TrialPruned | None = None
-            if trainer.is_global_zero:
-                try:
-                    report_intermediate(value, trainer.global_step)
-                except optuna.TrialPruned as exc:
-                    pruned = exc
-            if trainer.strategy.broadcast(pruned is not None, src=0):
-                raise pruned or optuna.TrialPruned(f"pruned at step {trainer.global_step} (decided on rank 0)")
-
-    _REPORTER_CLASS.append(TrialReporter)
-    return TrialReporter
-
-
 # --- small helpers ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """Exclusive flock (released by the kernel if we die), as for the table rebuild."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _hms(seconds: float) -> str:
@@ -1113,7 +919,7 @@ def _stored_progress(spec: AblationSpec, results_dir: Path) -> str:
     if spec.study.storage is None and not (results_dir / DEFAULT_STORAGE_NAME).is_file():
         return "not started"
     try:
-        study = _load_study(spec.name, open_storage(storage_url(spec.study, results_dir)))
+        study = load_study(spec.name, open_storage(storage_url(spec.study, results_dir)))
     except KeyError:
         return "not started"
     except SpecError as exc:  # already redacted

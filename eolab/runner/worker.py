@@ -17,11 +17,20 @@ import threading
 import time
 from types import FrameType
 
-from eolab.runner.execute import RunTask, execute_task
+from eolab.runner.notebook import execute_task
+from eolab.runner.types import RunTask
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def become_worker() -> None:
+    """What every worker process does first (run workers here, study workers too): SIGTERM becomes
+    KeyboardInterrupt, so an interrupted run or trial is recorded as such, and the worker stops once
+    its parent is gone."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    _stop_when_orphaned(os.getppid())
 
 
 def _stop_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:
@@ -37,8 +46,7 @@ def _stop_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:
 
 def main() -> int:
     """Read the task from stdin, execute it, and exit 0 once its verdict is recorded."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    _stop_when_orphaned(os.getppid())
+    become_worker()
     task = RunTask.from_json(json.load(sys.stdin))
     try:
         execute_task(task)

@@ -2,7 +2,7 @@
 
 The ablation pre-trains on the subset each sampler (notebook parameter ``sampling``) draws at each
 budget (``n_pretrain``), for a few seeds, and probes EuroSAT. These helpers read only the runner's
-outputs, loaded by ``eolab.runner.report.load_results`` (table.csv: one row per run, encoder and
+outputs, loaded by ``eolab.reports.runs.load_results`` (table.csv: one row per run, encoder and
 fold; runs.csv: one row per run with the ``sample_*`` representativeness metrics) plus each run's
 ``sample.json`` (the ids of the patches it drew), and cope with partial results: a missing seed,
 sample file or scene cache gives a message and fewer rows, not a crash.
@@ -34,8 +34,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from eolab.runner.report import AblationResults, bootstrap_ci
+from eolab.reports.runs import AblationResults, bootstrap_ci
+from eolab.run_folder import SAMPLE_NAME
 from eolab.runner.store import RUNS_DIRNAME, read_json
+from eolab.text import split_names
 
 SAMPLER, BUDGET = "sampling", "n_pretrain"
 """The ablated notebook parameters: which sampler drew the subset, and how many patches."""
@@ -45,16 +47,15 @@ ENCODER = "pretrained"
 """The probed encoder whose accuracy is compared (random_init and band_stats are controls)."""
 OK_STATES = ("done", "unknown")
 """Run states whose results count (``unknown``: a run folder without status.json, as in report)."""
-SAMPLE_NAME = "sample.json"
-"""Each run folder's list of drawn patch ids (``eolab.experiment.SAMPLE_FILE``; not imported, to keep torch out)."""
 SKIP_METRICS = ("sample_n", "sample_coverage_ref")
 """``sample_*`` values that are bookkeeping (the budget, the coverage reference size), not representativeness."""
 SCATTER_METRICS = ("sample_vendi_rbf", "sample_coverage_mean", "sample_spectral_js", "sample_geo_js")
 """Default x axes of ``plot_accuracy_vs_representativeness``: diversity, coverage, spectral and geographic fit."""
 SUMMARY_CSV, VERSUS_CSV = "sampling_summary.csv", "versus_uniform.csv"
 """File names the summary notebook writes ``sampling_table`` and ``versus_uniform`` to, in the results folder."""
-POOL_DEFAULTS = {"sources": "major_tom,hydro,ssl4eo", "img_size": 64, "tile_stride": 32}
-"""pretrain.ipynb's defaults of the parameters that define the pool, for runs that do not record them."""
+POOL_PARAMS = ("sources", "img_size", "tile_stride")
+"""The run parameters that define the pool (their defaults, for runs that do not record them, are the
+parameter list's: ``eolab.config.defaults()``)."""
 
 TileSource = pd.DataFrame | Callable[[dict[str, Any]], pd.DataFrame]
 """A window index (``SceneCache.tiles`` columns), or a function from a run's params to one."""
@@ -259,8 +260,13 @@ def pool_tiles(params: Mapping[str, Any], data_root: str | Path | None = None) -
     Built from the run's ``sources``, ``img_size`` and ``tile_stride`` (pretrain.ipynb's defaults
     where absent); the scene cache is reused when it exists, and the index is cached per process.
     """
-    value = {k: params.get(k) for k in POOL_DEFAULTS}
-    value = {k: POOL_DEFAULTS[k] if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    from eolab.config import (
+        defaults,  # the training stack's registries: only when a map is asked for
+    )
+
+    fallback = defaults()
+    value = {k: params.get(k) for k in POOL_PARAMS}
+    value = {k: fallback[k] if v is None or (isinstance(v, float) and math.isnan(v)) else v
              for k, v in value.items()}
     tiles = _pool_tiles(str(data_root or ""), str(value["sources"]), int(value["img_size"]), int(value["tile_stride"]))
     return tiles.copy()  # the cached index stays as built
@@ -272,8 +278,7 @@ def _pool_tiles(root: str, sources: str, img_size: int, tile_stride: int) -> pd.
     from eolab.data.cache import build_scene_cache
     from eolab.data.paths import data_root
 
-    names = tuple(n.strip() for n in sources.split(",") if n.strip())
-    return build_scene_cache(data_root(root or None), names).tiles(patch=img_size, stride=tile_stride)
+    return build_scene_cache(data_root(root or None), split_names(sources)).tiles(patch=img_size, stride=tile_stride)
 
 
 def sample_locations(results: AblationResults, data_root: str | Path | None = None,
@@ -305,7 +310,7 @@ def sample_locations(results: AblationResults, data_root: str | Path | None = No
         if not isinstance(ids, list):
             notes.append(f"{run_id}: no {SAMPLE_NAME} with ids")
             continue
-        key = "given" if isinstance(tiles, pd.DataFrame) else tuple(str(params.get(k)) for k in POOL_DEFAULTS)
+        key = "given" if isinstance(tiles, pd.DataFrame) else tuple(str(params.get(k)) for k in POOL_PARAMS)
         if key not in indexed:
             try:
                 pool = tiles if isinstance(tiles, pd.DataFrame) else (tiles or _default_tiles(data_root))(params)

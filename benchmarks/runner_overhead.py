@@ -1,6 +1,6 @@
 """Benchmark of the ablation runner itself: fault tolerance, per-run overhead, pool speed-up, executors.
 
-    python -m eolab.runner.benchmark [SECTION ...] [--workers 2] [--quick] [--toy]
+    python -m benchmarks.runner_overhead [SECTION ...] [--workers 2] [--quick] [--toy]
                                      [--out results/runner_benchmark] [--results-root DIR] [--keep]
 
 Sections (default: all four, in this order; each runs on its own):
@@ -61,7 +61,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from eolab.io import environment
+from eolab.provenance import git_commit
 from eolab.runner.claim import CLAIM_NAME, process_alive, try_claim
 from eolab.runner.execute import (
     LocalExecutor,
@@ -278,13 +280,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def machine() -> dict[str, Any]:
     """Where and on what this section ran."""
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "eolab", "notebooks"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-        commit = out.stdout.strip() + ("+dirty" if dirty else "")
+    commit = git_commit(short=True)
     return {
         "hostname": socket.gethostname(),
         "cpus": os.cpu_count(),
@@ -443,25 +439,6 @@ def check_tables(section: Section, results_dir: Path, label: str, n_runs: int) -
     return figures
 
 
-@contextlib.contextmanager
-def environment(**values: str | None) -> Iterator[None]:
-    """Set (or, with None, unset) environment variables for the block; kernels and workers inherit them."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def median_time(fn: Callable[[], Any], reps: int) -> float:
     """Median wall seconds of `reps` calls."""
     times = []
@@ -520,7 +497,7 @@ def section_faults(b: Bench) -> Section:
 
     blocker = store.run_dir(fault.run_id) / ENCODER_FILE
     blocker.mkdir(parents=True)
-    (blocker / "occupied").write_text("fault injected by eolab.runner.benchmark\n")
+    (blocker / "occupied").write_text("fault injected by benchmarks.runner_overhead\n")
     killer = Killer(store, victim.run_id, KILL_AFTER_CODE_CELLS, timeout_s=b.timeout_s)
     killer.start()
     b.log(f"  batch: {n} runs, {b.workers} workers; {fault.run_id} will raise, {victim.run_id}'s worker will be killed")
@@ -1076,12 +1053,12 @@ def write_reports(out: Path, sections: Sequence[Section]) -> None:
     (out / "report.json").write_text(json.dumps(
         {name: json.loads((out / f"{name}.json").read_text()) for name in present}, indent=2, default=str) + "\n")
     (out / "report.md").write_text(
-        "# Runner benchmark\n\n`python -m eolab.runner.benchmark`; one section per file, each from its own run.\n\n"
+        "# Runner benchmark\n\n`python -m benchmarks.runner_overhead`; one section per file, each from its own run.\n\n"
         + "\n".join((out / f"{name}.md").read_text() for name in present))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eolab.runner.benchmark", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runner_overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="pool workers (default 2)")

@@ -1,6 +1,6 @@
 """Pre-training throughput benchmark: eolab's MAE against lightly's and Hugging Face's, and the loader.
 
-    python -m eolab.bench [--device auto|cpu|cuda] [--precisions fp32,bf16] [--models eolab,lightly,hf]
+    python -m benchmarks.throughput [--device auto|cpu|cuda] [--precisions fp32,bf16] [--models eolab,lightly,hf]
                           [--batch-size 64] [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
                           [--loader-workers 0,2] [--loader-batches 32] [--loader-seconds 10]
                           [--compile] [--out bench.csv|bench.json] [--quick]
@@ -603,7 +603,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eolab.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--models", type=_choices(MODELS), default=MODELS, help="comma list of eolab,lightly,hf")
     p.add_argument("--precisions", type=_choices(PRECISIONS), default=PRECISIONS, help="comma list of fp32,bf16")

@@ -178,7 +178,7 @@ def plot_robustness(table: pd.DataFrame):
 
 def tasks_overview() -> pd.DataFrame:
     """What every task declares: kind, inputs (bands, steps, size), and its splits."""
-    from .tasks import TASKS
+    from eolab.data.downstream import TASKS
 
     return pd.DataFrame([{"task": t.name, "kind": t.kind, "bands": ",".join(t.bands), "modalities": ",".join(dict.fromkeys(t.modality)),
                           "steps": t.num_dates, "dated": t.dated, "size_px": t.size, "gsd_m": t.gsd_m,

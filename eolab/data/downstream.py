@@ -1,4 +1,5 @@
-"""Benchmark tasks over the shared real data: what each one provides, and how it is split.
+"""Downstream tasks of the embedding benchmark: labelled data sets over the shared real data, what each
+one provides and how it is split (the proxy tasks a run pre-trains with are `eolab.tasks`).
 
 A task declares its inputs before anything is computed - band names, the unit and the sensor
 (modality) of every band, the number of time steps, whether the steps carry acquisition days, the
@@ -38,21 +39,21 @@ import numpy as np
 import torch
 from rasterio.warp import transform as warp_transform
 
-from ..data import eurosat
-from ..data.bands import S2_L1C, S2_L2A
-from ..data.pairs import _metadata_json, read_bigearthnet_s2
-from ..data.paths import data_root
-from ..data.raster import centre_lonlat
-from ..data.timeseries import (
+from . import eurosat
+from .bands import S2_L1C, S2_L2A
+from .pairs import bigearthnet_metadata, read_bigearthnet_s2
+from .paths import data_root
+from .raster import centre_lonlat
+from .splits import spatial_blocks
+from .timeseries import (
     NDVI_FILL,
     REFLECTANCE_SCALE,
     SLOVENIA_DIR,
-    _eopatch_dates,
-    _eopatch_grid,
-    _load_npy,
     day_of_year,
+    eopatch_dates,
+    eopatch_grid,
+    load_npy,
 )
-from .protocols import spatial_blocks
 
 KINDS = ("classification", "multilabel", "regression", "segmentation")
 SAMPLE_KEYS = ("image", "target", "id", "lonlat", "group", "time", "doy", "is_test", "pixel")
@@ -173,7 +174,7 @@ def load_bigearthnet(root: Path) -> dict:
         h, w = dn.shape[1:]
         r0, c0 = (h - c) // 2, (w - c) // 2
         images.append(torch.from_numpy(dn[:, r0 : r0 + c, c0 : c0 + c].astype(np.float32) * REFLECTANCE_SCALE))
-        md = _metadata_json(folder)
+        md = bigearthnet_metadata(folder)
         labels.append(md["labels"])
         lonlat.append(centre_lonlat(meta, h, w))
         times.append(md["acquisition_date"][:10])
@@ -221,9 +222,9 @@ def slovenia_pixels(lulc: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nda
 def _slovenia_labels(root: Path, height: int, width: int) -> dict:
     """Pixels, targets, coordinates and blocks shared by both Slovenia tasks."""
     folder = root / SLOVENIA_DIR
-    lulc = np.asarray(_load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), "the scene"))[..., 0]
+    lulc = np.asarray(load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), "the scene"))[..., 0]
     pixels, target, classes = slovenia_pixels(lulc)
-    crs, transform = _eopatch_grid(folder / "bbox.geojson", height, width)
+    crs, transform = eopatch_grid(folder / "bbox.geojson", height, width)
     xs, ys = transform @ (pixels[:, 1] + 0.5, pixels[:, 0] + 0.5)  # pixel centres in the scene's CRS
     lon, lat = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
     blocks = pixels // SLOVENIA_BLOCK_PX  # (N, 2) block row, block col
@@ -244,7 +245,7 @@ def load_slovenia_landcover(root: Path) -> dict:
     (16 blocks). No documented split.
     """
     path = root / "eo-learn-slovenia" / "REFERENCE_SCENES.npy"
-    scenes = np.asarray(_load_npy(path), dtype=np.float32)
+    scenes = np.asarray(load_npy(path), dtype=np.float32)
     if scenes.ndim != 4 or scenes.shape[-1] != len(S2_L1C):
         raise ValueError(f"{path}: shape {scenes.shape}, expected (T, H, W, {len(S2_L1C)})")
     labels = _slovenia_labels(root, *scenes.shape[1:3])
@@ -262,15 +263,15 @@ def load_slovenia_ndvi_landcover(root: Path) -> dict:
     picks its dates. Same pixels, labels and blocked split as ``slovenia_landcover``.
     """
     folder = root / SLOVENIA_DIR
-    ndvi = _load_npy(folder / "data" / "NDVI.npy")
+    ndvi = load_npy(folder / "data" / "NDVI.npy")
     steps, height, width = ndvi.shape[:3]
     like = f"data/NDVI.npy {ndvi.shape}"
-    cloud = _load_npy(folder / "mask" / "CLM.npy", (steps, height, width, 1), like)[..., 0]
-    has_data = _load_npy(folder / "mask" / "IS_DATA.npy", (steps, height, width, 1), like)[..., 0]
+    cloud = load_npy(folder / "mask" / "CLM.npy", (steps, height, width, 1), like)[..., 0]
+    has_data = load_npy(folder / "mask" / "IS_DATA.npy", (steps, height, width, 1), like)[..., 0]
     values = np.asarray(ndvi[..., 0], dtype=np.float32)  # (T, H, W)
     valid = (cloud == 0) & (has_data != 0) & np.isfinite(values)
     values = np.where(np.isfinite(values), values, NDVI_FILL)
-    dates = _eopatch_dates(folder / "timestamps.json", steps)
+    dates = eopatch_dates(folder / "timestamps.json", steps)
     labels = _slovenia_labels(root, height, width)
     image = torch.from_numpy(values)[None, :, None]  # (T, H, W) -> (1, T, 1, H, W)
     doy = np.array([[day_of_year(d) for d in dates]] * len(labels["target"]))  # every pixel sees every date

@@ -1,10 +1,17 @@
-"""One pre-training run, end to end: the entry point that notebooks and sweeps both call.
+"""One pre-training run, end to end: the one definition of a run's steps that the notebook,
+``python -m eolab launch`` and every sweep (through the notebook) execute.
 
-    cfg = PretrainConfig(mask_ratio=0.75, ...)   # validated before any work starts
-    data = prepare_data(cfg)                     # scene cache, patch index, statistics, EuroSAT
-    run = pretrain(cfg, data)                    # trains the proxy task, saves the encoder
-    evaluation = evaluate(cfg, data, run)        # linear probe: pre-trained / random init / band stats
-    record = write_record(cfg, data, run, evaluation)
+    run = Pipeline(PretrainConfig(mask_ratio=0.75, ...))   # parameters validated before any work
+    run.prepare()               # scene cache, patch index, statistics, EuroSAT
+    run.pretrain()              # trains the proxy task, saves the encoder
+    run.evaluate()              # linear probe: pre-trained / random init / band stats
+    run.embedding_benchmark()   # the benchmark's downstream tasks, when `benchmark` names any
+    run.record()                # record.json
+    # or all of them in order: run.run_all()
+
+The notebook has one cell per step of ``STEPS`` (it is generated from them, and a test checks it),
+so a notebook run and a launched run cannot drift apart. Each step is also a plain function
+(``prepare_data``, ``pretrain``, ``evaluate``, ``embedding_benchmark``, ``write_record``).
 
 Results leave the run as files in ``cfg.output_dir``: ``record.json`` (parameters, metrics, folds,
 seed, git commit, wall time, data manifest), ``history.csv`` (loss per step) and ``encoder.pt``.
@@ -20,7 +27,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,203 +42,31 @@ from .compute import (
     parameter_count,
     training_flops,
 )
+from .config import PretrainConfig
 from .data import eurosat
-from .data.bands import S2_L2A
 from .data.cache import PatchDataset, build_scene_cache
-from .data.pairs import S1_BANDS, PairedS1S2
-from .data.paths import REPO_ROOT, data_root
+from .data.pairs import S1_BANDS
+from .data.paths import data_root
+from .data.pretraining import Sample, pretraining_set
 from .data.samplers import SceneDiverseBatchSampler
-from .data.sampling import Pool, Selection, parse_spec, pool_reference, select
-from .data.scenes import READERS
 from .data.schema import collate
 from .data.stats import Normalization, compute_normalization
-from .data.timeseries import SloveniaSeries, SSL4EOSeries
 from .evaluate import band_stats_features, embed, linear_probe
+from .evaluate.battery import evaluate as run_battery
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
+from .evaluate.leakage import tile_footprints
 from .history import ends
 from .io import write_json_atomic
-from .models.vit import POOLS, SIZES, TOKENIZERS, build_encoder, encoder_config
-from .tasks import AUGMENTATIONS, MASKS, TaskParams, build_task, parse_objective
+from .models.vit import build_encoder, encoder_config
+from .provenance import git_commit
+from .run_folder import HISTORY_NAME, RECORD_NAME, SAMPLE_NAME
+from .tasks import build_task, parse_objective
 from .train import KnnProbe, fit
-
-DATASET_BANDS: dict[str, tuple[str, ...]] = {
-    "scenes": S2_L2A,  # Major-TOM, Hydro, SSL4EO-S12 scenes through the packed cache
-    "s1s2": S2_L2A + S1_BANDS,  # co-registered Sentinel-2 + Sentinel-1 windows (SSL4EO-S12, BigEarthNet)
-    "slovenia": ("NDVI",),  # 68-date NDVI series over Slovenia (eo-learn)
-    "ssl4eo_series": S2_L2A,  # two seasons of one SSL4EO-S12 location
-}
-"""Pre-training datasets by name, with the bands each can provide."""
-TIME_SERIES = ("slovenia", "ssl4eo_series")
-STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
-"""Lightning strategies a run may name (multi-GPU training is Lightning's). Inside a Jupyter kernel
-(a notebook run by the ablation runner) Lightning can launch processes only by forking:
-``ddp_notebook``; ``ddp`` and ``fsdp`` re-run a script, so they suit scripts launched by srun."""
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
-
-    data_root: str = ""
-    dataset: str = "scenes"
-    sources: str = "major_tom,hydro,ssl4eo"
-    val_sources: str = ""
-    bands: str = "B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"
-    n_pretrain: int = 0
-    sampling: str = "pandas_uniform"
-    tile_stride: int = 32
-    img_size: int = 64
-    num_dates: int = 4
-    batch_sampling: str = "diverse"
-    eurosat: str = "local"
-    model_size: str = "vit_micro"
-    patch_size: int = 8
-    tokenizer: str = "patch"
-    band_groups: str = "B02,B03,B04,B08|B05,B06,B07,B8A|B11,B12"
-    objective: str = "mae"
-    objective_weights: str = ""
-    mask_ratio: float = 0.75
-    mask: str = "random"
-    norm_pix_loss: bool = True
-    decoder_dim: int = 128
-    decoder_depth: int = 4
-    view_augment: str = "eo"
-    temperature: float = 0.2
-    denoise_target: str = "eps"
-    augment: str = "dihedral"
-    epochs: int = 20
-    train_tflops: float = 0.0
-    batch_size: int = 64
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    knn_every: int = 100
-    pool: str = "mean_std"
-    probe_folds: int = 5
-    probe_repeats: int = 5
-    probe_baselines: bool = True
-    benchmark: str = ""
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    accumulate: int = 1
-    torch_compile: bool = False
-    num_workers: int = 0
-    checkpoint_every: int = 200
-    output_dir: str = "."
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value, expected = getattr(self, f.name), {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-                ok = True
-            if not ok:
-                raise TypeError(f"parameter {f.name!r} must be {f.type}, got {value!r} ({type(value).__name__})")
-        try:
-            parse_objective(self.objective)
-        except ValueError as exc:
-            raise ValueError(f"parameter 'objective': {exc}") from None
-        parse_spec(self.sampling, param="sampling")  # its errors name the parameter
-        dataset_bands = DATASET_BANDS.get(self.dataset, ())
-        checks = [
-            ("dataset", self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
-            ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
-            ("model_size", self.model_size in SIZES, f"one of {sorted(SIZES)}"),
-            ("mask", self.mask in MASKS, f"one of {sorted(MASKS)}"),
-            ("tokenizer", self.tokenizer in TOKENIZERS, f"one of {TOKENIZERS}"),
-            ("tokenizer", self.tokenizer != "temporal" or self.dataset in TIME_SERIES,
-             f"'temporal' only for the time-series datasets {TIME_SERIES}"),
-            ("tokenizer", self.dataset not in TIME_SERIES or self.tokenizer == "temporal",
-             f"'temporal' for the time-series datasets {TIME_SERIES}"),
-            ("band_groups", self.tokenizer != "groups" or sorted(b for g in self.group_list for b in g) == sorted(self.band_list),
-             f"groups (bands by comma, groups by '|') that partition the bands {self.band_list}"),
-            ("objective_weights", not self.objective_weights or len(self.weight_list) == len(parse_objective(self.objective)),
-             f"one comma-separated weight per part of the objective {self.objective!r}"),
-            ("view_augment", self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
-            ("augment", self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
-            ("batch_sampling", self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
-            ("denoise_target", self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("train_tflops", self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
-            ("knn_every", self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
-            ("num_dates", self.num_dates >= 1, ">= 1"),
-            ("devices", self.devices == "auto" or self.devices.isdigit() or self.devices == "-1", "'auto', -1 or a count"),
-            ("strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
-            ("accumulate", self.accumulate >= 1, ">= 1"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
-            ("img_size", self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
-            ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
-            ("val_sources", all(s in READERS for s in self.val_source_list), f"empty or comma-separated names from {sorted(READERS)}"),
-            ("val_sources", not set(self.val_source_list) & set(self.source_list),
-             f"sources held out of pre-training, none of them in sources {self.sources!r}"),
-            ("val_sources", not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
-            ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
-             f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
-            ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
-            ("pool", self.pool in POOLS, f"one of {POOLS}"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("n_pretrain", self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
-            ("sampling", self.sampling == "pandas_uniform" or self.n_pretrain > 0,
-             "left at its default unless n_pretrain (the budget it samples) is set"),
-            ("probe_folds", self.probe_folds >= 2, ">= 2"),
-            ("benchmark", all(t in _benchmark_tasks() for t in self.benchmark_list),
-             f"empty, 'all' or comma-separated task names from {list(_benchmark_tasks())}"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise ValueError(f"parameter {name!r} must be {what}, got {getattr(self, name)!r}")
-
-    @property
-    def source_list(self) -> tuple[str, ...]:
-        return _names(self.sources)
-
-    @property
-    def val_source_list(self) -> tuple[str, ...]:
-        return _names(self.val_sources)
-
-    @property
-    def band_list(self) -> tuple[str, ...]:
-        return _names(self.bands)
-
-    @property
-    def group_list(self) -> tuple[tuple[str, ...], ...]:
-        return tuple(_names(g) for g in self.band_groups.split("|") if _names(g))
-
-    @property
-    def benchmark_list(self) -> tuple[str, ...]:
-        return tuple(_benchmark_tasks()) if self.benchmark.strip() == "all" else _names(self.benchmark)
-
-    @property
-    def weight_list(self) -> tuple[float, ...]:
-        return tuple(float(w) for w in _names(self.objective_weights))
-
-    @classmethod
-    def from_namespace(cls, namespace: dict) -> PretrainConfig:
-        """Build from a notebook's globals: picks exactly the config's fields."""
-        return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
-
-
-def _benchmark_tasks() -> dict:
-    """The benchmark's task registry, imported only when a run names tasks."""
-    from .evaluate.tasks import TASKS
-
-    return TASKS
-
-
-def _names(text: str) -> tuple[str, ...]:
-    """Comma-separated names of a notebook parameter, blanks dropped."""
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-SAMPLE_FILE = "sample.json"
+SAMPLE_FILE = SAMPLE_NAME
 """The run folder's list of pre-training patch ids (with sampler and hash), when ``n_pretrain`` drew them."""
 
 
@@ -247,52 +81,6 @@ class PreparedData:
     sample: Sample | None = None  # the subset drawn by ``sampling`` (n_pretrain), with its representativeness
 
 
-@dataclass
-class Sample:
-    """Which patches a sampler chose (ids and manifest) and how representative they are of the pool."""
-
-    selection: Selection
-    representativeness: dict[str, float]
-
-
-def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.DataFrame | None, list[str], list[str], Sample | None]:
-    """The unlabelled pre-training set of ``cfg.dataset``: (dataset, tiles or None, sample ids,
-    sources, the subset sample when ``n_pretrain`` drew one)."""
-    if cfg.dataset == "scenes":
-        cache = build_scene_cache(root, cfg.source_list)
-        tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
-        sample = None
-        if cfg.n_pretrain:
-            pool = Pool(tiles, cache, patch=cfg.img_size)
-            selection = select(cfg.sampling, pool, cfg.n_pretrain, seed=cfg.seed, param="sampling", budget_param="n_pretrain")
-            # How representative the draw is of everything it was drawn from, beside what it learns.
-            sample = Sample(selection, pool_reference(pool, seed=cfg.seed).measure(selection.indices))
-            tiles = tiles.iloc[selection.indices].reset_index(drop=True)
-        dataset = PatchDataset(cache, tiles, patch=cfg.img_size, bands=cfg.band_list)
-        return dataset, tiles, list(tiles["id"]), list(tiles["source"]), sample
-    if cfg.dataset == "s1s2":
-        s2 = tuple(b for b in cfg.band_list if b not in S1_BANDS)
-        if tuple(cfg.band_list) != s2 + S1_BANDS:
-            raise ValueError(f"parameter 'bands' for dataset 's1s2' must list Sentinel-2 bands, then {','.join(S1_BANDS)}")
-        dataset = PairedS1S2(root, patch=cfg.img_size, stride=cfg.tile_stride, s2_bands=s2)
-    elif cfg.dataset == "slovenia":
-        dataset = SloveniaSeries(root, patch=cfg.img_size, stride=cfg.tile_stride, num_dates=cfg.num_dates, seed=cfg.seed)
-    else:  # ssl4eo_series: two seasons of one SSL4EO-S12 location
-        dataset = SSL4EOSeries(root, bands=cfg.band_list, patch=cfg.img_size, stride=cfg.tile_stride)
-    if cfg.n_pretrain:
-        raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {cfg.dataset!r}")
-    ids = [dataset[i]["id"] for i in range(len(dataset))]
-    sources = [cfg.dataset] * len(dataset)
-    return dataset, None, ids, sources, None
-
-
-def pretraining_samples(cfg: PretrainConfig) -> tuple[Dataset, pd.DataFrame | None, list[str]]:
-    """The pre-training samples a run with ``cfg`` draws: (dataset, tile index or None, ids). What a
-    leakage check compares evaluation samples with, rebuilt from a record's parameters."""
-    dataset, tiles, ids, _, _ = _pretrain_dataset(cfg, data_root(cfg.data_root or None))
-    return dataset, tiles, ids
-
-
 def prepare_data(cfg: PretrainConfig) -> PreparedData:
     """Build (or reuse) the scene cache, choose pre-training patches, compute statistics, load EuroSAT.
 
@@ -300,7 +88,8 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     """
     root = data_root(cfg.data_root or None)
     labelled = eurosat.load(root, variant=cfg.eurosat)
-    dataset, tiles, ids, sources, sample = _pretrain_dataset(cfg, root)
+    chosen = pretraining_set(cfg, root)
+    dataset, tiles, ids, sources, sample = chosen.dataset, chosen.tiles, chosen.ids, chosen.sources, chosen.sample
     norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
     manifest = {
         "dataset": cfg.dataset, "sources": sorted(set(sources)), "n_patches": len(dataset),
@@ -331,13 +120,6 @@ class PretrainResult:
     validation: dict = dataclasses.field(default_factory=dict)  # val_loss etc. on held-out scenes (val_sources)
 
 
-def _encoder_spec(cfg: PretrainConfig, bands: tuple[str, ...]) -> dict:
-    """Arguments of ``build_encoder`` / ``encoder_config`` for this run."""
-    groups = cfg.group_list if cfg.tokenizer == "groups" else ()
-    return {"size": cfg.model_size, "bands": bands, "img_size": cfg.img_size, "patch_size": cfg.patch_size,
-            "tokenizer": cfg.tokenizer, "groups": groups, "num_dates": cfg.num_dates if cfg.tokenizer == "temporal" else 1}
-
-
 def _cross_views(cfg: PretrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """Cross-view contrast: Sentinel-2 groups vs Sentinel-1 groups for band groups; two random dates
     (None) for a time series."""
@@ -352,13 +134,9 @@ def _cross_views(cfg: PretrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _build_task(cfg: PretrainConfig, bands: tuple[str, ...]) -> torch.nn.Module:
-    spec = _encoder_spec(cfg, bands)
+    spec = cfg.encoder_spec(bands)
     encoder = build_encoder(spec.pop("size"), **spec)
-    params = TaskParams(mask_ratio=cfg.mask_ratio, mask=cfg.mask, norm_pix_loss=cfg.norm_pix_loss,
-                        decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, view_augment=cfg.view_augment,
-                        temperature=cfg.temperature, denoise_target=cfg.denoise_target, views=_cross_views(cfg),
-                        weights=cfg.weight_list)
-    return build_task(cfg.objective, encoder, params)
+    return build_task(cfg.objective, encoder, cfg.task_params(views=_cross_views(cfg)))
 
 
 def _sample_batch(cfg: PretrainConfig, data: PreparedData) -> dict:
@@ -430,7 +208,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   accelerator=cfg.accelerator, devices=int(cfg.devices) if cfg.devices != "auto" else "auto",
                   strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
-                  checkpoint_every=cfg.checkpoint_every or 1, history_path=out / "history.csv",
+                  checkpoint_every=cfg.checkpoint_every or 1, history_path=out / HISTORY_NAME,
                   compile=cfg.torch_compile)
     train_time = time.perf_counter() - t0
     # Under srun every task runs this function; the run folder is rank 0's to write.
@@ -448,7 +226,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
         validation = {f"val_{k}": v for k, v in held_out_loss(task, data.validation, data.normalization,
                                                                cfg.batch_size, cfg.seed).items()}
     encoder = task.encoder.cpu().eval()
-    spec = _encoder_spec(cfg, data.normalization.bands)
+    spec = cfg.encoder_spec(data.normalization.bands)
     ckpt = out / "encoder.pt"
     if rank0:
         save_encoder(ckpt, encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
@@ -497,16 +275,13 @@ def evaluate(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> Ev
     return Evaluation(pd.DataFrame(rows), diagnostics)
 
 
-def benchmark(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> pd.DataFrame | None:
+def embedding_benchmark(cfg: PretrainConfig, data: PreparedData, run: PretrainResult) -> pd.DataFrame | None:
     """The embedding benchmark (``eolab.evaluate.battery``) on the tasks ``cfg.benchmark`` names, for
     the encoder this run saved, next to its random-init twin and band statistics; None when no task
     is named. Writes ``benchmark.csv`` and ``benchmark.json`` into the run folder, so a sweep's every
     run can end with the same battery."""
     if not cfg.benchmark_list:
         return None
-    from .evaluate.battery import evaluate as run_battery
-    from .evaluate.leakage import tile_footprints
-
     # for the leakage check: where (and when) the pre-training windows lie
     footprints = tile_footprints(data.tiles, cfg.img_size) if data.tiles is not None else None
     return run_battery(run.checkpoint, tasks=cfg.benchmark_list, data_root=cfg.data_root or None,
@@ -524,19 +299,10 @@ def _cost(cfg: PretrainConfig, run: PretrainResult) -> dict[str, float]:
     return {"cpu_hours": (usage.ru_utime + usage.ru_stime) / 3600, "gpu_hours": gpus * run.train_time_s / 3600}
 
 
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, evaluation: Evaluation,
-                 started: float | None = None) -> dict:
-    """Write ``record.json`` into the run folder and return it."""
+                 started: float | None = None, benchmark: pd.DataFrame | None = None) -> dict:
+    """Write ``record.json`` into the run folder and return it. ``benchmark`` is the embedding
+    benchmark's table when that step ran: the record names ``benchmark.csv`` only then."""
     scores = evaluation.scores
     h = run.history
     first, last = ends(h, "loss")
@@ -569,19 +335,19 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "metrics": metrics,
         "folds": scores.to_dict(orient="records"),
         "seed": cfg.seed,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "wall_time_s": time.perf_counter() - started if started else run.train_time_s,
         "data": data.manifest,
         "normalization": data.normalization.to_dict(),
         "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
-        "benchmark": "benchmark.csv" if cfg.benchmark_list else None,
+        "benchmark": "benchmark.csv" if benchmark is not None else None,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "world_size": torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
     if data.sample is not None:
         data.sample.selection.write(Path(cfg.output_dir) / SAMPLE_FILE)
-    write_json_atomic(Path(cfg.output_dir) / "record.json", record)
+    write_json_atomic(Path(cfg.output_dir) / RECORD_NAME, record)
     return record
 
 
@@ -589,4 +355,63 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over folds per encoder (for display)."""
     return scores.groupby("encoder")["accuracy"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
 
+
+STEPS = ("prepare", "pretrain", "evaluate", "embedding_benchmark", "record")
+"""A run's steps, in order. Under srun, every rank runs the training steps; the rest are rank 0's."""
+TRAINING_STEPS = ("prepare", "pretrain")
+
+
+class Pipeline:
+    """One run: its config, the steps of ``STEPS`` as methods (each returns what a notebook cell
+    shows), and what each step produced, for the next step and for the notebook's plots."""
+
+    def __init__(self, cfg: PretrainConfig, callbacks: list | tuple = (), started: float | None = None):
+        self.cfg = cfg
+        self.callbacks = list(callbacks)  # Lightning callbacks, e.g. an Optuna trial's reporter
+        self.started = time.perf_counter() if started is None else started
+        self.data: PreparedData | None = None
+        self.result: PretrainResult | None = None
+        self.evaluation: Evaluation | None = None
+        self.benchmark_table: pd.DataFrame | None = None
+        self.record_dict: dict | None = None
+
+    @classmethod
+    def from_namespace(cls, namespace: dict, callbacks: list | tuple = ()) -> Pipeline:
+        """The run a notebook's parameters (its globals) describe; every parameter is validated here."""
+        return cls(PretrainConfig.from_namespace(namespace), callbacks)
+
+    def prepare(self) -> dict:
+        self.data = prepare_data(self.cfg)
+        return self.data.manifest
+
+    def pretrain(self) -> dict:
+        self.result = pretrain(self.cfg, self._need(self.data, "prepare"), callbacks=self.callbacks)
+        return self.result.compute
+
+    def evaluate(self) -> Evaluation:
+        self.evaluation = evaluate(self.cfg, self._need(self.data, "prepare"), self._need(self.result, "pretrain"))
+        return self.evaluation
+
+    def embedding_benchmark(self) -> pd.DataFrame | None:
+        """None unless ``benchmark`` names downstream tasks."""
+        self.benchmark_table = embedding_benchmark(self.cfg, self._need(self.data, "prepare"),
+                                                   self._need(self.result, "pretrain"))
+        return self.benchmark_table
+
+    def record(self) -> dict:
+        self.record_dict = write_record(self.cfg, self._need(self.data, "prepare"), self._need(self.result, "pretrain"),
+                                        self._need(self.evaluation, "evaluate"), self.started, self.benchmark_table)
+        return self.record_dict
+
+    def run_all(self, steps: tuple[str, ...] = STEPS) -> dict | None:
+        """Every step in order (or the given ones); the record when the record step ran."""
+        for step in steps:
+            getattr(self, step)()
+        return self.record_dict
+
+    @staticmethod
+    def _need(value, step: str):
+        if value is None:
+            raise RuntimeError(f"step {step!r} has not run yet; the steps are {STEPS}, in that order")
+        return value
 

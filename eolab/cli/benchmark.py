@@ -1,0 +1,78 @@
+"""The embedding benchmark from the command line: one or more checkpoints through every task.
+
+    python -m eolab benchmark --checkpoint results/.../encoder.pt --output results/benchmark
+    python -m eolab benchmark --checkpoint results/.../encoder.pt --timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from ..checkpoint import CheckpointError
+from ..data.downstream import TASKS
+from ..evaluate.battery import BASELINES, PROTOCOLS, SPLITS, Settings, evaluate
+from ..reports.benchmark import headline
+from ..text import split_names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eolab benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, action="append", help="eolab encoder checkpoint (repeatable)")
+    parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--splits", default=",".join(SPLITS))
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats or ''")
+    parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
+    parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--cache-dir", default=None, help="embedding cache (default: <EOLAB_CACHE>/embeddings)")
+    parser.add_argument("--no-leakage-record", action="store_true", help="do not rebuild pre-training footprints")
+    parser.add_argument("--output", default=None, help="folder for benchmark.csv and benchmark.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timing", action="store_true",
+                        help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
+                             "(probes refitted), with cached results; print the wall times")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    kwargs = {"tasks": split_names(args.tasks), "protocols": split_names(args.protocols), "splits": split_names(args.splits),
+              "baselines": split_names(args.baselines), "pools": split_names(args.pools),
+              "blocks": [int(b) for b in split_names(args.blocks)], "data_root": args.data_root,
+              "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
+              "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed)}
+    encoder = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
+    try:
+        if args.timing:
+            with tempfile.TemporaryDirectory(prefix="eolab-bench-") as tmp:
+                cache = args.cache_dir or tmp
+                calls = [("first call", evaluate(encoder, cache_dir=cache, **kwargs)),
+                         ("second call, probes refitted on cached embeddings",
+                          evaluate(encoder, cache_dir=cache, reuse_results=False, **kwargs)),
+                         ("third call, cached results", evaluate(encoder, cache_dir=cache, output_dir=args.output, **kwargs))]
+            for label, t in calls:
+                c = t.attrs["cache"]
+                print(f"{label}: {t.attrs['wall_time_s']:.1f} s (embeddings computed {c['misses']}, reused {c['hits']}; "
+                      f"result sets reused {c['result_hits']})")
+            print(f"torch threads: {torch.get_num_threads()}")
+            table = calls[-1][1]
+        else:
+            table = evaluate(encoder, cache_dir=args.cache_dir, output_dir=args.output, **kwargs)
+    except (CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.max_colwidth", 60):
+        print(headline(table).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

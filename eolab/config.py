@@ -1,0 +1,295 @@
+"""The parameters of one pre-training run: the single list every other place is derived from.
+
+``PretrainConfig``'s fields are the run's parameters: their names, types, defaults, the comment a
+user reads and the section they sit in. The pre-training notebook's parameters cell is generated
+from them (``parameters_cell``; ``tools/make_pretrain_notebook.py``), the proxy tasks' ``TaskParams``
+take their defaults from them, and a test fails when the notebook and this list disagree.
+
+Every check (types, then values against the registries: objective, model size, mask, ranges) runs
+when a config is built, and all problems are reported together in one ``ParameterError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .data import eurosat
+from .data.downstream import TASKS as DOWNSTREAM_TASKS
+from .data.pretraining import DATASET_BANDS, TIME_SERIES
+from .data.sampling import parse_spec
+from .data.scenes import READERS
+from .models.vit import POOLS, SIZES, TOKENIZERS
+from .tasks import AUGMENTATIONS, MASKS, TaskParams, parse_objective
+from .text import split_names
+
+STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
+"""Lightning strategies a run may name (multi-GPU training is Lightning's). Inside a Jupyter kernel
+(a notebook run by the ablation runner) Lightning can launch processes only by forking:
+``ddp_notebook``; ``ddp`` and ``fsdp`` re-run a script, so they suit scripts launched by srun."""
+
+TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def param(default: Any, help: str, section: str | None = None, notebook: Any = dataclasses.MISSING) -> Any:
+    """A parameter: its default and the one-line help shown in the notebook (``section`` starts a
+    new block of the parameters cell; ``notebook`` is the notebook's own default where it must differ,
+    e.g. where an interactive run writes)."""
+    meta = {"help": help, "section": section}
+    if notebook is not dataclasses.MISSING:
+        meta["notebook"] = notebook
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class ParameterError(ValueError, TypeError):
+    """One or more parameters are unknown, of the wrong type or of a bad value; ``problems`` lists
+    every one (each message names its parameter). A ValueError and a TypeError, as a single bad
+    value or type was before problems were collected."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) if len(self.problems) != 1 else self.problems[0])
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
+
+    data_root: str = param("", "empty: $EOLAB_DATA, else ../shared/data beside the repository", section="data")
+    dataset: str = param("scenes", "scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series")
+    sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled Sentinel-2 scenes to pre-train on (comma-separated)")
+    val_sources: str = param("", "scenes only: scenes held out for the proxy task's validation loss (empty: none)")
+    bands: str = param("B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12", "input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)")
+    n_pretrain: int = param(0, "scenes only: number of pre-training patches drawn (0 means all)")
+    sampling: str = param("pandas_uniform", "scenes with n_pretrain: which patches (uniform | geo_grid | stratified:source | kcenter | kmeans | clear | mixes like 0.5*uniform+0.5*kcenter)")
+    tile_stride: int = param(32, "stride (pixels) of the window grid over scenes and series")
+    img_size: int = param(64, "window size in pixels")
+    num_dates: int = param(4, "time-series datasets: dates per sample")
+    batch_sampling: str = param("diverse", "diverse (scenes mixed, no overlapping windows in a batch) | shuffle")
+    eurosat: str = param("local", "local (273 patches in the data root) or torchgeo (full 27,000 and downloads)")
+    model_size: str = param("vit_micro", "vit_nano | vit_micro | vit_mini | vit_tiny | vit_small | vit_base", section="model")
+    patch_size: int = param(8, "token size in pixels")
+    tokenizer: str = param("patch", "patch (all bands) | groups (one token per band group) | temporal (per date)")
+    band_groups: str = param("B02,B03,B04,B08|B05,B06,B07,B8A|B11,B12", "groups tokenizer: bands by comma and groups by a bar")
+    objective: str = param("mae", "mae | simclr | moco | denoise | cross_view or a mix such as mae+simclr", section="proxy task")
+    objective_weights: str = param("", "weights of a mix by comma (empty means all 1)")
+    mask_ratio: float = param(0.75, "mae: fraction of tokens hidden from the encoder")
+    mask: str = param("random", "mae: random | block | group_independent | group_consistent | group_drop")
+    norm_pix_loss: bool = param(True, "mae: reconstruct per-patch normalised pixels (MAE default)")
+    decoder_dim: int = param(128, "mae and denoise: width of the decoder")
+    decoder_depth: int = param(4, "mae and denoise: transformer blocks in the decoder")
+    view_augment: str = param("eo", "simclr and moco views: none | dihedral | crop | spectral | eo (no colour jitter)")
+    temperature: float = param(0.2, "contrastive: InfoNCE temperature")
+    denoise_target: str = param("eps", "denoise: predict the noise (eps) or the clean signal (x0)")
+    augment: str = param("dihedral", "augmentation of every training batch (same names as view_augment)")
+    epochs: int = param(20, "passes over the pre-training set (unless train_tflops is set)", section="optimisation")
+    train_tflops: float = param(0.0, "training budget in TFLOPs (counted per step) for equal compute (0 means epochs)")
+    batch_size: int = param(64, "images per step")
+    lr: float = param(1.5e-3, "peak AdamW learning rate (warm-up then cosine decay)")
+    weight_decay: float = param(0.05, "AdamW weight decay (not on biases, norms, tokens)")
+    seed: int = param(0, "seeds weights, masks, data order and probe folds")
+    accelerator: str = param("auto", "Lightning accelerator: auto | cpu | gpu")
+    devices: str = param("auto", "Lightning devices per node: auto or a count (e.g. 4 GPUs)")
+    strategy: str = param("auto", "Lightning strategy: auto | ddp_notebook (several GPUs from a notebook) | ddp | fsdp")
+    precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | 16-mixed")
+    accumulate: int = param(1, "gradient accumulation (batches per optimiser step)")
+    torch_compile: bool = param(False, "compile the transformer blocks with torch.compile (inductor; on CPU needs g++)")
+    num_workers: int = param(0, "data-loader worker processes")
+    checkpoint_every: int = param(200, "steps between training checkpoints for resuming a killed run (0 means none)")
+    knn_every: int = param(100, "steps between in-loop EuroSAT k-NN probes (0 means off)", section="evaluation")
+    pool: str = param("mean_std", "embedding: mean | cls | mean_std (mean and spatial std of patch tokens)")
+    probe_folds: int = param(5, "stratified folds of the linear probe")
+    probe_repeats: int = param(5, "repeats of the k-fold split (folds x repeats scores)")
+    probe_baselines: bool = param(True, "also probe a random-init encoder and band statistics")
+    benchmark: str = param("", "embedding benchmark tasks after the probe: \"\" (none), all, or names (eurosat,slovenia_landcover,...)")
+    output_dir: str = param(".", "run folder: record.json, history.csv, encoder.pt", section="output", notebook="../results/scratch")
+
+    def __post_init__(self):
+        problems = self._type_problems()
+        if not problems:  # values are checked once every type is right
+            problems = self._value_problems()
+        if problems:
+            raise ParameterError(problems)
+
+    def _type_problems(self) -> list[str]:
+        problems = []
+        for f in dataclasses.fields(self):
+            value, expected = getattr(self, f.name), TYPES[f.type]
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                ok = True
+            if not ok:
+                problems.append(f"parameter {f.name!r} must be {f.type}, got {value!r} ({type(value).__name__})")
+        return problems
+
+    def _value_problems(self) -> list[str]:
+        problems = []
+        try:
+            parts = parse_objective(self.objective)
+        except ValueError as exc:
+            parts = None
+            problems.append(f"parameter 'objective': {exc}")
+        try:
+            parse_spec(self.sampling, param="sampling")  # its errors name the parameter
+        except ValueError as exc:
+            problems.append(str(exc))
+        dataset_bands = DATASET_BANDS.get(self.dataset, ())
+        benchmark_tasks = DOWNSTREAM_TASKS
+        checks = [
+            ("dataset", self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
+            ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
+            ("model_size", self.model_size in SIZES, f"one of {sorted(SIZES)}"),
+            ("mask", self.mask in MASKS, f"one of {sorted(MASKS)}"),
+            ("tokenizer", self.tokenizer in TOKENIZERS, f"one of {TOKENIZERS}"),
+            ("tokenizer", self.tokenizer != "temporal" or self.dataset in TIME_SERIES,
+             f"'temporal' only for the time-series datasets {TIME_SERIES}"),
+            ("tokenizer", self.dataset not in TIME_SERIES or self.tokenizer == "temporal",
+             f"'temporal' for the time-series datasets {TIME_SERIES}"),
+            ("band_groups", self.tokenizer != "groups" or sorted(b for g in self.group_list for b in g) == sorted(self.band_list),
+             f"groups (bands by comma, groups by '|') that partition the bands {self.band_list}"),
+            ("objective_weights", not self.objective_weights or parts is None or len(self.weight_list) == len(parts),
+             f"one comma-separated weight per part of the objective {self.objective!r}"),
+            ("view_augment", self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("augment", self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("batch_sampling", self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
+            ("denoise_target", self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("train_tflops", self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
+            ("knn_every", self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
+            ("num_dates", self.num_dates >= 1, ">= 1"),
+            ("devices", self.devices == "auto" or self.devices.isdigit() or self.devices == "-1", "'auto', -1 or a count"),
+            ("strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
+            ("accumulate", self.accumulate >= 1, ">= 1"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
+            ("img_size", self.patch_size >= 1 and self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
+            ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
+            ("val_sources", all(s in READERS for s in self.val_source_list), f"empty or comma-separated names from {sorted(READERS)}"),
+            ("val_sources", not set(self.val_source_list) & set(self.source_list),
+             f"sources held out of pre-training, none of them in sources {self.sources!r}"),
+            ("val_sources", not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
+            ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
+             f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
+            ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
+            ("pool", self.pool in POOLS, f"one of {POOLS}"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("n_pretrain", self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
+            ("sampling", self.sampling == "pandas_uniform" or self.n_pretrain > 0,
+             "left at its default unless n_pretrain (the budget it samples) is set"),
+            ("probe_folds", self.probe_folds >= 2, ">= 2"),
+            ("benchmark", all(t in benchmark_tasks for t in self.benchmark_list),
+             f"empty, 'all' or comma-separated task names from {list(benchmark_tasks)}"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                problems.append(f"parameter {name!r} must be {what}, got {getattr(self, name)!r}")
+        return problems
+
+    @property
+    def source_list(self) -> tuple[str, ...]:
+        return split_names(self.sources)
+
+    @property
+    def val_source_list(self) -> tuple[str, ...]:
+        return split_names(self.val_sources)
+
+    @property
+    def band_list(self) -> tuple[str, ...]:
+        return split_names(self.bands)
+
+    @property
+    def group_list(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(split_names(g) for g in self.band_groups.split("|") if split_names(g))
+
+    @property
+    def benchmark_list(self) -> tuple[str, ...]:
+        """The embedding benchmark's downstream tasks this run ends with ('all': every one)."""
+        return tuple(DOWNSTREAM_TASKS) if self.benchmark.strip() == "all" else split_names(self.benchmark)
+
+    @property
+    def weight_list(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in split_names(self.objective_weights))
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> PretrainConfig:
+        """Build from a notebook's globals: picks exactly the config's fields (a notebook's globals
+        hold much else: imports, IPython's names)."""
+        return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PretrainConfig:
+        """Build from a mapping of parameter names (a spec's, a params file's, a record's): a name
+        that is not a parameter is an error (a typo would otherwise silently run the default)."""
+        unknown = sorted(set(params) - set(names()))
+        if unknown:
+            hints = "".join(_suggest(n) for n in unknown)
+            raise ParameterError([f"unknown parameters {unknown}{hints}; the parameters are {list(names())}"])
+        return cls(**params)
+
+
+    def task_params(self, **extra: Any) -> TaskParams:
+        """The proxy task's parameters: every ``TaskParams`` field this config has a parameter of
+        (same name), plus ``extra`` (what is derived per run, e.g. cross-view groups)."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TaskParams) if hasattr(self, f.name)}
+        return TaskParams(**shared, weights=self.weight_list, **extra)
+
+    def encoder_spec(self, bands: tuple[str, ...]) -> dict[str, Any]:
+        """Arguments of ``build_encoder`` / ``encoder_config`` for this run, reading ``bands``."""
+        groups = self.group_list if self.tokenizer == "groups" else ()
+        return {"size": self.model_size, "bands": bands, "img_size": self.img_size, "patch_size": self.patch_size,
+                "tokenizer": self.tokenizer, "groups": groups,
+                "num_dates": self.num_dates if self.tokenizer == "temporal" else 1}
+
+
+def names() -> tuple[str, ...]:
+    """Every parameter's name, in the order of the notebook's parameters cell."""
+    return tuple(f.name for f in dataclasses.fields(PretrainConfig))
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter's default value."""
+    return {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names(), n=1)
+    return f" ({name!r}: did you mean {close[0]!r}?)" if close else ""
+
+
+def parameters_cell() -> str:
+    """The notebook's parameters cell: one annotated assignment per field with its help as a comment,
+    blocks headed by their section. Papermill reads names, types and defaults from it."""
+    lines = []
+    for f in dataclasses.fields(PretrainConfig):
+        section = f.metadata["section"]
+        if section:
+            lines.append(f"# --- {section} " + "-" * max(3, 88 - len(section) - 7))
+        value = f.metadata.get("notebook", f.default)
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)  # "..." as the notebook writes strings
+        assignment = f"{f.name}: {f.type} = {literal}"
+        lines.append(f"{assignment:<40} # {f.metadata['help']}" if len(assignment) < 40 else f"{assignment}  # {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def parameters_markdown() -> str:
+    """The parameter list as Markdown tables, one per section (``docs/parameters.md`` is generated
+    from it, so the page cannot go stale)."""
+    out, table = [], []
+    for f in dataclasses.fields(PretrainConfig):
+        if f.metadata["section"]:
+            if table:
+                out += table + [""]
+            table = [f"## {f.metadata['section'].capitalize()}", "", "| parameter | type | default | meaning |",
+                     "| --- | --- | --- | --- |"]
+        value = f.metadata.get("notebook", f.default)
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)
+        meaning = f.metadata["help"].replace("|", "\\|")
+        table.append(f"| `{f.name}` | {f.type} | `{literal}` | {meaning} |")
+    return "\n".join(out + table) + "\n"

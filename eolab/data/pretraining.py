@@ -1,0 +1,92 @@
+"""The unlabelled pre-training set of a run, by dataset name: scene tiles through the packed cache
+(optionally a sampled subset), co-registered S1+S2 windows, or time series.
+
+What a run trains on and what a leakage check rebuilds from a run's record come from this one
+function, so the two can never differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+from torch.utils.data import Dataset
+
+from .bands import S2_L2A
+from .cache import PatchDataset, build_scene_cache
+from .pairs import S1_BANDS, PairedS1S2
+from .sampling import Pool, Selection, pool_reference, select
+from .timeseries import SloveniaSeries, SSL4EOSeries
+
+DATASET_BANDS: dict[str, tuple[str, ...]] = {
+    "scenes": S2_L2A,  # Major-TOM, Hydro, SSL4EO-S12 scenes through the packed cache
+    "s1s2": S2_L2A + S1_BANDS,  # co-registered Sentinel-2 + Sentinel-1 windows (SSL4EO-S12, BigEarthNet)
+    "slovenia": ("NDVI",),  # 68-date NDVI series over Slovenia (eo-learn)
+    "ssl4eo_series": S2_L2A,  # two seasons of one SSL4EO-S12 location
+}
+"""Pre-training datasets by name, with the bands each can provide."""
+TIME_SERIES = ("slovenia", "ssl4eo_series")
+
+
+class PretrainingParams(Protocol):
+    """The run parameters that choose the pre-training set (``eolab.config.PretrainConfig`` has them)."""
+
+    dataset: str
+    source_list: tuple[str, ...]
+    band_list: tuple[str, ...]
+    img_size: int
+    tile_stride: int
+    num_dates: int
+    n_pretrain: int
+    sampling: str
+    seed: int
+
+
+@dataclass
+class Sample:
+    """Which patches a sampler chose (ids and manifest) and how representative they are of the pool."""
+
+    selection: Selection
+    representativeness: dict[str, float]
+
+
+@dataclass
+class PretrainingSet:
+    dataset: Dataset
+    tiles: pd.DataFrame | None  # window index (scene, row, col) when the data are scene tiles
+    ids: list[str]  # one per sample, in order
+    sources: list[str]  # one per sample
+    sample: Sample | None  # the subset drawn by ``sampling`` when ``n_pretrain`` is set
+
+
+def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
+    """The unlabelled pre-training set that ``params`` choose, read from the data root ``root``."""
+    if params.dataset == "scenes":
+        cache = build_scene_cache(root, params.source_list)
+        tiles = cache.tiles(patch=params.img_size, stride=params.tile_stride)
+        sample = None
+        if params.n_pretrain:
+            pool = Pool(tiles, cache, patch=params.img_size)
+            selection = select(params.sampling, pool, params.n_pretrain, seed=params.seed, param="sampling",
+                               budget_param="n_pretrain")
+            # How representative the draw is of everything it was drawn from, beside what it learns.
+            sample = Sample(selection, pool_reference(pool, seed=params.seed).measure(selection.indices))
+            tiles = tiles.iloc[selection.indices].reset_index(drop=True)
+        dataset = PatchDataset(cache, tiles, patch=params.img_size, bands=params.band_list)
+        return PretrainingSet(dataset, tiles, list(tiles["id"]), list(tiles["source"]), sample)
+    if params.dataset == "s1s2":
+        s2 = tuple(b for b in params.band_list if b not in S1_BANDS)
+        if tuple(params.band_list) != s2 + S1_BANDS:
+            raise ValueError(f"parameter 'bands' for dataset 's1s2' must list Sentinel-2 bands, then {','.join(S1_BANDS)}")
+        dataset = PairedS1S2(root, patch=params.img_size, stride=params.tile_stride, s2_bands=s2)
+    elif params.dataset == "slovenia":
+        dataset = SloveniaSeries(root, patch=params.img_size, stride=params.tile_stride, num_dates=params.num_dates,
+                                 seed=params.seed)
+    else:  # ssl4eo_series: two seasons of one SSL4EO-S12 location
+        dataset = SSL4EOSeries(root, bands=params.band_list, patch=params.img_size, stride=params.tile_stride)
+    if params.n_pretrain:
+        raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {params.dataset!r}")
+    ids = [dataset[i]["id"] for i in range(len(dataset))]
+    return PretrainingSet(dataset, None, ids, [params.dataset] * len(dataset), None)

@@ -1,0 +1,8 @@
+"""Small text helpers shared by parameters, specs and command lines."""
+
+from __future__ import annotations
+
+
+def split_names(text: str, sep: str = ",") -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): separated names with blanks dropped."""
+    return tuple(n.strip() for n in text.split(sep) if n.strip())

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= ablations/mask_ratio.yaml
 
-.PHONY: demo test test-fast env clean-results
+.PHONY: demo test test-fast lint env clean-results
 
 env: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: env
 	$(PY) -m eolab ablate $(SPEC)
 
-test: env
+# The house rules first (seconds): lint, and the import contracts of pyproject.toml (imports go one way).
+lint: env
+	$(VENV)/bin/ruff check eolab benchmarks tests tools
+	$(VENV)/bin/lint-imports
+
+test: env lint
 	$(PY) -m pytest
 
 # The unit suite only: skips the slow end-to-end tests (CI runs everything through `make test`).

@@ -33,7 +33,7 @@ def write_ablation(
     points = [{key: v, "seed": s} for v in values for s in seeds]
     runs = []
     for params in points:
-        run_id = make_run_id(params, sorted(params))
+        run_id = make_run_id(params, [key, "seed"])
         runs.append({"run_id": run_id, "params": params})
         status = store.mark_running(run_id, params)
         record = {
@@ -52,7 +52,7 @@ def write_ablation(
         write_json_atomic(store.run_dir(run_id) / "status.json",
                           {**status, "state": "done", "ended_at": ended_at})
     if failed is not None:
-        run_id = make_run_id(failed, sorted(failed))
+        run_id = make_run_id(failed, list(failed))
         store.mark_finished(store.mark_running(run_id, failed), error="ValueError: boom")
     store.write_spec({"name": name, "description": f"synthetic {key} ablation", "base": {}, "grid": grid,
                       "seeds": list(seeds), "varied_keys": [key, "seed"], "runs": runs})

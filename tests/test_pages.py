@@ -122,3 +122,17 @@ def test_executed_summary_page_offline(tmp_path: Path) -> None:
     report = check_page(html, screenshot=results / "summary.png")
     assert report.problems() == [] and report.images == report.images_drawn >= 2 and "Warning" not in report.text
     assert "0.695" in report.text  # the pretrained mean of mask ratio 0.75 reaches the page
+
+
+@pytest.mark.slow
+@needs_browser
+def test_committed_pages_are_fit_to_share() -> None:
+    """Every rendered page under results/ passes the offline check (re-render with `python -m eolab
+    render results/<name>/summary.ipynb` when one does not)."""
+    from eolab.runner.pagecheck import browser
+
+    pages = sorted(REPO.glob("results/*/*.html"))
+    assert pages
+    with browser() as endpoint:
+        failures = {str(p.relative_to(REPO)): check_page(p, endpoint=endpoint).problems() for p in pages}
+    assert {p: f for p, f in failures.items() if f} == {}

@@ -18,7 +18,7 @@ cells = [
     new_code_cell(
         'results_dirs: str = "../results/mask_ratio,../results/mask_scheme"  # comma-separated results folders\n'
         'reference: str = ""  # ABLATION/RUN: pair every run of the same seed with it, fold by fold (empty: none)\n'
-        'versus: str = ""  # KEY=VALUE: pair every run with the one of the same settings but KEY=VALUE (empty: none)',
+        'versus: str = ""  # KEY and VALUE joined by an equals sign: pair each run with the run of its settings but that value (empty: none)',
         metadata={"tags": ["parameters"]},
     ),
     new_code_cell(

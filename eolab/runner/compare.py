@@ -19,6 +19,7 @@ result folders (benchmarks), with what they carry.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,12 +263,35 @@ def render_compare(paths: list[str | Path], out_dir: Path, reference: str = "", 
     executed = Path(out_dir) / "compare.ipynb"
     error = None
     try:
-        execute_notebook(notebook, executed, {"results_dirs": ",".join(str(Path(p).resolve()) for p in paths),
+        execute_notebook(notebook, executed, {"results_dirs": ",".join(_from_notebook(p, notebook) for p in paths),
                                               "reference": reference, "versus": versus})
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
-    html = render_html(executed) if executed.is_file() else None
-    return html, error
+    if not executed.is_file():
+        return None, error
+    _relative_papermill_paths(executed, notebook.resolve().parents[1])
+    return render_html(executed), error
+
+
+def _relative_papermill_paths(executed: Path, repo: Path) -> None:
+    """papermill records the notebook's input and output paths as given (absolute here): keep them
+    relative to the repository, so that a committed comparison names no machine's folders."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        value = meta.get(key)
+        if value and Path(value).resolve().is_relative_to(repo):
+            meta[key] = str(Path(value).resolve().relative_to(repo))
+    nbformat.write(nb, executed)
+
+
+def _from_notebook(path: str | Path, notebook: Path) -> str:
+    """`path` as the notebook (run in its own folder) reaches it: relative inside the repository,
+    so that the executed notebook carries no machine's absolute paths."""
+    path, repo = Path(path).resolve(), notebook.resolve().parents[1]
+    return os.path.relpath(path, notebook.resolve().parent) if path.is_relative_to(repo) else str(path)
 
 
 # --- the index of results/ -----------------------------------------------------------------------
@@ -301,7 +325,7 @@ def write_index(root: str | Path) -> tuple[Path, Path]:
 
 
 def _index_row(folder: Path, root: Path) -> dict[str, Any]:
-    page = next((p for p in ("summary.html", "benchmark.html", "report.md") if (folder / p).is_file()), "")
+    page = next((p for p in ("summary.html", "benchmark.html", "compare.html", "report.md") if (folder / p).is_file()), "")
     row: dict[str, Any] = {"name": folder.name, "page": f"{folder.name}/{page}" if page else "",
                            "runs": "", "best": "", "best run": "", "date": "", "commit": "", "description": ""}
     if (folder / RUNS_DIRNAME).is_dir():
@@ -316,7 +340,13 @@ def _index_row(folder: Path, root: Path) -> dict[str, Any]:
             commits |= {str(part[k])[:7] for k in ("git_commit", "commit") if isinstance(part.get(k), str)}
     if (folder / "benchmark.csv").is_file():
         best = _benchmark_best(folder / "benchmark.csv")
-    kind = "benchmark" if jsons or (folder / "benchmark.csv").is_file() else "files"
+    compared = _read_csv(folder / "compare.csv")  # a saved `compare --csv`: its runs' dates and commits
+    if {"ended_at", "git_commit", "ablation"} <= set(compared.columns):
+        dates |= {str(d)[:10] for d in compared["ended_at"].dropna()}
+        commits |= {c for cs in compared["git_commit"].dropna() for c in str(cs).split(",")}
+        best = f"{compared['ablation'].nunique()} ablations, {len(compared)} runs"
+    kind = ("comparison" if (folder / "compare.ipynb").is_file()
+            else "benchmark" if jsons or (folder / "benchmark.csv").is_file() else "files")
     return {**row, "kind": kind, "runs": "", "best": best, "date": max(dates) if dates else "",
             "commit": _commits(commits), "description": ", ".join(p.name for p in sorted(folder.iterdir())[:6])}
 

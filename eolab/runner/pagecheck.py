@@ -175,10 +175,11 @@ def browser() -> Iterator[str]:
 
 
 def check_page(html: str | Path, screenshot: str | Path | None = None, width: int = 1280,
-               shot_height: int = 1600, endpoint: str | None = None) -> PageReport:
+               shot_height: int = 1600, endpoint: str | None = None, from_heading: str | None = None) -> PageReport:
     """Load `html` offline in headless chromium; record its requests and read back what it shows.
 
-    With `screenshot`, the top `shot_height` px of the page (at `width` CSS px) are saved as PNG.
+    With `screenshot`, `shot_height` px of the page (at `width` CSS px) are saved as PNG: from the
+    top, or from the first heading whose text contains `from_heading`.
     Pass a running browser's `endpoint` (from `browser()`) to check several pages in one browser.
     """
     html = Path(html).resolve()
@@ -186,7 +187,7 @@ def check_page(html: str | Path, screenshot: str | Path | None = None, width: in
         raise FileNotFoundError(f"page not found: {html}")
     if endpoint is None:
         with browser() as started:
-            return check_page(html, screenshot, width, shot_height, started)
+            return check_page(html, screenshot, width, shot_height, started, from_heading)
     new_tab = urllib.request.Request(f"{endpoint}/json/new?about:blank", method="PUT")
     with urllib.request.urlopen(new_tab, timeout=30) as r:  # noqa: S310 - the local DevTools endpoint
         target = json.loads(r.read())
@@ -205,9 +206,17 @@ def check_page(html: str | Path, screenshot: str | Path | None = None, width: in
         shot = None
         if screenshot is not None:
             shot = Path(screenshot)
-            height = min(shot_height, int(state["height"]))
+            top = 0
+            if from_heading:
+                find = ("(() => { const h = Array.from(document.querySelectorAll('h1,h2,h3'))"
+                        f".find(e => e.textContent.includes({json.dumps(from_heading)}));"
+                        " return h ? h.getBoundingClientRect().top + window.scrollY - 10 : -1; })()")
+                top = cdp.send("Runtime.evaluate", expression=find, returnByValue=True)["result"]["value"]
+                if top < 0:
+                    raise ValueError(f"{html}: no heading contains {from_heading!r}")
+            height = min(shot_height, int(state["height"] - top))
             data = cdp.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})["data"]
+                            clip={"x": 0, "y": top, "width": width, "height": height, "scale": 1})["data"]
             shot.parent.mkdir(parents=True, exist_ok=True)
             shot.write_bytes(base64.b64decode(data))
         requests = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
@@ -223,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eolab.runner.pagecheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("pages", nargs="+", type=Path, help="rendered HTML pages")
     parser.add_argument("--screenshot", action="store_true", help="write PAGE.png beside each page (its top)")
+    parser.add_argument("--height", type=int, default=1600, help="screenshot height in CSS px (default 1600)")
+    parser.add_argument("--from-heading", metavar="TEXT", help="screenshots start at the first heading containing TEXT")
     args = parser.parse_args(argv)
     bad = 0
     with browser() as endpoint:
         for page in args.pages:
-            report = check_page(page, page.with_suffix(".png") if args.screenshot else None, endpoint=endpoint)
+            report = check_page(page, page.with_suffix(".png") if args.screenshot else None, endpoint=endpoint,
+                                shot_height=args.height, from_heading=args.from_heading)
             problems = report.problems()
             bad += bool(problems)
             size = page.stat().st_size / 1e6

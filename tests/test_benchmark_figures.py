@@ -1,12 +1,14 @@
 """The benchmark's headline figure stays legible however many tasks and how long the encoder names."""
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from eolab.evaluate import report  # noqa: E402
+from eolab.evaluate import report
 
 
 def _table(n_encoders: int, n_tasks: int = 7) -> pd.DataFrame:
@@ -24,7 +26,7 @@ def _table(n_encoders: int, n_tasks: int = 7) -> pd.DataFrame:
 
 def _boxes_overlap(boxes) -> bool:
     boxes = sorted(boxes, key=lambda b: b.y0)
-    return any(a.y1 > b.y0 + 0.5 for a, b in zip(boxes, boxes[1:]))
+    return any(a.y1 > b.y0 + 0.5 for a, b in itertools.pairwise(boxes))
 
 
 def test_headline_figure_has_horizontal_readable_labels() -> None:

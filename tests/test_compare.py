@@ -102,7 +102,7 @@ def test_compare_command(two, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_results_index(two, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a, b = two
+    a, _ = two
     (a / "summary.html").write_text("<html></html>")
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -14,7 +14,7 @@ from eolab.runner.render import extract_math, insert_math, page, render_html
 from tests.ablation_fixtures import write_ablation
 
 try:
-    from eolab.runner.pagecheck import BrowserUnavailable, chromium_path, check_page
+    from eolab.runner.pagecheck import BrowserUnavailable, check_page, chromium_path
 
     chromium_path()
     NO_BROWSER = ""

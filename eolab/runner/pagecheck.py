@@ -189,7 +189,7 @@ def check_page(html: str | Path, screenshot: str | Path | None = None, width: in
         with browser() as started:
             return check_page(html, screenshot, width, shot_height, started, from_heading)
     new_tab = urllib.request.Request(f"{endpoint}/json/new?about:blank", method="PUT")
-    with urllib.request.urlopen(new_tab, timeout=30) as r:  # noqa: S310 - the local DevTools endpoint
+    with urllib.request.urlopen(new_tab, timeout=30) as r:
         target = json.loads(r.read())
     cdp = _Session(target["webSocketDebuggerUrl"])
     try:
@@ -224,7 +224,7 @@ def check_page(html: str | Path, screenshot: str | Path | None = None, width: in
                   if e.get("method") == "Runtime.exceptionThrown"]
     finally:
         cdp.close()
-        urllib.request.urlopen(f"{endpoint}/json/close/{target['id']}", timeout=30).close()  # noqa: S310
+        urllib.request.urlopen(f"{endpoint}/json/close/{target['id']}", timeout=30).close()
     return PageReport(path=html, requests=requests, console_errors=errors, screenshot=shot, **state)
 
 

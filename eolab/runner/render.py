@@ -53,9 +53,9 @@ math[display="block"] { margin: 0.6em 0; }
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
-_CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]*`)", re.S)
+_CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]*`)", re.DOTALL)
 """Fenced blocks and inline code spans: their dollars are literal, not math."""
-_DISPLAY_MATH = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$", re.S)
+_DISPLAY_MATH = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$", re.DOTALL)
 _INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?![\s$])([^$\n]+?)(?<![\s\\])\$(?![\w$])")
 _PLACEHOLDER = "eolabmath"
 

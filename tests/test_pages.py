@@ -136,3 +136,17 @@ def test_committed_pages_are_fit_to_share() -> None:
     with browser() as endpoint:
         failures = {str(p.relative_to(REPO)): check_page(p, endpoint=endpoint).problems() for p in pages}
     assert {p: f for p, f in failures.items() if f} == {}
+
+
+@needs_browser
+def test_pagecheck_command_writes_a_screenshot_from_a_heading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eolab.runner.pagecheck import main
+
+    nb_path = tmp_path / "toy.ipynb"
+    nbformat.write(toy_notebook(), str(nb_path))
+    html = render_html(nb_path)
+    assert main([str(html), "--screenshot", "--from-heading", "Scaling", "--height", "400"]) == 0
+    assert "0 external" in capsys.readouterr().out
+    assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no heading contains 'no such heading'"):
+        main([str(html), "--screenshot", "--from-heading", "no such heading"])

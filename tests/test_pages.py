@@ -14,6 +14,8 @@ from eolab.runner.render import extract_math, insert_math, page, render_html
 from tests.ablation_fixtures import write_ablation
 
 try:
+    import websocket  # noqa: F401 - websocket-client drives the browser
+
     from eolab.runner.pagecheck import BrowserUnavailable, check_page, chromium_path
 
     chromium_path()

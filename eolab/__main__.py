@@ -278,7 +278,7 @@ COMMANDS: dict[str, Command] = {
     "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
     "compare": Command(
         cmd_compare,
-        "ablations side by side: per run, pre-trained vs baselines with 95% intervals over folds",
+        "ablations side by side: per run, pre-trained vs baselines with bootstrap intervals over folds",
         (
             arg("results_dirs", nargs="+", metavar="RESULTS_DIR", help="results folders of ablations, e.g. results/mask_ratio"),
             arg("--reference", metavar="ABLATION/RUN", help="pair every run of the same seed with this run, fold by fold"),

@@ -138,3 +138,10 @@ def test_compare_summary_page(two, tmp_path: Path) -> None:
     except BrowserUnavailable:
         return
     assert report.problems() == [] and report.images == report.images_drawn == 1
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["results", "--help"]])
+def test_help_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -4,6 +4,8 @@
                                 [--workers N] [--executor local|slurm]
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
+    python -m eolab compare RESULTS_DIR RESULTS_DIR [...] [--reference ABLATION/RUN | --versus KEY=VALUE] [--csv FILE] [--summary DIR]
+    python -m eolab results index [--root DIR]
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
     python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (the embedding benchmark)
@@ -132,6 +134,53 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two or more ablations side by side (eolab.reports.compare): a markdown table on stdout, and
+    optionally a CSV and the rendered compare notebook."""
+    from eolab.reports.compare import CompareError, compare_runs, formatted, to_markdown
+
+    try:
+        frame = compare_runs(args.results_dirs, reference=args.reference, versus=args.versus)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    print(to_markdown(formatted(frame)), end="")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False)
+        print(f"csv: {args.csv}")
+    if args.summary:
+        from eolab.reports.compare import render_compare
+
+        html, error = render_compare(args.results_dirs, Path(args.summary), args.reference or "", args.versus or "")
+        if html:
+            print(f"summary: {html}")
+        if error:
+            print(f"compare notebook failed: {error}", file=sys.stderr)
+            return EXIT_FAILED_RUNS
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """`results index`: write results/index.md and index.csv listing every results folder."""
+    from eolab.reports.compare import CompareError, write_index
+
+    root = Path(args.root) if args.root else Path(__file__).resolve().parents[1] / "results"
+    try:
+        md, csv = write_index(root)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"{_shown(md)}\n{_shown(csv)}")
+    return EXIT_OK
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """Check the data root and build the packed scene cache (a preflight before long batches)."""
     from eolab.data import eurosat
@@ -222,6 +271,19 @@ COMMANDS: dict[str, Command] = {
     ),
     "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
     "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
+    "compare": Command(
+        cmd_compare,
+        "ablations side by side: per run, pre-trained vs baselines with bootstrap intervals over folds",
+        (
+            arg("results_dirs", nargs="+", metavar="RESULTS_DIR", help="results folders of ablations, e.g. results/mask_ratio"),
+            arg("--reference", metavar="ABLATION/RUN", help="pair every run of the same seed with this run, fold by fold"),
+            arg("--versus", metavar="KEY=VALUE", help="pair every run with the one of the same settings but KEY=VALUE (e.g. mask=random)"),
+            arg("--csv", metavar="FILE", help="also write the numbers (means, sds, interval bounds) as CSV"),
+            arg("--summary", metavar="DIR", help="also execute notebooks/compare.ipynb into DIR and render compare.html"),
+        ),
+    ),
+    "results": Command(cmd_results, "`results index`: write results/index.md and index.csv (every results folder)",
+                       (arg("action", choices=("index",)), arg("--root", metavar="DIR", help="default: <repo>/results"))),
     "data": Command(cmd_data, "check the data root and build the scene cache", (arg("--data-root", metavar="DIR"),)),
     "probe": Command(
         cmd_probe,

@@ -41,3 +41,14 @@ def test_seed_noise_decides_whether_a_difference_is_real():
     assert (small["seed_sd"] > 0.02).all() and not small["exceeds_seed_noise"].any()
     large = compare_arms(_results(effect=0.2, seed_shift=0.03), reference="a-0")
     assert large["exceeds_seed_noise"].all()
+
+
+def test_one_seed_per_arm_gives_no_seed_noise_and_no_warning():
+    import warnings
+
+    one_seed = _results(effect=0.02, seed_shift=0.0)
+    one_seed.table = one_seed.table[one_seed.table["seed"] == 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's All-NaN RuntimeWarning used to reach the summary pages
+        out = compare_arms(one_seed, reference="a-0")
+    assert len(out) == 1 and np.isnan(out["seed_sd"].iloc[0]) and out["exceeds_seed_noise"].iloc[0] is None

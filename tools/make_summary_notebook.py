@@ -1,6 +1,6 @@
 """Write notebooks/summary.ipynb (kept as a script so the notebook's source is reviewable in diffs).
 
-The plotting and loading code lives in eolab/runner/report.py; the notebook only calls it.
+The plotting and loading code lives in eolab/reports/runs.py; the notebook only calls it.
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ cells = [
         "Executed by `python -m eolab ablate SPEC` after a batch (with `results_dir` pointing at "
         "`results/<name>/`) and rendered to `results/<name>/summary.html`. It only reads the runner's "
         "outputs: `spec.json`, `table.csv` (one row per run, encoder and fold), `runs.csv` "
-        "(one row per run) and each run's `history.csv`; the helpers live in `eolab/runner/report.py`."
+        "(one row per run) and each run's `history.csv`; the helpers live in `eolab/reports/runs.py`."
     ),
     new_code_cell(
         'results_dir: str = "../results/mask_ratio"  # folder of an executed ablation',

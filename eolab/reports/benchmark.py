@@ -6,6 +6,7 @@ imported inside the plotting functions so that the command line does not load th
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -94,37 +95,73 @@ def _panels(n: int, width: float = 4.0, height: float = 3.2):
     return fig, list(axes.flat[:n])
 
 
-def _points(ax, part: pd.DataFrame, x: str, hue: str, hue_order, palette) -> None:
-    """Points with their interval as error bars, ``hue`` dodged along ``x``."""
-    xs = list(dict.fromkeys(part[x]))
-    width = 0.7 / max(len(hue_order), 1)
+def encoder_labels(rows: pd.DataFrame, width: int = 26) -> pd.Series:
+    """A readable label per row's encoder: a run id loses its 12-hex hash (kept where two would then
+    read alike), the pooling and block follow in brackets, and long labels wrap at `width`."""
+    def short(name: str) -> str:
+        head, _, tail = name.rpartition("-")
+        return head if head and len(tail) == 12 and all(c in "0123456789abcdef" for c in tail) else name
+
+    names = rows["encoder"].astype(str)
+    shorts = {n: short(n) for n in names.unique()}
+    taken = pd.Series(shorts).value_counts()
+    base = names.map(lambda n: shorts[n] if taken[shorts[n]] == 1 else n)
+    full = base + np.where(rows["pool"] != "", " (" + rows["pool"].astype(str) + ", " + rows["block"].astype(str) + ")", "")
+    return full.map(lambda text: textwrap.fill(text, width, break_on_hyphens=True))
+
+
+def _hpoints(ax, part: pd.DataFrame, y: str, order: list[str], hue: str, hue_order, palette) -> None:
+    """Horizontal points with their interval as error bars: one row per ``y`` (in ``order``, top
+    down), ``hue`` dodged within the row. Labels read horizontally however long they are."""
+    height = 0.7 / max(len(hue_order), 1)
     for k, h in enumerate(hue_order):
-        sub = part[part[hue] == h].set_index(x).reindex(xs)
-        pos = np.arange(len(xs)) + (k - (len(hue_order) - 1) / 2) * width
+        sub = part[part[hue] == h].drop_duplicates(y).set_index(y).reindex(order)
+        pos = np.arange(len(order)) + (k - (len(hue_order) - 1) / 2) * height
         err = np.abs(np.vstack([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]]))
-        ax.errorbar(pos, sub["value"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=palette[k], label=h)
-    ax.set_xticks(range(len(xs)), xs, rotation=20, ha="right")
+        ax.errorbar(sub["value"], pos, xerr=np.nan_to_num(err), fmt="o", capsize=3, color=palette[k], label=h)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+
+
+def _task_figure(rows: pd.DataFrame, hue: str, hue_order: list[str], title, legend_title: str, suptitle: str):
+    """One panel per task, encoders as rows shared by all panels (labels on the left column only),
+    figure height from the number of encoders and tasks; the legend above the panels."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = rows.assign(label=encoder_labels(rows))
+    tasks = list(dict.fromkeys(rows["task"]))
+    order = list(dict.fromkeys(rows["label"]))
+    cols = min(len(tasks), 3)
+    nrows = int(np.ceil(len(tasks) / cols))
+    lines = max(label.count("\n") + 1 for label in order)
+    panel_h = 0.9 + 0.32 * len(order) * max(1, lines / 1.5) ** 0.5
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 + 3.8 * cols, 0.9 + panel_h * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    palette = sns.color_palette("deep", len(hue_order))
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        _hpoints(ax, rows[rows["task"] == task], "label", order, hue, hue_order, palette)
+        ax.set_title(title(task), fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.suptitle(suptitle, fontsize=11)
+    fig.legend(handles, labels, title=legend_title, loc="upper center", ncol=len(hue_order), fontsize=8,
+               title_fontsize=8, bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+    return fig
 
 
 def plot_splits(table: pd.DataFrame, protocol: str = "linear"):
     """Headline metric of every task per encoder, one point per split with its interval."""
-    import seaborn as sns
-
     rows = table[(table["protocol"] == protocol) & (table["not_applicable"] == "")]
     metric = _first_metric(rows)
     rows = rows[rows["metric"] == rows["task"].map(metric)]
-    rows = rows.assign(encoder=rows["encoder"] + np.where(rows["pool"] != "", " (" + rows["pool"] + ", " + rows["block"] + ")", ""))
-    tasks = list(dict.fromkeys(rows["task"]))
-    fig, axes = _panels(len(tasks))
     splits = [s for s in SPLIT_ORDER if s in set(rows["split"])]
-    palette = sns.color_palette("deep", len(splits))
-    for ax, task in zip(axes, tasks, strict=True):
-        _points(ax, rows[rows["task"] == task], "encoder", "split", splits, palette)
-        ax.set_title(f"{task} ({metric[task]})", fontsize=10)
-    axes[0].legend(title="split", fontsize=8)
-    fig.suptitle(f"{protocol} probe: random vs spatially blocked vs documented split (95% intervals)")
-    fig.tight_layout()
-    return fig
+    return _task_figure(rows, "split", splits, lambda task: f"{task} ({metric[task]})", "split",
+                        f"{protocol} probe: random vs spatially blocked vs documented split (95% intervals)")
 
 
 def plot_few_shot(table: pd.DataFrame):
@@ -153,8 +190,6 @@ def plot_few_shot(table: pd.DataFrame):
 
 def plot_robustness(table: pd.DataFrame):
     """The same linear probe with all bands and with bands missing at test time, per encoder."""
-    import seaborn as sns
-
     rob = table[(table["protocol"] == "robustness") & (table["not_applicable"] == "")]
     if rob.empty:
         return None
@@ -164,16 +199,10 @@ def plot_robustness(table: pd.DataFrame):
         rob[keys].drop_duplicates(), on=keys).assign(variant="all bands")
     rows = pd.concat([clean, rob])
     rows = rows[rows["metric"] == rows["task"].map(metric)]
-    tasks = list(dict.fromkeys(rows["task"]))
-    fig, axes = _panels(len(tasks))
     variants = list(dict.fromkeys(rows["variant"]))
-    palette = sns.color_palette("deep", len(variants))
-    for ax, task in zip(axes, tasks, strict=True):
-        _points(ax, rows[rows["task"] == task], "encoder", "variant", variants, palette)
-        ax.set_title(f"{task} ({metric[task]}, {rows.loc[rows['task'] == task, 'split'].iloc[0]} split)", fontsize=10)
-    axes[0].legend(title="test inputs", fontsize=8)
-    fig.tight_layout()
-    return fig
+    split = rows.groupby("task", sort=False)["split"].first()
+    return _task_figure(rows, "variant", variants, lambda task: f"{task} ({metric[task]}, {split[task]} split)",
+                        "test inputs", "linear probe with bands missing at test time (95% intervals)")
 
 
 def tasks_overview() -> pd.DataFrame:

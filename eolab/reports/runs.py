@@ -284,7 +284,8 @@ def compare_arms(results: AblationResults, encoder: str = "pretrained", referenc
             continue
         paired = (folds[run_id] - folds[partner[0]]).dropna()  # same seed: the same folds
         lo, hi = bootstrap_ci(paired.to_numpy())
-        noise = float(np.nanmax([seed_sd.get(run["arm"], np.nan), seed_sd.get(ref_arm, np.nan)]))
+        spreads = [s for s in (seed_sd.get(run["arm"], np.nan), seed_sd.get(ref_arm, np.nan)) if np.isfinite(s)]
+        noise = max(spreads) if spreads else float("nan")  # one seed per arm: no seed noise to compare with
         rows.append({"run_id": run_id, **{k: run[k] for k in keys}, "versus": partner[0],
                      "difference": paired.mean(), "ci_low": lo, "ci_high": hi, "interval_excludes_0": not lo <= 0 <= hi,
                      "seed_sd": noise, "exceeds_seed_noise": bool(abs(paired.mean()) > 2 * noise) if np.isfinite(noise) else None})

@@ -291,5 +291,6 @@ def parameters_markdown() -> str:
         value = f.metadata.get("notebook", f.default)
         literal = json.dumps(value) if isinstance(value, str) else repr(value)
         meaning = f.metadata["help"].replace("|", "\\|")
+        literal = literal.replace("|", "\\|")  # a bar ends a table cell, even inside backticks
         table.append(f"| `{f.name}` | {f.type} | `{literal}` | {meaning} |")
     return "\n".join(out + table) + "\n"

@@ -95,6 +95,18 @@ def test_the_committed_notebook_is_what_the_generator_writes():
         "notebooks/pretrain.ipynb is out of date: run `python tools/make_pretrain_notebook.py`")
 
 
+def test_the_parameters_page_is_generated_from_the_config():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import make_pretrain_notebook
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    page = make_pretrain_notebook.PARAMETERS_PAGE.read_text()
+    assert page == make_pretrain_notebook.parameters_page(page), (
+        "docs/parameters.md is out of date: run `python tools/make_pretrain_notebook.py`")
+    assert all(f"`{name}`" in page for name in config.names())
+
+
 def test_notebook_parameters_equal_the_config_fields():
     """Names, types and defaults as papermill reads them (what the runner validates specs against)."""
     found = papermill.inspect_notebook(str(NOTEBOOK))

@@ -5,7 +5,8 @@
 The parameters cell is ``eolab.config.parameters_cell()`` (names, types, defaults and comments of
 ``PretrainConfig``'s fields) and there is one cell per step of ``eolab.pipeline.STEPS``, so the
 notebook cannot drift from the config or from ``python -m eolab launch``;
-``tests/test_house.py`` fails when the committed notebook is not what this script writes.
+``tests/test_house.py`` fails when the committed notebook (or the table of ``docs/parameters.md``,
+also written here) is not what this script writes.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import nbformat as nbf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eolab.config import parameters_cell  # noqa: E402
+from eolab.config import parameters_cell, parameters_markdown  # noqa: E402
 from eolab.pipeline import STEPS  # noqa: E402
 
 NOTEBOOK = ROOT / "notebooks" / "pretrain.ipynb"
+PARAMETERS_PAGE = ROOT / "docs" / "parameters.md"
+BEGIN, END = "<!-- parameters -->\n", "<!-- /parameters -->"
 
 # What each step's cell says and shows; keys must be exactly the pipeline's steps.
 STEP_CELLS = {
@@ -83,6 +86,13 @@ def build() -> nbf.NotebookNode:
     return nb
 
 
+def parameters_page(text: str) -> str:
+    """``docs/parameters.md`` with its table (between the markers) regenerated from the config."""
+    head, rest = text.split(BEGIN, 1)
+    return head + BEGIN + parameters_markdown() + END + rest.split(END, 1)[1]
+
+
 if __name__ == "__main__":
     nbf.write(build(), str(NOTEBOOK))
-    print(f"wrote {NOTEBOOK.relative_to(ROOT)}")
+    PARAMETERS_PAGE.write_text(parameters_page(PARAMETERS_PAGE.read_text()))
+    print(f"wrote {NOTEBOOK.relative_to(ROOT)} and {PARAMETERS_PAGE.relative_to(ROOT)}")

@@ -188,3 +188,22 @@ def test_launch_and_notebook_write_the_same_files_and_record_keys(tmp_path):
     assert _keys(a) == _keys(b)
     assert a["benchmark"] == b["benchmark"] == "benchmark.csv"
     assert a["folds"] == b["folds"]  # same parameters, same seed: the same run
+
+
+def test_committed_results_hold_no_machine_paths():
+    """Committed result files are relative to the repository (tools/relativize_results.py rewrites them)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import relativize_results
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    offences = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in relativize_results.TEXT_SUFFIXES and path.is_file():
+            found = relativize_results.leftovers(path.read_text(encoding="utf-8", errors="replace"))
+            offences += [f"{name}: {p}" for p in found[:1]]
+    assert not offences, "run `python tools/relativize_results.py`:\n" + "\n".join(offences[:20])

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from eolab.io import write_json_atomic, write_text_atomic
+from eolab.secrets import known_secrets, redact, redact_values
 
 RUNS_DIRNAME = "runs"
 NOTEBOOK_NAME = "notebook.ipynb"
@@ -111,14 +112,16 @@ class RunStore:
 
     def mark_finished(self, status: dict[str, Any], error: str | None, traceback: str | None = None) -> dict[str, Any]:
         """Record the outcome of a run started with mark_running."""
+        secrets = known_secrets()  # a driver's message may quote the storage URL
+        error = None if error is None else redact(error, secrets)
         final = dict(status, state=FAILED if error else DONE, error=error, ended_at=utc_now())
         if traceback:
-            final["traceback"] = traceback
+            final["traceback"] = redact(traceback, secrets)
         write_json_atomic(self.run_dir(status["run_id"]) / STATUS_NAME, final)
         return final
 
     def write_spec(self, spec_json: dict[str, Any]) -> None:
-        write_json_atomic(self.results_dir / SPEC_NAME, spec_json)
+        write_json_atomic(self.results_dir / SPEC_NAME, redact_values(spec_json))  # a committed file: no secrets
 
 
 def rebuild_table(results_dir: str | Path) -> Tables:

@@ -97,6 +97,7 @@ from eolab.runner.store import (
     write_json_atomic,
     write_text_atomic,
 )
+from eolab.secrets import STORAGE_ENV, known_secrets
 
 if TYPE_CHECKING:
     import optuna
@@ -104,7 +105,6 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 # Environment of a study worker and of the notebook kernels it starts.
-STORAGE_ENV = "EOLAB_STUDY_STORAGE"
 STUDY_NAME_ENV = "EOLAB_STUDY_NAME"
 PRUNER_ENV = "EOLAB_STUDY_PRUNER"
 INTERMEDIATE_ENV = "EOLAB_STUDY_INTERMEDIATE"
@@ -427,7 +427,7 @@ def write_trial_file(run_dir: Path, study_name: str, trial: optuna.trial.FrozenT
             "value": trial.value,
             "params": trial.params,
             "intermediate": {str(step): v for step, v in sorted(trial.intermediate_values.items())},
-            "error": error,
+            "error": None if error is None else redact(error, known_secrets()),
             "ended_at": utc_now(),
         },
     )
@@ -928,7 +928,7 @@ def export_trials(study: Any, spec: AblationSpec, results_dir: Path) -> list[dic
             "intermediate": {str(s): v for s, v in sorted(trial.intermediate_values.items())},
             "run_id": trial.user_attrs.get(ATTR_RUN_ID),
             "reused": bool(trial.user_attrs.get(ATTR_REUSED, False)),
-            "error": trial.user_attrs.get(ATTR_ERROR),
+            "error": redact(trial.user_attrs[ATTR_ERROR], known_secrets()) if trial.user_attrs.get(ATTR_ERROR) else None,
             "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
             "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
             "duration_s": duration,

@@ -59,6 +59,7 @@ class UsageError(Exception):
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Validate a spec and execute its runs (or, with --dry-run, list them)."""
     from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
+    from eolab.runner.preflight import preflight
     from eolab.runner.spec import load_spec
     from eolab.runner.store import RunStore
 
@@ -76,7 +77,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             verdict = "run " if args.force or not store.is_done(run.run_id) else "skip"
             values = " ".join(f"{k}={v!r}" for k, v in run.params.items())
             print(f"  {verdict} {run.run_id}  {values}")
-        return EXIT_OK
+        checks = preflight(spec, [(f"run {r.run_id}", r.params) for r in runs])
+        print("\n".join(checks.lines()))
+        return EXIT_OK if checks.ok else EXIT_USAGE
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -140,9 +143,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         root = data_root(args.data_root)
         labelled = eurosat.load(root)
         cache = build_scene_cache(root)
-    except (FileNotFoundError, RasterError) as exc:
+        tiles = cache.tiles(patch=64, stride=32)
+    except (FileNotFoundError, RasterError, ValueError) as exc:  # RasterError is a ValueError
         raise UsageError(str(exc)) from exc
-    tiles = cache.tiles(patch=64, stride=32)
     print(f"data root {root}: {len(labelled['label'])} labelled EuroSAT patches")
     print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
     for source, n in tiles.groupby("source").size().items():

@@ -27,18 +27,18 @@ from rasterio.warp import transform as warp_transform
 from torch.utils.data import Dataset
 
 from .bands import S2_L2A
+from .inputs import SOURCE_DIRS, SOURCE_FILES, has_files
 from .paths import cache_root, data_root
 from .scenes import READERS
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-_SOURCE_DIRS = {"major_tom": "major-tom", "hydro": "hydro", "ssl4eo": "ssl4eo-s12"}
 
 
 def _fingerprint(root: Path, sources: tuple[str, ...], bands: tuple[str, ...]) -> str:
     h = hashlib.sha1(json.dumps([FORMAT_VERSION, sources, bands]).encode())
     for src in sources:
-        for f in sorted((root / _SOURCE_DIRS[src]).rglob("*")):
+        for f in sorted((root / SOURCE_DIRS[src]).rglob("*")):
             if f.is_file():
                 st = f.stat()
                 h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -112,6 +112,12 @@ def build_scene_cache(
     if unknown:
         raise ValueError(f"unknown pre-training source(s) {unknown}; known: {sorted(READERS)}")
     sources, bands = tuple(sources), tuple(bands)
+    absent = [s for s in sources if not has_files(root, SOURCE_FILES[s])]
+    if absent:  # an empty cache would be saved and trusted by every later run
+        raise FileNotFoundError(
+            f"data root {root} has no scenes of source(s) {absent}: expected "
+            + "; ".join(f"{s}: {' or '.join(SOURCE_FILES[s])}" for s in absent)
+        )
     key = _fingerprint(root, sources, bands)
     final = (cache_dir or cache_root()) / f"scenes-{key}"
     if (final / "manifest.json").exists():
@@ -133,6 +139,8 @@ def build_scene_cache(
                     "transform": list(scene.transform), "time": scene.time, "level": scene.level,
                     "notes": scene.notes,
                 })
+        if not scenes:
+            raise FileNotFoundError(f"data root {root}: the readers of {list(sources)} found no scenes")
         manifest = {"format": FORMAT_VERSION, "key": key, "data_root": str(root), "sources": list(sources),
                     "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

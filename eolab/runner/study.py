@@ -67,6 +67,7 @@ from eolab.runner.execute import (
     render_summary,
 )
 from eolab.runner.pool import exit_reason, stop_process, worker_environment
+from eolab.runner.preflight import preflight, study_points
 from eolab.runner.spec import (
     DEFAULT_STORAGE_NAME,
     JOURNAL_SCHEME,
@@ -536,6 +537,7 @@ def run_study(
     if spec.study is None:
         raise SpecError(f"{spec.path}: no `study` section; grid specs run with run_ablation")
     check_executor(executor_kind, workers)
+    preflight(spec, study_points(spec)).raise_if_failed(spec)  # bad bounds or choices: before anything is written
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     store.results_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(spec.study, store.results_dir)
@@ -1130,7 +1132,9 @@ def cli_ablate(spec: AblationSpec, results_root: Path, workers: int, executor: s
         raise SpecError(f"{spec.path}: --only selects runs of a grid; a study has no fixed runs")
     if dry_run:
         print("\n".join(describe_study(spec, results_dir)))
-        return 0
+        checks = preflight(spec, study_points(spec))
+        print("\n".join(checks.lines()))
+        return 0 if checks.ok else 2
     summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
     counts = summary.counts
     print(

@@ -321,7 +321,7 @@ def _pretrain_dataset(cfg: PretrainConfig, root: Path) -> tuple[Dataset, pd.Data
     sources, the subset sample when ``n_pretrain`` drew one)."""
     if cfg.dataset == "scenes":
         cache = build_scene_cache(root, cfg.source_list)
-        tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride, bands=cfg.band_list)
         sample = None
         if cfg.n_pretrain:
             pool = Pool(tiles, cache, patch=cfg.img_size)
@@ -370,12 +370,13 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     }
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
+        manifest["masked_pixels"] = dataset.cache.manifest.get("masked_pixels", 0)  # bad pixels made no-data
     if sample is not None:
         manifest["sample"] = {**sample.selection.manifest, "file": SAMPLE_FILE}
     validation = None
     if cfg.val_sources:
         cache = build_scene_cache(root, cfg.val_source_list)
-        val_tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        val_tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride, bands=cfg.band_list)
         validation = PatchDataset(cache, val_tiles, patch=cfg.img_size, bands=cfg.band_list)
         manifest["validation"] = {"sources": list(cfg.val_source_list), "n_patches": len(validation),
                                   "patches_sha1": hashlib.sha1("\n".join(val_tiles["id"]).encode()).hexdigest()}

@@ -32,7 +32,7 @@ from .paths import cache_root, data_root
 from .scenes import READERS
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pixel validity checked, masked pixels in the manifest
 
 
 def _fingerprint(root: Path, sources: tuple[str, ...], bands: tuple[str, ...]) -> str:
@@ -66,16 +66,25 @@ class SceneCache:
     def valid(self, i: int) -> np.ndarray:
         return np.load(self.path / f"valid_{i:05d}.npy", mmap_mode="r")
 
-    def tiles(self, patch: int = 64, stride: int = 32, min_valid: float = 0.95) -> pd.DataFrame:
+    def tiles(self, patch: int = 64, stride: int = 32, min_valid: float = 0.95,
+              bands: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Index of patch windows: one row per (scene, row, col) with >= ``min_valid`` valid pixels.
 
         Columns: scene, source, row, col, lon, lat, valid_frac, time, id. The id is stable across
-        cache rebuilds, so a sample manifest can refer to it.
+        cache rebuilds, so a sample manifest can refer to it. With ``bands`` (what the run reads),
+        scenes where one of them holds no data (all NaN, all zero or constant; the manifest's
+        ``bad_bands``) are left out.
         """
         rows = []
+        left_out = []
         for i, sc in enumerate(self.scenes):
             h, w = sc["shape"][1:]
             if h < patch or w < patch:
+                continue
+            bad = sorted(set(sc.get("pixels", {}).get("bad_bands", {})) & set(bands or ()))
+            if bad:
+                left_out.append(f"{sc['id']} ({', '.join(bad)})")
+                log.warning("%s: left out, band(s) %s hold no data", sc["id"], bad)
                 continue
             valid = np.asarray(self.valid(i), dtype=np.float32)
             # Valid fraction of every window from a summed-area table (cheap even at stride 1).
@@ -96,7 +105,8 @@ class SceneCache:
                 "id": [f"{sc['id']}@{a},{b}+{patch}" for a, b in zip(rr, cc, strict=True)],
             }))
         if not rows:
-            raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}")
+            why = f"; left out for bands without data: {', '.join(left_out)}" if left_out else ""
+            raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}{why}")
         return pd.concat(rows, ignore_index=True)
 
 
@@ -137,12 +147,15 @@ def build_scene_cache(
                 scenes.append({
                     "id": scene.id, "source": scene.source, "shape": list(scene.dn.shape), "crs": scene.crs,
                     "transform": list(scene.transform), "time": scene.time, "level": scene.level,
-                    "notes": scene.notes,
+                    "notes": scene.notes, "pixels": scene.pixels,
                 })
         if not scenes:
             raise FileNotFoundError(f"data root {root}: the readers of {list(sources)} found no scenes")
         manifest = {"format": FORMAT_VERSION, "key": key, "data_root": str(root), "sources": list(sources),
-                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes}
+                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes,
+                    "masked_pixels": sum(sc["pixels"].get("masked_pixels", 0) for sc in scenes),
+                    "bad_bands": [f"{sc['id']}: {b} {why}" for sc in scenes
+                                  for b, why in sc["pixels"].get("bad_bands", {}).items()]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         try:
             os.replace(tmp, final)

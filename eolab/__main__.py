@@ -269,28 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
     from eolab.runner.execute import ExecutorError, KernelError
     from eolab.runner.spec import SpecError
-    from eolab.secrets import known_secrets, redact
+    from eolab.secrets import install_redacting_excepthook, known_secrets, redact
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
         argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
     args = build_parser().parse_args(argv)
-    sys.excepthook = _redacting_excepthook
+    install_redacting_excepthook()  # an unexpected traceback may quote a storage URL
     try:
         return COMMANDS[args.command].handler(args)
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:
         print(f"error: {redact(str(exc), known_secrets())}", file=sys.stderr)
         return EXIT_USAGE
 
-
-def _redacting_excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-    """An unexpected error's traceback, with any credential a driver put in it redacted."""
-    import traceback
-
-    from eolab.secrets import known_secrets, redact
-
-    text = "".join(traceback.format_exception(kind, exc, tb))
-    sys.stderr.write(redact(text, known_secrets()))
 
 
 if __name__ == "__main__":

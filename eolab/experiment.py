@@ -360,7 +360,13 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     All inputs are opened here, before training, so a bad file fails in seconds, not after an hour.
     """
     root = data_root(cfg.data_root or None)
-    labelled = eurosat.load(root, variant=cfg.eurosat)
+    labelled = eurosat.load(root, variant=cfg.eurosat)  # its pixels are checked as it is read
+    if cfg.benchmark_list:  # a bad benchmark input fails now, named, not after training
+        from .evaluate.tasks import get_task
+
+        for name in cfg.benchmark_list:
+            if name != "eurosat":  # the same files as `labelled`, just checked
+                get_task(name).load(root)
     dataset, tiles, ids, sources, sample = _pretrain_dataset(cfg, root)
     norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
     manifest = {

@@ -165,3 +165,16 @@ def redact_values(obj: Any, secrets: Iterable[str] | None = None) -> Any:
     if isinstance(obj, (list, tuple)):
         return [redact_values(v, secrets) for v in obj]
     return obj
+
+
+def install_redacting_excepthook() -> None:
+    """Print an uncaught exception's traceback with every credential in it redacted (the command
+    line and study workers, whose logs lie in the results folder)."""
+    import sys
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        import traceback
+
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb)), known_secrets()))
+
+    sys.excepthook = hook

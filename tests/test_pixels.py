@@ -138,3 +138,22 @@ def test_eurosat_refuses_bad_pixels_naming_file_and_band(tmp_path: Path) -> None
         with pytest.raises(RasterError) as info:
             eurosat.load(tmp_path)
         assert str(bad) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_benchmark_task_with_nan_input_names_sample_and_band(tmp_path: Path) -> None:
+    from eolab.evaluate.tasks import PRESTO_BANDS, get_task
+
+    folder = tmp_path / "presto" / "algae_blooms" / "npy"
+    shutil.copytree(SHARED / "presto" / "algae_blooms" / "npy", folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    task = get_task("presto_algae")
+    assert task.load(tmp_path)["image"].shape[0] == 1122  # the real file passes
+    x = np.load(folder / "s1_s2_era5_srtm.npy")
+    x = x.astype(np.float32)
+    x[7, :, 3] = np.nan  # one sample's fourth channel, every month
+    np.save(folder / "s1_s2_era5_srtm.npy", x)
+    uid = np.load(folder / "uid.npy")[7]
+    with pytest.raises(ValueError) as info:
+        task.load(tmp_path)
+    assert f"12 NaN or infinite input values, e.g. in sample presto/algae_blooms/{uid} band {PRESTO_BANDS[3]}" in str(info.value)

@@ -98,7 +98,7 @@ from eolab.runner.store import (
     write_json_atomic,
     write_text_atomic,
 )
-from eolab.secrets import STORAGE_ENV, known_secrets
+from eolab.secrets import STORAGE_ENV, install_redacting_excepthook, known_secrets
 
 if TYPE_CHECKING:
     import optuna
@@ -813,6 +813,7 @@ def worker_main() -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     _stop_when_orphaned(os.getppid())
+    install_redacting_excepthook()  # its log lies in the results folder
     job: StudyJob = pickle.loads(sys.stdin.buffer.read())
     try:
         for outcome in run_trials(job):

@@ -15,7 +15,7 @@ from eolab.data.inputs import missing_inputs
 from eolab.experiment import ConfigError, PretrainConfig
 from eolab.preflight import check_runs
 from eolab.runner.preflight import notebook_defaults, validates_with_config
-from eolab.runner.spec import REPO_ROOT, load_spec
+from eolab.runner.spec import REPO_ROOT, SpecError, load_spec
 from tests.test_runner import write_notebook, write_spec
 
 SHARED = REPO_ROOT / ".." / "shared" / "data"
@@ -99,3 +99,14 @@ def test_orchestration_imports_neither_torch_nor_the_pipeline() -> None:
             "eolab.data.inputs, eolab.secrets; print(sorted(m for m in ('torch', 'eolab.experiment') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_spec_reports_every_unknown_name_and_mistyped_value_at_once(tmp_path: Path) -> None:
+    text = f"name: names\nnotebook: {PRETRAIN}\nbase: {{model_sise: vit_nano, epochs: '3'}}\ngrid: {{mask_ratio: [0.5, x]}}\n"
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path / "names.yaml", text))
+    message = str(info.value)
+    assert "3 problems in `base` and `grid`" in message
+    for fragment in ("`model_sise` (in base/grid) is not a parameter of the notebook (did you mean `model_size`?)",
+                     "`epochs` = '3' (str)", "`mask_ratio` = 'x' (str)"):
+        assert fragment in message, message

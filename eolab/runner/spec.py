@@ -249,13 +249,28 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
     if raw.get("study") is not None and seeds is not None:
         raise SpecError(f"{path}: `seeds` expands a grid; with a `study`, put `seed` in `base` or in `study.space`")
 
-    base = {key: _checked_value(path, parameters, key, value) for key, value in base.items()}
+    problems: list[SpecError] = []  # every unknown name and mistyped value of base and grid, at once
+
+    def checked(key: str, value: Any) -> Any:
+        try:
+            return _checked_value(path, parameters, key, value)
+        except SpecError as exc:
+            problems.append(exc)
+            return value
+
+    base = {key: checked(key, value) for key, value in base.items()}
     checked_grid: dict[str, list[Any]] = {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path}: grid parameter `{key}` must be a non-empty list, got {values!r}")
-        checked_grid[key] = [_checked_value(path, parameters, key, v) for v in values]
-        _check_unique(path, key, checked_grid[key])
+        checked_grid[key] = [checked(key, v) for v in values]
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "\n".join(f"  - {str(p).removeprefix(f'{path}: ')}" for p in problems)
+        raise SpecError(f"{path}: {len(problems)} problems in `base` and `grid`:\n{listed}")
+    for key, values in checked_grid.items():
+        _check_unique(path, key, values)
     if seeds is not None:
         _require_parameter(path, parameters, SEED_PARAM, where="seeds")
         seeds = [_checked_value(path, parameters, SEED_PARAM, s) for s in seeds]

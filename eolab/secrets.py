@@ -50,10 +50,11 @@ FORMS = (
 """The URL and message forms `redact` covers (the tests feed each through the command line)."""
 
 _KEYS = "|".join(sorted((re.escape(k) for k in SECRET_KEYS), key=len, reverse=True))
-# key=value in queries and DSNs: the value runs to the next separator (& ; whitespace or quote).
+# key=value in queries and DSNs: the value runs to the next separator (& ; whitespace or quote),
+# punctuation that ends a sentence ("...password=pw: cannot connect") left out.
 _PREFIX = r"(?:[A-Za-z0-9]+[_.-])?"  # db_password, PGPASSWORD-style names need the separator: not "monkey"
 _PARAM_RE = re.compile(
-    rf"(?P<key>\b{_PREFIX}(?:{_KEYS}))(?P<sep>\s*=\s*['\"]?)(?P<value>[^&;\s'\"]+)", re.IGNORECASE
+    rf"(?P<key>\b{_PREFIX}(?:{_KEYS}))(?P<sep>\s*=\s*['\"]?)(?P<value>(?!\*\*\*)[^&;\s'\"]+?)(?=[:,.)\]]*(?:[&;\s'\"]|$))", re.IGNORECASE
 )
 # 'password': 'value' / "password": "value" (dict reprs and JSON).
 _QUOTED_RE = re.compile(
@@ -69,7 +70,7 @@ def redact(text: object, secrets: Iterable[str] = ()) -> str:
     """`text` with every credential replaced by ``***``: the forms listed in `FORMS`, plus `secrets`."""
     text = _QUOTED_RE.sub(lambda m: f"{m['key']}{m['q']}{MASK}{m['q']}", str(text))
     text = _TOKEN_RE.sub(lambda m: _redact_token(m[0]), text)
-    text = _PARAM_RE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}" if m["value"] != MASK else m[0], text)
+    text = _PARAM_RE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
     for secret in sorted(set(_variants(secrets)), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

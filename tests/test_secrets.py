@@ -69,13 +69,19 @@ def test_redact_keeps_ordinary_text() -> None:
     assert len(FORMS) == 7
 
 
-@pytest.mark.parametrize("form", list(URL_FORMS))
+ENV_FORM = {"${VAR} in userinfo": "postgresql://user:${EOLAB_TEST_SECRET_PW}@127.0.0.1:1/db",
+            "${VAR} as query parameter": "postgresql://127.0.0.1:1/db?user=u&password=${EOLAB_TEST_SECRET_PW}"}
+
+
+@pytest.mark.parametrize("form", list(URL_FORMS) + list(ENV_FORM))
 def test_dry_run_and_failing_connection_show_no_secret(
     form: str, tmp_path: Path, notebook: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     results = tmp_path / "results"
-    spec = write_spec(tmp_path / "s.yaml", study_spec(notebook, extra_study=f"  storage: '{URL_FORMS[form]}'\n"))
+    monkeypatch.setenv("EOLAB_TEST_SECRET_PW", SECRET)
+    url = {**URL_FORMS, **ENV_FORM}[form]
+    spec = write_spec(tmp_path / "s.yaml", study_spec(notebook, extra_study=f"  storage: '{url}'\n"))
     # a failing connection (nothing listens on port 1, or the URL does not parse): exit 2, named, no secret
     assert main(["ablate", str(spec), "--results-root", str(results)]) == 2
     out = capsys.readouterr()
@@ -129,3 +135,9 @@ def test_finished_study_writes_no_secret(
     assert (results / "toy" / "spec.json").is_file() and (results / "toy" / "trials.json").is_file()
     assert "study.db" in (results / "toy" / "spec.json").read_text()
     assert assert_folder_clean(results) >= 5
+
+
+def test_redacting_twice_changes_nothing() -> None:
+    for url in URL_FORMS.values():
+        once = redact(f"{url}: cannot connect")
+        assert redact(once) == once and once.endswith(": cannot connect")

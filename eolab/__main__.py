@@ -150,6 +150,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
     for source, n in tiles.groupby("source").size().items():
         print(f"  {source}: {n}")
+    bad = cache.manifest.get("bad_bands") or ["none"]
+    print(f"pixel checks: {cache.manifest.get('masked_pixels', 0)} pixels masked as no data (NaN, infinite or out "
+          f"of range); bands without data (runs reading them leave the scene out): {'; '.join(bad)}")
     return EXIT_OK
 
 

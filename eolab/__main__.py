@@ -64,6 +64,7 @@ class UsageError(Exception):
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Validate a spec and execute its runs (or, with --dry-run, list them)."""
     from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
+    from eolab.runner.preflight import preflight
     from eolab.runner.spec import load_spec
     from eolab.runner.store import RunStore
 
@@ -81,7 +82,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             verdict = "run " if args.force or not store.is_done(run.run_id) else "skip"
             values = " ".join(f"{k}={v!r}" for k, v in run.params.items())
             print(f"  {verdict} {run.run_id}  {values}")
-        return EXIT_OK
+        checks = preflight(spec, [(f"run {r.run_id}", r.params) for r in runs])
+        print("\n".join(checks.lines()))
+        return EXIT_OK if checks.ok else EXIT_USAGE
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -192,13 +195,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         root = data_root(args.data_root)
         labelled = eurosat.load(root)
         cache = build_scene_cache(root)
-    except (FileNotFoundError, RasterError) as exc:
+        tiles = cache.tiles(patch=64, stride=32)
+    except (FileNotFoundError, RasterError, ValueError) as exc:  # RasterError is a ValueError
         raise UsageError(str(exc)) from exc
-    tiles = cache.tiles(patch=64, stride=32)
     print(f"data root {root}: {len(labelled['label'])} labelled EuroSAT patches")
     print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
     for source, n in tiles.groupby("source").size().items():
         print(f"  {source}: {n}")
+    bad = cache.manifest.get("bad_bands") or ["none"]
+    print(f"pixel checks: {cache.manifest.get('masked_pixels', 0)} pixels masked as no data (NaN, infinite or out "
+          f"of range); bands without data (runs reading them leave the scene out): {'; '.join(bad)}")
     return EXIT_OK
 
 
@@ -322,16 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eolab.runner.execute import ExecutorError
     from eolab.runner.notebook import KernelError
     from eolab.runner.spec import SpecError
+    from eolab.secrets import install_redacting_excepthook, known_secrets, redact
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
         argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
     args = build_parser().parse_args(argv)
+    install_redacting_excepthook()  # an unexpected traceback may quote a storage URL
     try:
         return COMMANDS[args.command].handler(args)
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc), known_secrets())}", file=sys.stderr)
         return EXIT_USAGE
+
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ class ParameterError(ValueError, TypeError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("; ".join(self.problems) if len(self.problems) != 1 else self.problems[0])
+        text = problems[0] if len(problems) == 1 else f"{len(problems)} invalid parameters: " + "; ".join(problems)
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -137,58 +138,71 @@ class PretrainConfig:
         except ValueError as exc:
             problems.append(str(exc))
         dataset_bands = DATASET_BANDS.get(self.dataset, ())
-        benchmark_tasks = DOWNSTREAM_TASKS
+        # Each check is evaluated on its own, so a value one check cannot even read (weights that
+        # are not numbers, patch_size 0) is reported without hiding the others.
         checks = [
-            ("dataset", self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
-            ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
-            ("model_size", self.model_size in SIZES, f"one of {sorted(SIZES)}"),
-            ("mask", self.mask in MASKS, f"one of {sorted(MASKS)}"),
-            ("tokenizer", self.tokenizer in TOKENIZERS, f"one of {TOKENIZERS}"),
-            ("tokenizer", self.tokenizer != "temporal" or self.dataset in TIME_SERIES,
+            ("dataset", lambda: self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
+            ("mask_ratio", lambda: 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
+            ("model_size", lambda: self.model_size in SIZES, f"one of {sorted(SIZES)}"),
+            ("mask", lambda: self.mask in MASKS, f"one of {sorted(MASKS)}"),
+            ("tokenizer", lambda: self.tokenizer in TOKENIZERS, f"one of {TOKENIZERS}"),
+            ("tokenizer", lambda: self.tokenizer != "temporal" or self.dataset in TIME_SERIES,
              f"'temporal' only for the time-series datasets {TIME_SERIES}"),
-            ("tokenizer", self.dataset not in TIME_SERIES or self.tokenizer == "temporal",
+            ("tokenizer", lambda: self.dataset not in TIME_SERIES or self.tokenizer == "temporal",
              f"'temporal' for the time-series datasets {TIME_SERIES}"),
-            ("band_groups", self.tokenizer != "groups" or sorted(b for g in self.group_list for b in g) == sorted(self.band_list),
+            ("band_groups",
+             lambda: self.tokenizer != "groups" or sorted(b for g in self.group_list for b in g) == sorted(self.band_list),
              f"groups (bands by comma, groups by '|') that partition the bands {self.band_list}"),
-            ("objective_weights", not self.objective_weights or parts is None or len(self.weight_list) == len(parts),
+            ("objective_weights", lambda: not self.objective_weights or parts is None or len(self.weight_list) == len(parts),
              f"one comma-separated weight per part of the objective {self.objective!r}"),
-            ("view_augment", self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
-            ("augment", self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
-            ("batch_sampling", self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
-            ("denoise_target", self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("train_tflops", self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
-            ("knn_every", self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
-            ("num_dates", self.num_dates >= 1, ">= 1"),
-            ("devices", self.devices == "auto" or self.devices.isdigit() or self.devices == "-1", "'auto', -1 or a count"),
-            ("strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
-            ("accumulate", self.accumulate >= 1, ">= 1"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
-            ("img_size", self.patch_size >= 1 and self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
-            ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
-            ("val_sources", all(s in READERS for s in self.val_source_list), f"empty or comma-separated names from {sorted(READERS)}"),
-            ("val_sources", not set(self.val_source_list) & set(self.source_list),
+            ("view_augment", lambda: self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("augment", lambda: self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
+            ("batch_sampling", lambda: self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
+            ("denoise_target", lambda: self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
+            ("temperature", lambda: self.temperature > 0, "> 0"),
+            ("train_tflops", lambda: self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
+            ("knn_every", lambda: self.knn_every >= 0, ">= 0 (0 = no in-loop k-NN probe)"),
+            ("num_dates", lambda: self.num_dates >= 1, ">= 1"),
+            ("devices", lambda: self.devices == "auto" or self.devices.isdigit() or self.devices == "-1",
+             "'auto', -1 or a count"),
+            ("strategy", lambda: self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
+            ("accumulate", lambda: self.accumulate >= 1, ">= 1"),
+            ("num_workers", lambda: self.num_workers >= 0, ">= 0"),
+            ("checkpoint_every", lambda: self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
+            ("img_size", lambda: self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
+            ("sources", lambda: all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
+            ("val_sources", lambda: all(s in READERS for s in self.val_source_list),
+             f"empty or comma-separated names from {sorted(READERS)}"),
+            ("val_sources", lambda: not set(self.val_source_list) & set(self.source_list),
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
-            ("val_sources", not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
-            ("bands", bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
+            ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
+            ("bands", lambda: bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
              f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
-            ("eurosat", self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
-            ("pool", self.pool in POOLS, f"one of {POOLS}"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("n_pretrain", self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
-            ("sampling", self.sampling == "pandas_uniform" or self.n_pretrain > 0,
+            ("eurosat", lambda: self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
+            ("pool", lambda: self.pool in POOLS, f"one of {POOLS}"),
+            ("epochs", lambda: self.epochs >= 1, ">= 1"),
+            ("batch_size", lambda: self.batch_size >= 1, ">= 1"),
+            ("lr", lambda: self.lr > 0, "> 0"),
+            ("n_pretrain", lambda: self.n_pretrain >= 0, ">= 0 (0 = all patches)"),
+            ("sampling", lambda: self.sampling == "pandas_uniform" or self.n_pretrain > 0,
              "left at its default unless n_pretrain (the budget it samples) is set"),
-            ("probe_folds", self.probe_folds >= 2, ">= 2"),
-            ("benchmark", all(t in benchmark_tasks for t in self.benchmark_list),
-             f"empty, 'all' or comma-separated task names from {list(benchmark_tasks)}"),
+            ("probe_folds", lambda: self.probe_folds >= 2, ">= 2"),
+            ("benchmark", lambda: all(t in DOWNSTREAM_TASKS for t in self.benchmark_list),
+             f"empty, 'all' or comma-separated task names from {list(DOWNSTREAM_TASKS)}"),
         ]
-        for name, ok, what in checks:
+        for name, check, what in checks:
+            try:
+                ok = check()
+            except (ValueError, ZeroDivisionError) as exc:  # e.g. weights that are not numbers
+                problems.append(f"parameter {name!r} must be {what}, got {getattr(self, name)!r} ({exc})")
+                continue
             if not ok:
                 problems.append(f"parameter {name!r} must be {what}, got {getattr(self, name)!r}")
         return problems
+
+    def problems(self) -> list[str]:
+        """Every bad value of this config (empty: valid); building a config raises them all at once."""
+        return self._type_problems() or self._value_problems()
 
     @property
     def source_list(self) -> tuple[str, ...]:

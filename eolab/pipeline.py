@@ -45,6 +45,7 @@ from .compute import (
 from .config import PretrainConfig
 from .data import eurosat
 from .data.cache import PatchDataset, build_scene_cache
+from .data.downstream import get_task
 from .data.pairs import S1_BANDS
 from .data.paths import data_root
 from .data.pretraining import Sample, pretraining_set
@@ -87,7 +88,10 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     All inputs are opened here, before training, so a bad file fails in seconds, not after an hour.
     """
     root = data_root(cfg.data_root or None)
-    labelled = eurosat.load(root, variant=cfg.eurosat)
+    labelled = eurosat.load(root, variant=cfg.eurosat)  # its pixels are checked as it is read
+    for name in cfg.benchmark_list:  # a bad benchmark input fails now, named, not after training
+        if name != "eurosat":  # the same files as `labelled`, just checked
+            get_task(name).load(root)
     chosen = pretraining_set(cfg, root)
     dataset, tiles, ids, sources, sample = chosen.dataset, chosen.tiles, chosen.ids, chosen.sources, chosen.sample
     norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
@@ -98,12 +102,13 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
     }
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
+        manifest["masked_pixels"] = dataset.cache.manifest.get("masked_pixels", 0)  # bad pixels made no-data
     if sample is not None:
         manifest["sample"] = {**sample.selection.manifest, "file": SAMPLE_FILE}
     validation = None
     if cfg.val_sources:
         cache = build_scene_cache(root, cfg.val_source_list)
-        val_tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride)
+        val_tiles = cache.tiles(patch=cfg.img_size, stride=cfg.tile_stride, bands=cfg.band_list)
         validation = PatchDataset(cache, val_tiles, patch=cfg.img_size, bands=cfg.band_list)
         manifest["validation"] = {"sources": list(cfg.val_source_list), "n_patches": len(validation),
                                   "patches_sha1": hashlib.sha1("\n".join(val_tiles["id"]).encode()).hexdigest()}

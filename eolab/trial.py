@@ -22,13 +22,13 @@ from eolab.runner.storage import (
     INTERMEDIATE_ENV,
     PRUNER_ENV,
     RUN_DIR_ENV,
-    STORAGE_ENV,
     STUDY_NAME_ENV,
     TRIAL_NUMBER_ENV,
     load_study,
     open_storage,
 )
 from eolab.runner.store import PRUNED_MARKER_NAME, utc_now, write_json_atomic
+from eolab.secrets import STORAGE_ENV
 
 if TYPE_CHECKING:
     import optuna

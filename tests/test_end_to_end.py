@@ -63,12 +63,14 @@ def test_bad_parameter_value_fails_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "results" / "bad").exists() or not list((tmp_path / "results").rglob("record.json"))
 
 
-def test_invalid_value_in_the_notebook_names_the_parameter(tmp_path):
+def test_invalid_value_in_the_notebook_names_the_parameter(tmp_path, capsys):
+    # found by the preflight (the notebook's own PretrainConfig rules), before any kernel starts
     spec = tmp_path / "e2e_badsize.yaml"
     spec.write_text(SPEC.replace("model_size: vit_nano", "model_size: vit_huge").replace("[0.5, 0.9]", "[0.5]"))
-    assert main(["ablate", str(spec), "--results-root", str(tmp_path / "results")]) == 1
-    status = json.loads(next((tmp_path / "results").glob("*/runs/*/status.json")).read_text())
-    assert status["state"] == "failed" and "model_size" in status["error"] and "vit_huge" in status["error"]
+    assert main(["ablate", str(spec), "--results-root", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "before any run started" in err and "model_size" in err and "vit_huge" in err
+    assert not (tmp_path / "results").exists()
 
 
 TINY = {"epochs": 1, "model_size": "vit_nano", "decoder_dim": 32, "decoder_depth": 1, "probe_folds": 2, "probe_repeats": 1}

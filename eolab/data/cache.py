@@ -27,18 +27,18 @@ from rasterio.warp import transform as warp_transform
 from torch.utils.data import Dataset
 
 from .bands import S2_L2A
+from .inputs import SOURCE_DIRS, SOURCE_FILES, has_files
 from .paths import cache_root, data_root
 from .scenes import READERS
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
-_SOURCE_DIRS = {"major_tom": "major-tom", "hydro": "hydro", "ssl4eo": "ssl4eo-s12"}
+FORMAT_VERSION = 2  # 2: pixel validity checked, masked pixels in the manifest
 
 
 def _fingerprint(root: Path, sources: tuple[str, ...], bands: tuple[str, ...]) -> str:
     h = hashlib.sha1(json.dumps([FORMAT_VERSION, sources, bands]).encode())
     for src in sources:
-        for f in sorted((root / _SOURCE_DIRS[src]).rglob("*")):
+        for f in sorted((root / SOURCE_DIRS[src]).rglob("*")):
             if f.is_file():
                 st = f.stat()
                 h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -66,16 +66,25 @@ class SceneCache:
     def valid(self, i: int) -> np.ndarray:
         return np.load(self.path / f"valid_{i:05d}.npy", mmap_mode="r")
 
-    def tiles(self, patch: int = 64, stride: int = 32, min_valid: float = 0.95) -> pd.DataFrame:
+    def tiles(self, patch: int = 64, stride: int = 32, min_valid: float = 0.95,
+              bands: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Index of patch windows: one row per (scene, row, col) with >= ``min_valid`` valid pixels.
 
         Columns: scene, source, row, col, lon, lat, valid_frac, time, id. The id is stable across
-        cache rebuilds, so a sample manifest can refer to it.
+        cache rebuilds, so a sample manifest can refer to it. With ``bands`` (what the run reads),
+        scenes where one of them holds no data (all NaN, all zero or constant; the manifest's
+        ``bad_bands``) are left out.
         """
         rows = []
+        left_out = []
         for i, sc in enumerate(self.scenes):
             h, w = sc["shape"][1:]
             if h < patch or w < patch:
+                continue
+            bad = sorted(set(sc.get("pixels", {}).get("bad_bands", {})) & set(bands or ()))
+            if bad:
+                left_out.append(f"{sc['id']} ({', '.join(bad)})")
+                log.warning("%s: left out, band(s) %s hold no data", sc["id"], bad)
                 continue
             valid = np.asarray(self.valid(i), dtype=np.float32)
             # Valid fraction of every window from a summed-area table (cheap even at stride 1).
@@ -96,7 +105,8 @@ class SceneCache:
                 "id": [f"{sc['id']}@{a},{b}+{patch}" for a, b in zip(rr, cc, strict=True)],
             }))
         if not rows:
-            raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}")
+            why = f"; left out for bands without data: {', '.join(left_out)}" if left_out else ""
+            raise ValueError(f"no {patch}x{patch} patches with >= {min_valid:.0%} valid pixels in cache {self.path}{why}")
         return pd.concat(rows, ignore_index=True)
 
 
@@ -112,6 +122,12 @@ def build_scene_cache(
     if unknown:
         raise ValueError(f"unknown pre-training source(s) {unknown}; known: {sorted(READERS)}")
     sources, bands = tuple(sources), tuple(bands)
+    absent = [s for s in sources if not has_files(root, SOURCE_FILES[s])]
+    if absent:  # an empty cache would be saved and trusted by every later run
+        raise FileNotFoundError(
+            f"data root {root} has no scenes of source(s) {absent}: expected "
+            + "; ".join(f"{s}: {' or '.join(SOURCE_FILES[s])}" for s in absent)
+        )
     key = _fingerprint(root, sources, bands)
     final = (cache_dir or cache_root()) / f"scenes-{key}"
     if (final / "manifest.json").exists():
@@ -131,10 +147,15 @@ def build_scene_cache(
                 scenes.append({
                     "id": scene.id, "source": scene.source, "shape": list(scene.dn.shape), "crs": scene.crs,
                     "transform": list(scene.transform), "time": scene.time, "level": scene.level,
-                    "notes": scene.notes,
+                    "notes": scene.notes, "pixels": scene.pixels,
                 })
+        if not scenes:
+            raise FileNotFoundError(f"data root {root}: the readers of {list(sources)} found no scenes")
         manifest = {"format": FORMAT_VERSION, "key": key, "data_root": str(root), "sources": list(sources),
-                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes}
+                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes,
+                    "masked_pixels": sum(sc["pixels"].get("masked_pixels", 0) for sc in scenes),
+                    "bad_bands": [f"{sc['id']}: {b} {why}" for sc in scenes
+                                  for b, why in sc["pixels"].get("bad_bands", {}).items()]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         try:
             os.replace(tmp, final)

@@ -122,6 +122,12 @@ def _check_batch(task: Task, batch: dict) -> None:
     for key in ("id", "lonlat", "group"):
         if len(batch[key]) != n:
             raise ValueError(f"task {task.name}: {key} has {len(batch[key])} entries for {n} samples")
+    values = image.numpy() if torch.is_tensor(image) else np.asarray(image)
+    bad = ~np.isfinite(values)
+    if bad.any():  # sklearn would fail after the embedding with "Input X contains NaN." and no file named
+        sample, _, band = (int(i[0]) for i in np.nonzero(bad.any(axis=(3, 4))))
+        raise ValueError(f"task {task.name}: {int(bad.sum())} NaN or infinite input values, e.g. in sample "
+                         f"{batch['id'][sample]} band {task.bands[band]}; fix or remove that file")
 
 
 def _batch(task_bands, units, modality, image, target, ids, lonlat, group, **extra) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from .bands import EUROSAT_FILE_ORDER, S2_L1C
 from .paths import data_root
-from .raster import centre_lonlat, read_raster
+from .raster import centre_lonlat, read_raster, require_valid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ def _torchgeo_files(root: Path, splits) -> list[EuroSATFile]:
 def read_sample(f: EuroSATFile) -> dict:
     """Read one EuroSAT GeoTIFF into the eolab sample schema (reflectance, spectral band order)."""
     dn, meta = read_raster(f.path, expected_count=len(EUROSAT_FILE_ORDER))
+    # NaN, zeros, values out of range or an empty band: refused here, naming the file and band,
+    # not after training in the probe (EuroSAT patches have no no-data to mask)
+    require_valid_pixels(dn, EUROSAT_FILE_ORDER, f.path)
     _, h, w = dn.shape
     # EuroSAT L1C digital numbers are top-of-atmosphere reflectance x 10000 (no offset: 2015-2017 data).
     image = torch.from_numpy(dn[_REORDER].astype(np.float32) / 10_000.0)

@@ -44,15 +44,8 @@ from torch.utils.data import Dataset
 from .bands import canonical_band_name
 from .paths import data_root
 from .raster import RasterError, read_raster
-from .scenes import offset_from_baseline, to_reflectance_dn
-from .timeseries import (
-    REFLECTANCE_SCALE,
-    Recent,
-    read_ssl4eo_s2,
-    window_fraction,
-    window_grid,
-    window_lonlat,
-)
+from .scenes import offset_from_baseline, screen_pixels, to_reflectance_dn
+from .timeseries import REFLECTANCE_SCALE, Recent, read_ssl4eo_s2, window_fraction, window_grid, window_lonlat
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +169,10 @@ def read_bigearthnet_s2(folder: Path, bands: tuple[str, ...]) -> tuple[np.ndarra
     ref, meta = read_raster(files["B02"], expected_count=1)
     shape = ref.shape[1:]
     raw = np.stack([read_raster(files[b], expected_count=1, out_shape=shape)[0][0] for b in bands])  # (C, H, W)
+    raw, check = screen_pixels(raw, bands, str(folder))  # NaN, out-of-range, empty bands: no data
     baseline = re.search(r"_N(\d{4})_", bigearthnet_metadata(folder).get("tile_source", ""))
     offset = offset_from_baseline(baseline.group(1) if baseline else None)
-    return to_reflectance_dn(raw, offset), ~(raw == 0).all(0), meta
+    return to_reflectance_dn(raw, offset), ~(raw == 0).all(0) & check.usable, meta
 
 
 def _reproject(path: Path, crs, transform: Affine, shape: tuple[int, int]) -> np.ndarray:

@@ -65,7 +65,7 @@ def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
     """The unlabelled pre-training set that ``params`` choose, read from the data root ``root``."""
     if params.dataset == "scenes":
         cache = build_scene_cache(root, params.source_list)
-        tiles = cache.tiles(patch=params.img_size, stride=params.tile_stride)
+        tiles = cache.tiles(patch=params.img_size, stride=params.tile_stride, bands=params.band_list)
         sample = None
         if params.n_pretrain:
             pool = Pool(tiles, cache, patch=params.img_size)

@@ -28,7 +28,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from .bands import S2_L2A, canonical_band_name
-from .raster import RasterError, read_raster
+from .raster import PixelCheck, RasterError, check_pixels, read_raster
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Scene:
     time: str | None = None
     level: str = "L2A"
     notes: list[str] = field(default_factory=list)
+    pixels: dict = field(default_factory=dict)  # PixelCheck.to_json(): pixels masked by the validity checks
 
 
 def offset_from_baseline(baseline: str | None) -> int:
@@ -59,6 +60,31 @@ def to_reflectance_dn(stack: np.ndarray, offset: int) -> np.ndarray:
     """Remove the radiometric offset; values that fall below zero are clipped (no-data stays 0)."""
     out = stack.astype(np.int32) - offset
     return np.clip(out, 0, 65535).astype(np.uint16)
+
+
+def screen_pixels(raw: np.ndarray, bands: tuple[str, ...], rel: str) -> tuple[np.ndarray, PixelCheck]:
+    """Digital numbers with every pixel that fails `raster.check_pixels` set to 0 (no data), in the
+    integer form the readers convert; NaN must never reach an integer cast (it became 65535 there).
+
+    The check (what was masked and why) travels with the scene into the cache manifest, and is
+    logged, naming the product and band.
+    """
+    check = check_pixels(raw, bands)
+    if check.clean:
+        return raw, check
+    for problem in check.problems():
+        log.warning("%s: %s -> %s", rel, problem,
+                    "no data in this band: runs that read it leave the scene out" if problem.split(":")[0][5:]
+                    in check.bad_bands else "pixels masked as no data")
+    clean = np.where(check.usable[None], np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), 0)
+    return np.clip(clean, 0, 65535).astype(np.uint16), check
+
+
+def _screen_notes(check: PixelCheck) -> list[str]:
+    if check.clean:
+        return []
+    bad = f"; bands without data (runs reading them leave the scene out): {check.bad_bands}" if check.bad_bands else ""
+    return [f"{check.masked} pixels masked as no data ({'; '.join(check.problems())}){bad}"]
 
 
 def read_band_files(product: Path, bands: tuple[str, ...], rel: str) -> tuple[np.ndarray, dict, list[str]]:
@@ -82,14 +108,17 @@ def read_band_files(product: Path, bands: tuple[str, ...], rel: str) -> tuple[np
     return np.stack(layers), meta, notes
 
 
-def make_scene(rel, source, bands, dn, nodata_mask, cloud, meta, time, level, notes) -> Scene:
+def make_scene(rel, source, bands, dn, nodata_mask, cloud, meta, time, level, notes, check=None) -> Scene:
     valid = ~nodata_mask
     if cloud is not None:
         valid &= cloud == 0
+    if check is not None:
+        valid &= check.usable
     return Scene(
         id=rel, source=source, bands=bands, dn=dn, valid=valid,
         crs=meta["crs"].to_string(), transform=tuple(meta["transform"])[:6],
-        time=time, level=level, notes=notes,
+        time=time, level=level, notes=notes + (_screen_notes(check) if check is not None else []),
+        pixels=check.to_json() if check is not None else {},
     )
 
 
@@ -100,6 +129,7 @@ def major_tom(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
             continue
         rel = str(product.relative_to(root))
         raw, meta, notes = read_band_files(product, bands, rel)
+        raw, check = screen_pixels(raw, bands, rel)
         baseline = re.search(r"_N(\d{4})_", product.name)
         offset = offset_from_baseline(baseline.group(1) if baseline else None)
         cloud = None
@@ -109,7 +139,7 @@ def major_tom(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
         time = re.search(r"_(\d{8})T", product.name)
         yield make_scene(rel, "major_tom", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), cloud, meta,
                      time and f"{time.group(1)[:4]}-{time.group(1)[4:6]}-{time.group(1)[6:]}", "L2A",
-                     notes + [f"radiometric offset {offset} removed"])
+                     notes + [f"radiometric offset {offset} removed"], check)
 
 
 # Band order of the stacked Hydro GeoTIFFs (STAC asset order coastal..swir22: B8A before B09).
@@ -125,10 +155,11 @@ def hydro(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
     for path in sorted((root / "hydro").glob("*.tif")):
         rel = str(path.relative_to(root))
         raw, meta = read_raster(path, expected_count=len(HYDRO_FILE_ORDER))
-        raw = raw[idx]
+        raw, check = screen_pixels(raw[idx], bands, rel)
         offset = _infer_offset(raw)
         yield make_scene(rel, "hydro", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta, None,
-                     "L2A", [f"radiometric offset {offset} removed (heuristic: inferred from the darkest pixels)"])
+                     "L2A", [f"radiometric offset {offset} removed (heuristic: inferred from the darkest pixels)"],
+                     check)
 
 
 def _infer_offset(raw: np.ndarray) -> int:
@@ -150,12 +181,13 @@ def ssl4eo_s12(root: Path, bands: tuple[str, ...] = S2_L2A, products=("s2a", "s2
                 continue
             rel = str(date_dir.relative_to(root))
             raw, meta, notes = read_band_files(date_dir, bands, rel)
+            raw, check = screen_pixels(raw, bands, rel)
             md = json.loads((date_dir / "metadata.json").read_text()) if (date_dir / "metadata.json").exists() else {}
             offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
             d = date_dir.name[:8]
             yield make_scene(rel, f"ssl4eo_{prod}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None,
                          meta, f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if prod == "s2a" else "L1C",
-                         notes + [f"radiometric offset {offset} removed"])
+                         notes + [f"radiometric offset {offset} removed"], check)
 
 
 READERS = {"major_tom": major_tom, "hydro": hydro, "ssl4eo": ssl4eo_s12}

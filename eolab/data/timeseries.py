@@ -33,13 +33,7 @@ from torch.utils.data import Dataset
 
 from .bands import S2_L2A
 from .paths import data_root
-from .scenes import (
-    Scene,
-    make_scene,
-    offset_from_baseline,
-    read_band_files,
-    to_reflectance_dn,
-)
+from .scenes import Scene, make_scene, offset_from_baseline, read_band_files, screen_pixels, to_reflectance_dn
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +256,14 @@ def read_ssl4eo_s2(date_dir: Path, root: Path, bands: tuple[str, ...] = S2_L2A) 
     """
     rel = str(date_dir.relative_to(root))
     raw, meta, notes = read_band_files(date_dir, bands, rel)
+    raw, check = screen_pixels(raw, bands, rel)
     md_path = date_dir / "metadata.json"
     md = json.loads(md_path.read_text()) if md_path.exists() else {}
     offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
     product, d = date_dir.parent.parent.name, date_dir.name[:8]
     return make_scene(rel, f"ssl4eo_{product}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta,
                   f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if product == "s2a" else "L1C",
-                  notes + [f"radiometric offset {offset} removed"])
+                  notes + [f"radiometric offset {offset} removed"], check)
 
 
 class SSL4EOSeries(Dataset):

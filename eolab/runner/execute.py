@@ -23,6 +23,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
 from eolab.runner.pool import PoolExecutor
+from eolab.runner.preflight import preflight
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
     OUTPUT_DIR_PARAM,
@@ -112,6 +113,8 @@ def run_ablation(
     executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
         executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
     )
+    # every bad parameter value and missing input of the runs to do, at once, before anything is written
+    preflight(spec, [(f"run {r.run_id}", r.params) for r in todo]).raise_if_failed(spec)
     if todo or spec.summary:
         check_kernel()
 

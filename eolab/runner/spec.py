@@ -49,7 +49,6 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ import yaml
 from eolab.data.paths import (
     REPO_ROOT,  # relative paths in a spec resolve here, so specs work from any cwd
 )
+from eolab.secrets import redact, url_secrets
 
 OUTPUT_DIR_PARAM = "output_dir"
 """Parameter every job notebook declares; the runner injects the run folder into it."""
@@ -249,13 +249,28 @@ def load_spec(spec_path: str | Path) -> AblationSpec:
     if raw.get("study") is not None and seeds is not None:
         raise SpecError(f"{path}: `seeds` expands a grid; with a `study`, put `seed` in `base` or in `study.space`")
 
-    base = {key: _checked_value(path, parameters, key, value) for key, value in base.items()}
+    problems: list[SpecError] = []  # every unknown name and mistyped value of base and grid, at once
+
+    def checked(key: str, value: Any) -> Any:
+        try:
+            return _checked_value(path, parameters, key, value)
+        except SpecError as exc:
+            problems.append(exc)
+            return value
+
+    base = {key: checked(key, value) for key, value in base.items()}
     checked_grid: dict[str, list[Any]] = {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path}: grid parameter `{key}` must be a non-empty list, got {values!r}")
-        checked_grid[key] = [_checked_value(path, parameters, key, v) for v in values]
-        _check_unique(path, key, checked_grid[key])
+        checked_grid[key] = [checked(key, v) for v in values]
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "\n".join(f"  - {str(p).removeprefix(f'{path}: ')}" for p in problems)
+        raise SpecError(f"{path}: {len(problems)} problems in `base` and `grid`:\n{listed}")
+    for key, values in checked_grid.items():
+        _check_unique(path, key, values)
     if seeds is not None:
         _require_parameter(path, parameters, SEED_PARAM, where="seeds")
         seeds = [_checked_value(path, parameters, SEED_PARAM, s) for s in seeds]
@@ -514,7 +529,6 @@ DEFAULT_STORAGE_NAME = "study.db"
 JOURNAL_SCHEME = "journal://"
 STORAGE_CONNECT_TIMEOUT_S = 10
 
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
 _ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _METRIC_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
 
@@ -611,27 +625,6 @@ class StudySpec:
             "storage": self.storage_display,
             "intermediate": self.intermediate,
         }
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace the password of every URL in `text` (and any of `secrets`) by ***.
-
-    Used on everything that may carry a storage URL before it is printed or written: database
-    drivers quote the URL, or parts of it, in their error messages.
-    """
-    text = _URL_PASSWORD_RE.sub(lambda m: f"{m['head']}***@" if m["password"] else m[0], str(text))
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
-
-
-def url_secrets(url: str) -> list[str]:
-    """The password of a URL as written and percent-decoded, to scrub from error messages."""
-    from urllib.parse import unquote
-
-    match = _URL_PASSWORD_RE.search(url)
-    return [match["password"], unquote(match["password"])] if match and match["password"] else []
 
 
 def expand_storage(template: str, where: str = "") -> str:
@@ -888,6 +881,9 @@ def _resolve_sqlite(where: str, url: str, secrets: list[str]) -> str:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise SpecError(f"{where}: malformed URL: {redact(str(exc), secrets)}") from None
+    if parsed.username or parsed.password or parsed.host or ":///" not in url:
+        raise SpecError(f"{where}: a sqlite URL names a file, sqlite:///relative.db or sqlite:////abs/file.db, "
+                        "with no user, password or host")
     database = parsed.database or ""
     if database in ("", ":memory:"):
         raise SpecError(f"{where}: an in-memory sqlite database cannot be shared by the trial processes; name a file")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import optuna
 
 # Environment of a study worker and of the notebook kernels it starts.
-STORAGE_ENV = "EOLAB_STUDY_STORAGE"
+# STORAGE_ENV (the storage URL, a secret) is defined beside the redaction that knows to hide it.
 STUDY_NAME_ENV = "EOLAB_STUDY_NAME"
 PRUNER_ENV = "EOLAB_STUDY_PRUNER"
 INTERMEDIATE_ENV = "EOLAB_STUDY_INTERMEDIATE"

@@ -34,6 +34,7 @@ import pandas as pd
 
 from eolab.io import exclusive_lock, write_json_atomic, write_text_atomic
 from eolab.run_folder import HISTORY_NAME, RECORD_NAME
+from eolab.secrets import known_secrets, redact, redact_values
 
 RUNS_DIRNAME = "runs"
 NOTEBOOK_NAME = "notebook.ipynb"
@@ -107,14 +108,16 @@ class RunStore:
 
     def mark_finished(self, status: dict[str, Any], error: str | None, traceback: str | None = None) -> dict[str, Any]:
         """Record the outcome of a run started with mark_running."""
+        secrets = known_secrets()  # a driver's message may quote the storage URL
+        error = None if error is None else redact(error, secrets)
         final = dict(status, state=FAILED if error else DONE, error=error, ended_at=utc_now())
         if traceback:
-            final["traceback"] = traceback
+            final["traceback"] = redact(traceback, secrets)
         write_json_atomic(self.run_dir(status["run_id"]) / STATUS_NAME, final)
         return final
 
     def write_spec(self, spec_json: dict[str, Any]) -> None:
-        write_json_atomic(self.results_dir / SPEC_NAME, spec_json)
+        write_json_atomic(self.results_dir / SPEC_NAME, redact_values(spec_json))  # a committed file: no secrets
 
 
 def rebuild_table(results_dir: str | Path) -> Tables:

@@ -58,6 +58,7 @@ from eolab.runner.claim import CLAIM_NAME, claim_holder, process_alive
 from eolab.runner.execute import DEFAULT_RESULTS_ROOT, check_executor, render_summary
 from eolab.runner.notebook import LocalExecutor, check_kernel, eolab_importable
 from eolab.runner.pool import exit_reason, start_worker, stop_process
+from eolab.runner.preflight import preflight, study_points
 from eolab.runner.spec import (
     DEFAULT_STORAGE_NAME,
     OUTPUT_DIR_PARAM,
@@ -77,7 +78,6 @@ from eolab.runner.storage import (
     INTERMEDIATE_ENV,
     PRUNER_ENV,
     RUN_DIR_ENV,
-    STORAGE_ENV,
     STUDY_NAME_ENV,
     TRIAL_NUMBER_ENV,
     load_study,
@@ -97,6 +97,7 @@ from eolab.runner.store import (
     write_text_atomic,
 )
 from eolab.runner.types import SKIPPED, RunTask
+from eolab.secrets import STORAGE_ENV, install_redacting_excepthook, known_secrets
 
 if TYPE_CHECKING:
     import optuna
@@ -382,7 +383,7 @@ def write_trial_file(run_dir: Path, study_name: str, trial: optuna.trial.FrozenT
             "value": trial.value,
             "params": trial.params,
             "intermediate": {str(step): v for step, v in sorted(trial.intermediate_values.items())},
-            "error": error,
+            "error": None if error is None else redact(error, known_secrets()),
             "ended_at": utc_now(),
         },
     )
@@ -491,6 +492,7 @@ def run_study(
     if spec.study is None:
         raise SpecError(f"{spec.path}: no `study` section; grid specs run with run_ablation")
     check_executor(executor_kind, workers)
+    preflight(spec, study_points(spec)).raise_if_failed(spec)  # bad bounds or choices: before anything is written
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     store.results_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(spec.study, store.results_dir)
@@ -743,6 +745,7 @@ def worker_main() -> int:
     from eolab.runner.worker import become_worker
 
     become_worker()
+    install_redacting_excepthook()  # its log lies in the results folder
     job: StudyJob = pickle.loads(sys.stdin.buffer.read())
     try:
         for outcome in run_trials(job):
@@ -858,7 +861,7 @@ def export_trials(study: Any, spec: AblationSpec, results_dir: Path) -> list[dic
             "intermediate": {str(s): v for s, v in sorted(trial.intermediate_values.items())},
             "run_id": trial.user_attrs.get(ATTR_RUN_ID),
             "reused": bool(trial.user_attrs.get(ATTR_REUSED, False)),
-            "error": trial.user_attrs.get(ATTR_ERROR),
+            "error": redact(trial.user_attrs[ATTR_ERROR], known_secrets()) if trial.user_attrs.get(ATTR_ERROR) else None,
             "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
             "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
             "duration_s": duration,
@@ -936,7 +939,9 @@ def cli_ablate(spec: AblationSpec, results_root: Path, workers: int, executor: s
         raise SpecError(f"{spec.path}: --only selects runs of a grid; a study has no fixed runs")
     if dry_run:
         print("\n".join(describe_study(spec, results_dir)))
-        return 0
+        checks = preflight(spec, study_points(spec))
+        print("\n".join(checks.lines()))
+        return 0 if checks.ok else 2
     summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
     counts = summary.counts
     print(

@@ -31,7 +31,10 @@ class Claim:
     def release(self) -> None:
         """Remove the claim file, but only if it is still ours (never delete a successor's claim)."""
         if _read_owner(self.path) == {"hostname": self.hostname, "pid": self.pid}:
-            self.path.unlink(missing_ok=True)
+            # a read-only or failing disk must not hide the error that ended the run; the claim
+            # left behind is stale once this process ends, and then taken over
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 def try_claim(run_dir: Path) -> Claim | None:

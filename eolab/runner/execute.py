@@ -14,8 +14,11 @@ run twice; a run claimed by the other process is reported as skipped (outcome st
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +41,16 @@ from eolab.runner.spec import (
     SpecError,
     load_spec,
 )
-from eolab.runner.store import DONE, FAILED, NOTEBOOK_NAME, RECORD_NAME, RunStore, rebuild_table
+from eolab.runner.store import (
+    DONE,
+    FAILED,
+    NOTEBOOK_NAME,
+    RECORD_NAME,
+    RUNNING,
+    RunStore,
+    rebuild_table,
+    utc_now,
+)
 
 KERNEL_NAME = "python3"
 DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
@@ -55,6 +67,45 @@ class KernelError(RuntimeError):
 
 class ExecutorError(RuntimeError):
     """The requested executor cannot be used here (unknown kind, bad worker count, submitit missing)."""
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO})
+"""errno values of a results folder the machine does not let us write (full, read-only, quota, I/O)."""
+
+
+class ResultsFolderError(RuntimeError):
+    """The results folder cannot be written (full disk, read-only, quota): the batch must stop,
+    since every further run would fail the same way."""
+
+    def __init__(self, results_dir: Path, exc: OSError | str, run_id: str | None = None):
+        self.results_dir, self.run_id = results_dir, run_id
+        detail = exc if isinstance(exc, str) else _os_error_text(exc)
+        super().__init__(f"cannot write the results folder {results_dir}: {detail}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) received by `ablate`: stop like Ctrl-C, with the signal's exit code."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@dataclass
+class BatchStopped(Exception):
+    """The batch stopped before its end (a fault of the machine, Ctrl-C, SIGTERM); what finished is
+    in the tables, the interrupted runs are marked failed, and a re-run does the rest."""
+
+    message: str  # one line
+    exit_code: int  # 130 Ctrl-C, 143 SIGTERM, EXIT_FAULT for an unwritable results folder
+    interrupted: dict[str, str] = field(default_factory=dict)  # run id -> why
+
+    def __str__(self) -> str:
+        return self.message
+
+
+EXIT_FAULT = 3
+"""Exit code of `ablate` when the machine stopped the batch (results folder not writable)."""
 
 
 @dataclass(frozen=True)
@@ -211,21 +262,34 @@ def run_ablation(
     runs = select_runs(spec, only)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    for run in todo:  # a run the runner called done, whose record cannot be used: say so, then redo it
+        if (store.status(run.run_id) or {}).get("state") == DONE and (problem := store.record_problem(run.run_id)):
+            log(f"redo   {run.run_id} ({problem})")
     executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
         executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
     )
     if todo or spec.summary:
         check_kernel()
 
-    store.write_spec(spec.to_json())
-    todo_ids = {r.run_id for r in todo}
-    skipped = [r.run_id for r in runs if r.run_id not in todo_ids]
-    for run_id in skipped:
-        log(f"skip   {run_id} (done; --force to re-run)")
-    log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
-
-    outcomes = executor.submit([make_task(spec, store, run, force=force) for run in todo])
-    tables = rebuild_table(store.results_dir)
+    tasks = [make_task(spec, store, run, force=force) for run in todo]
+    batch_started = utc_now()
+    try:
+        try:
+            store.write_spec(spec.to_json())
+        except OSError as exc:
+            raise (ResultsFolderError(store.results_dir, exc) if is_storage_fault(exc) else exc) from exc
+        todo_ids = {r.run_id for r in todo}
+        skipped = [r.run_id for r in runs if r.run_id not in todo_ids]
+        for run_id in skipped:
+            log(f"skip   {run_id} (done; --force to re-run)")
+        log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
+        outcomes = executor.submit(tasks)
+        try:
+            tables = rebuild_table(store.results_dir)
+        except OSError as exc:
+            raise (ResultsFolderError(store.results_dir, exc) if is_storage_fault(exc) else exc) from exc
+    except (ResultsFolderError, KeyboardInterrupt) as exc:
+        raise _stopped(store, tasks, exc, batch_started) from exc
     summary = AblationSummary(
         name=spec.name,
         results_dir=store.results_dir,
@@ -236,6 +300,62 @@ def run_ablation(
     if spec.summary:
         summary.summary_html, summary.summary_error = render_summary(spec.summary, store.results_dir)
     return summary
+
+
+def _stopped(store: RunStore, tasks: Sequence[RunTask], exc: BaseException, batch_started: str) -> BatchStopped:
+    """After a fault or an interruption: mark the runs this process left running as failed (pool
+    workers mark their own), write the tables of what finished, and say all of it in one line."""
+    if isinstance(exc, ResultsFolderError):
+        reason, code = f"stopped: {exc}", EXIT_FAULT
+    else:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        reason, code = f"interrupted by {signal.Signals(signum).name}", 128 + signum
+    interrupted: dict[str, str] = {}
+    for task in tasks:
+        status = store.status(task.run_id)
+        if status and status.get("state") == RUNNING and status.get("hostname") == socket.gethostname() \
+                and status.get("pid") == os.getpid():
+            interrupted[task.run_id] = reason
+            with contextlib.suppress(OSError):  # a read-only folder: the tables say it instead
+                store.mark_finished(status, error=reason)
+        elif status and status.get("state") == FAILED and (status.get("started_at") or "") >= batch_started \
+                and ("nterrupt" in (status.get("error") or "") or (status.get("error") or "").startswith("stopped:")):
+            interrupted[task.run_id] = status["error"]  # a pool worker's run, recorded by the worker
+    if isinstance(exc, ResultsFolderError) and exc.run_id:
+        interrupted.setdefault(exc.run_id, reason)
+    try:
+        tables = rebuild_table(store.results_dir, interrupted=interrupted)
+        wrote = f"tables written ({len(tables.table)} rows in table.csv, {len(tables.runs)} runs in runs.csv)"
+    except OSError as table_exc:
+        wrote = f"tables not written ({_os_error_text(table_exc)}; `python -m eolab table {store.results_dir}` rebuilds them)"
+    done = sum(RunStore(store.results_dir).is_done(t.run_id) for t in tasks)
+    marked = f"{len(interrupted)} interrupted run(s) marked failed" if interrupted else "no run interrupted"
+    message = f"{store.results_dir.name}: {reason}; {done}/{len(tasks)} run(s) done, {marked}, {wrote}; re-run to finish"
+    return BatchStopped(message, code, interrupted)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """'No space left on device (errno 28) at <file>': one line, without a traceback."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    code = f" (errno {exc.errno})" if exc.errno else ""
+    where = f" at {exc.filename}" if exc.filename else ""
+    return f"{text}{code}{where}"
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    """Whether an exception says that the disk refuses writes (full, read-only, quota, I/O error)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
+
+
+def _kernel_storage_fault(exc: PapermillExecutionError) -> str | None:
+    """The notebook's error text when it failed because the disk refused a write, else None."""
+    match = _ERRNO_IN_TEXT.search(exc.evalue or "")
+    if match and int(match.group(1)) in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        return f"{exc.ename}: {exc.evalue}"
+    return None
 
 
 EXECUTOR_KINDS = ("local", "slurm")
@@ -268,7 +388,9 @@ def make_executor(
     check_executor(kind, workers)
     if kind == "slurm":
         try:
-            from eolab.runner.slurm import SlurmExecutor  # imports submitit, and this module
+            from eolab.runner.slurm import (
+                SlurmExecutor,  # imports submitit, and this module
+            )
         except ModuleNotFoundError as exc:
             install = f"{sys.executable} -m pip install submitit"
             raise ExecutorError(f"the slurm executor needs submitit; install it with `{install}`") from exc
@@ -309,26 +431,48 @@ def make_task(spec: AblationSpec, store: RunStore, run: Run, force: bool = False
 
 def execute_task(task: RunTask) -> RunOutcome:
     """Execute one run with papermill and record the verdict in status.json; never raises for a
-    failing notebook (KeyboardInterrupt is recorded, then re-raised)."""
+    failing notebook. KeyboardInterrupt (also an interrupted kernel) is recorded, then re-raised;
+    a results folder that refuses writes (full, read-only) raises ResultsFolderError, after
+    recording the run as failed where the folder still allows it."""
     store = RunStore(task.results_dir)
-    status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
+    try:
+        status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
+    except OSError as exc:
+        if is_storage_fault(exc):
+            raise ResultsFolderError(store.results_dir, exc, task.run_id) from exc
+        raise
     started = time.monotonic()
     error: str | None = None
     traceback: str | None = None
+    fault: ResultsFolderError | None = None
     try:
         execute_notebook(task.notebook, task.run_dir / NOTEBOOK_NAME, task.parameters)
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
         traceback = _strip_ansi("\n".join(exc.traceback or []))
+        if exc.ename == "KeyboardInterrupt":  # the kernel was interrupted: the batch is, too
+            store.mark_finished(status, error="KeyboardInterrupt: the notebook's kernel was interrupted")
+            raise KeyboardInterrupt(error) from exc
+        if (disk := _kernel_storage_fault(exc)) is not None:
+            fault = ResultsFolderError(store.results_dir, f"the notebook failed with {disk}", task.run_id)
     except KeyboardInterrupt:
         store.mark_finished(status, error="KeyboardInterrupt: interrupted by user")
         raise
     except Exception as exc:  # kernel died, notebook unreadable...: record and go on with the batch
         error = f"{type(exc).__name__}: {exc}"
+        if is_storage_fault(exc):
+            fault = ResultsFolderError(store.results_dir, exc, task.run_id)
     else:
         if not (task.run_dir / RECORD_NAME).is_file():
             error = f"notebook finished without writing {RECORD_NAME} to output_dir"
-    store.mark_finished(status, error=error, traceback=traceback)
+    try:
+        store.mark_finished(status, error=error if fault is None else f"stopped: {fault}", traceback=traceback)
+    except OSError as exc:
+        if not is_storage_fault(exc):
+            raise
+        raise (fault or ResultsFolderError(store.results_dir, exc, task.run_id)) from exc
+    if fault is not None:
+        raise fault
     return RunOutcome(
         run_id=task.run_id, state=FAILED if error else DONE, error=error, seconds=time.monotonic() - started
     )

@@ -17,7 +17,7 @@ import threading
 import time
 from types import FrameType
 
-from eolab.runner.execute import RunTask, execute_task
+from eolab.runner.execute import EXIT_FAULT, ResultsFolderError, RunTask, execute_task
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -44,6 +44,9 @@ def main() -> int:
         execute_task(task)
     except KeyboardInterrupt:
         return 130  # execute_task recorded the interruption
+    except ResultsFolderError as exc:  # the parent stops the batch on this exit code
+        print(exc, file=sys.stderr)
+        return EXIT_FAULT
     return 0
 
 

@@ -52,6 +52,14 @@ def try_claim(run_dir: Path) -> Claim | None:
     return _create(path)
 
 
+def clear_stale_claim(run_dir: Path) -> bool:
+    """Remove the run's claim if its holder died on this host (a killed pool or study worker, a
+    SIGKILLed `ablate`); True if one was removed. A live holder's claim, or another host's, stays."""
+    path = run_dir / CLAIM_NAME
+    owner = _read_owner(path)
+    return owner is not None and _is_stale(owner) and _remove_stale(path, owner) and not path.exists()
+
+
 def claim_holder(run_dir: Path) -> str:
     """'host pid N' of the current claimer, for messages ('unknown' if the file vanished or is bad)."""
     owner = _read_owner(run_dir / CLAIM_NAME)

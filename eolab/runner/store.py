@@ -98,7 +98,9 @@ class RunStore:
         return load_record(self.run_dir(run_id) / RECORD_NAME)[1]
 
     def mark_running(self, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's."""
+        """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's.
+        Training checkpoints stay: a resumed run continues from them, and they carry its history up
+        to their step, so the history.csv of the killed attempt is not needed."""
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (RECORD_NAME, HISTORY_NAME, TRIAL_NAME, PRUNED_MARKER_NAME):

@@ -55,11 +55,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eolab.runner.claim import CLAIM_NAME, claim_holder, process_alive
+from eolab.runner.claim import (
+    CLAIM_NAME,
+    claim_holder,
+    clear_stale_claim,
+    process_alive,
+)
 from eolab.runner.execute import (
     DEFAULT_RESULTS_ROOT,
+    EXIT_FAULT,
     SKIPPED,
     LocalExecutor,
+    ResultsFolderError,
     RunTask,
     check_executor,
     check_kernel,
@@ -177,10 +184,102 @@ def open_storage(url: str, where: str = "") -> optuna.storages.BaseStorage:
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if storage_kind(url) == "sqlite":
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return _retrying_storage_class()(url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # sqlalchemy, driver and file errors: all mean "this storage is unusable"
         message = redact(f"{type(exc).__name__}: {exc}", url_secrets(url))
         raise SpecError(f"{where}cannot open study storage {redact(url)}: {message}") from None
+
+
+STORAGE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Waits between tries of a storage call whose database connection was lost (about 30 s in all:
+a database restart, a network blip); after the last one the study stops with StorageLostError."""
+
+
+class StorageLostError(RuntimeError):
+    """The study's database stayed unreachable through every retry; names the storage (redacted)."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is a lost or refused database connection.
+    optuna reports one during a commit as StorageInternalError ('invalid data in the commit'),
+    which is misleading: the cause chain tells."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+            isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_RETRYING_CLASS: list[type] = []
+
+
+def _retrying_storage_class() -> type:
+    """optuna's RDBStorage whose storage calls survive a lost database connection: retried after
+    STORAGE_RETRY_DELAYS_S, then StorageLostError naming the storage, password redacted. A
+    subclass, so optuna still wraps it in its trial cache as it does an RDBStorage."""
+    if _RETRYING_CLASS:
+        return _RETRYING_CLASS[0]
+    import inspect
+    import threading
+
+    import optuna
+
+    local = threading.local()  # a retried call that calls another storage method retries once, not twice
+
+    def retrying(name: str, method: Callable) -> Callable:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(local, "inside", False):
+                return method(self, *args, **kwargs)
+            local.inside = True
+            try:
+                started, delays = time.monotonic(), list(STORAGE_RETRY_DELAYS_S)
+                while True:
+                    try:
+                        return method(self, *args, **kwargs)
+                    except Exception as exc:
+                        if not _connection_lost(exc):
+                            raise
+                        if not delays:
+                            url = self.url
+                            detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0], url_secrets(url))
+                            cause = exc.__cause__ or exc.__context__
+                            if cause is not None:
+                                detail += redact(f" (from {type(cause).__name__}: {cause})".splitlines()[0], url_secrets(url))
+                            raise StorageLostError(
+                                f"lost the connection to the study storage {redact(url)}: {name} failed "
+                                f"{len(STORAGE_RETRY_DELAYS_S) + 1} times over {time.monotonic() - started:.0f} s; "
+                                f"last error: {detail[:500]}") from None
+                        time.sleep(delays.pop(0))
+            finally:
+                local.inside = False
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = method.__doc__
+        return call
+
+    base = optuna.storages.RDBStorage
+    # every storage call optuna (and its trial cache, which uses private ones) makes: the plain
+    # functions of RDBStorage and of the storage interface
+    names = [n for cls in (optuna.storages.BaseStorage, base) for n, v in vars(cls).items()
+             if inspect.isfunction(v) and not n.startswith("__") and n != "_fill_storage_url_template"]
+    methods = {n: retrying(n, getattr(base, n)) for n in dict.fromkeys(names)}
+    cls = type("RetryingRDBStorage", (base,), {**methods, "__module__": __name__})
+    _RETRYING_CLASS.append(cls)
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """The retrying storage class is built on first use (it imports optuna); a pickled storage
+    finds it here by name."""
+    if name == "RetryingRDBStorage":
+        return _retrying_storage_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load_study(name: str, storage: Any, sampler: Any = None, pruner: Any = None) -> optuna.Study:
@@ -299,7 +398,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: StudyJob, store: R
         with contextlib.suppress(Exception):
             trial.set_user_attr(ATTR_ERROR, error[:1000])
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if isinstance(exc, Exception) and not isinstance(exc, SpecError):
+        # a lost database or a results folder that refuses writes fails every further trial too: stop
+        if isinstance(exc, Exception) and not isinstance(exc, (SpecError, StorageLostError, ResultsFolderError)):
             return TrialOutcome(trial.number, run_id, FAIL, None, error, time.monotonic() - started)
         raise
     with contextlib.suppress(Exception):  # fails only if another process already failed it as stale
@@ -476,6 +576,7 @@ def _fail_trial(study: optuna.Study, store: RunStore, trial: optuna.trial.Frozen
         if status and status.get("state") == RUNNING and status.get("pid") == owner.get("pid"):
             store.mark_finished(status, error=reason)
             write_trial_file(store.run_dir(run_id), study.study_name, frozen, reason)
+        clear_stale_claim(store.run_dir(run_id))  # the dead worker's claim file goes with its trial
     return 1
 
 
@@ -817,6 +918,9 @@ def worker_main() -> int:
             print(f"trial {outcome.number} {outcome.state} {outcome.run_id} {outcome.error or ''}", flush=True)
     except KeyboardInterrupt:
         return 130
+    except (StorageLostError, ResultsFolderError) as exc:  # one line for worker.log and the driver, no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAULT
     return 0
 
 
@@ -1131,7 +1235,11 @@ def cli_ablate(spec: AblationSpec, results_root: Path, workers: int, executor: s
     if dry_run:
         print("\n".join(describe_study(spec, results_dir)))
         return 0
-    summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
+    try:
+        summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
+    except StorageLostError as exc:  # the database went away and stayed away: said in one line
+        print(f"error: {exc}; the study resumes from the storage when it is back (run the spec again)", file=sys.stderr)
+        return EXIT_FAULT
     counts = summary.counts
     print(
         f"{summary.name}: {summary.finished}/{summary.n_trials} trials finished ({counts.get(COMPLETE, 0)} complete, "

@@ -508,7 +508,8 @@ def loadable_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, list[dict[st
     set_aside = []
     for path in [last, *others] if last.exists() else others:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # not mmap: a truncated file then fails with what is wrong (no zip directory), not EINVAL
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
                 raise ValueError("not a Lightning training checkpoint (no state_dict/global_step)")
         except Exception as exc:  # noqa: BLE001  (truncated zip, garbage, a refused pickle: none resumes)

@@ -146,6 +146,27 @@ def test_full_disk_mid_batch_stops_with_one_line_and_tables(tmp_path, notebook, 
     assert len(_tables(results)[0]) == 6
 
 
+def test_full_disk_when_claiming_a_run_stops_the_batch(tmp_path, notebook, capsys, monkeypatch):
+    import eolab.runner.claim as claim_module
+
+    spec, ids = _spec(tmp_path, notebook, "1, 3")
+    results = tmp_path / "results"
+    real = claim_module.os.fsync
+
+    def fsync(fd):  # the claim of x=3 is created, and its content cannot be written
+        if any(ids[3] in str(p) for p in Path(f"/proc/self/fd/{fd}").resolve().parts):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(claim_module.os, "fsync", fsync)
+    assert main(["ablate", str(spec), "--results-root", str(results)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "1/2 run(s) done" in err[0], err
+    assert not (results / "faults" / "runs" / ids[3] / "claim").exists()  # no empty claim left to block it
+    monkeypatch.setattr(claim_module.os, "fsync", real)
+    assert [o.run_id for o in run_ablation(spec, results_root=results, log=lambda _: None).executed] == [ids[3]]
+
+
 def test_read_only_results_folder_names_it_and_changes_nothing(tmp_path, notebook, capsys, monkeypatch):
     spec, ids = _spec(tmp_path, notebook, "1, 3")
     results = tmp_path / "results"

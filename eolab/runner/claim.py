@@ -73,10 +73,15 @@ def _create(path: Path) -> Claim | None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"hostname": me.hostname, "pid": me.pid}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"hostname": me.hostname, "pid": me.pid}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:  # e.g. a full disk: an empty claim would block the run for everyone, forever
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return me
 
 

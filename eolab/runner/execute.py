@@ -188,7 +188,12 @@ def claim_task(task: RunTask) -> Claim | RunOutcome:
     Checks `is_done` again after claiming: another process may have finished the run between
     planning the batch and now.
     """
-    claim = try_claim(task.run_dir)
+    try:
+        claim = try_claim(task.run_dir)
+    except OSError as exc:  # the claim file cannot be created: a full or read-only results folder
+        if is_storage_fault(exc):
+            raise ResultsFolderError(task.results_dir, exc, task.run_id) from exc
+        raise
     if claim is None:
         return RunOutcome(task.run_id, SKIPPED, f"claimed by {claim_holder(task.run_dir)}", 0.0)
     if not task.force and RunStore(task.results_dir).is_done(task.run_id):
@@ -388,9 +393,7 @@ def make_executor(
     check_executor(kind, workers)
     if kind == "slurm":
         try:
-            from eolab.runner.slurm import (
-                SlurmExecutor,  # imports submitit, and this module
-            )
+            from eolab.runner.slurm import SlurmExecutor  # imports submitit, and this module
         except ModuleNotFoundError as exc:
             install = f"{sys.executable} -m pip install submitit"
             raise ExecutorError(f"the slurm executor needs submitit; install it with `{install}`") from exc

@@ -26,14 +26,19 @@ not of the library: `python -m benchmarks.throughput`, `python -m benchmarks.run
 `python -m benchmarks.sampling`, run from the repository root.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
-Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
+Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage),
+3 the results folder refused writes (full, read-only): the batch stopped, 130 Ctrl-C, 143 SIGTERM.
+A stopped batch marks the runs in flight failed and writes the tables of what finished; a re-run
+does the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,14 +95,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.executor == "slurm" and args.workers != 1:
         raise UsageError("--workers applies to --executor local; SLURM runs every job of the array it can")
-    summary = run_ablation(
-        args.spec,
-        force=args.force,
-        only=args.only,
-        results_root=results_root,
-        workers=args.workers,
-        executor_kind=args.executor,
-    )
+    with _sigterm_interrupts():
+        summary = run_ablation(
+            args.spec,
+            force=args.force,
+            only=args.only,
+            results_root=results_root,
+            workers=args.workers,
+            executor_kind=args.executor,
+        )
     print(
         f"{summary.name}: {len(summary.executed)} executed, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; table.csv has {summary.table_rows} rows in {summary.results_dir}"
@@ -114,6 +120,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED_RUNS
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends the batch as Ctrl-C does: runs in flight are
+    marked failed, the tables are written, exit code 143."""
+    from eolab.runner.execute import Interrupted
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     """Rebuild table.csv and runs.csv from the run folders (after a crash, or an edited record)."""
     from eolab.runner.store import RUNS_DIRNAME, rebuild_table
@@ -123,6 +145,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise UsageError(f"{results_dir} is not an ablation results folder (no {RUNS_DIRNAME}/ inside)")
     tables = rebuild_table(results_dir)
     print(f"{results_dir}: table.csv {len(tables.table)} rows, runs.csv {len(tables.runs)} runs")
+    failed = tables.runs[tables.runs["status"] == "failed"] if len(tables.runs) else tables.runs
+    for row in failed.itertuples():  # not in table.csv: say which and why, never silently
+        print(f"  failed {row.run_id}: {row.error}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -326,6 +351,7 @@ FORWARDING = ("benchmark", "launch")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
     from eolab.runner.execute import ExecutorError
+    from eolab.runner.faults import BatchStopped
     from eolab.runner.notebook import KernelError
     from eolab.runner.spec import SpecError
     from eolab.secrets import install_redacting_excepthook, known_secrets, redact
@@ -340,6 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:
         print(f"error: {redact(str(exc), known_secrets())}", file=sys.stderr)
         return EXIT_USAGE
+    except BatchStopped as exc:  # a full/read-only results folder, Ctrl-C, SIGTERM: one line, no traceback
+        import logging
+
+        # the interrupted notebook's executor task is abandoned on purpose: no "never retrieved" dump at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 

@@ -123,6 +123,9 @@ class PretrainResult:
     checkpoint: Path
     compute: dict  # FLOPs per step, steps, total training FLOPs, parameters
     validation: dict = dataclasses.field(default_factory=dict)  # val_loss etc. on held-out scenes (val_sources)
+    # how training came about when it did not run in one go: the checkpoint it resumed from, its
+    # step, the earlier attempts' training seconds, checkpoints set aside as unloadable ({} otherwise)
+    resume: dict = dataclasses.field(default_factory=dict)
 
 
 def _cross_views(cfg: PretrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -215,7 +218,9 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
                   checkpoint_every=cfg.checkpoint_every or 1, history_path=out / HISTORY_NAME,
                   compile=cfg.torch_compile)
-    train_time = time.perf_counter() - t0
+    resume = dict(history.attrs.get("resume", {}))
+    # training time over all attempts: this one, plus the earlier ones up to the checkpoint resumed from
+    train_time = time.perf_counter() - t0 + resume.get("train_time_before_resume_s", 0.0)
     # Under srun every task runs this function; the run folder is rank 0's to write.
     rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
     if rank0:  # training checkpoints exist to resume a killed run; once it finished, the encoder is the product
@@ -235,7 +240,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     ckpt = out / "encoder.pt"
     if rank0:
         save_encoder(ckpt, encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
-    return PretrainResult(encoder, history, train_time, ckpt, compute, validation)
+    return PretrainResult(encoder, history, train_time, ckpt, compute, validation, resume)
 
 
 @dataclass
@@ -341,10 +346,14 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "folds": scores.to_dict(orient="records"),
         "seed": cfg.seed,
         "git_commit": git_commit(),
-        "wall_time_s": time.perf_counter() - started if started else run.train_time_s,
+        # a resumed run counts the earlier attempts' training up to the checkpoint it resumed from
+        "wall_time_s": (time.perf_counter() - started + run.resume.get("train_time_before_resume_s", 0.0)
+                        if started else run.train_time_s),
         "data": data.manifest,
         "normalization": data.normalization.to_dict(),
         "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
+        # resumed from a training checkpoint, or checkpoints set aside as unloadable: said, with names
+        "resume": run.resume or None,
         "benchmark": "benchmark.csv" if benchmark is not None else None,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "world_size": torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,

@@ -240,6 +240,11 @@ class History(L.Callback):
     the step's micro-batches (for a mean loss such as the MAE's, the loss of the whole step).
     Health values (``health/*``) are logged every few steps only: a row carries them on the step
     they were computed and is empty (NaN) for them otherwise.
+
+    Every training checkpoint carries the rows up to its own step (``eolab_history``), and a resumed
+    run continues from those: the history of a resumed run is that of the checkpoint it resumed
+    from, never the CSV on disk, which a kill may have left a few steps ahead of (or behind) the
+    checkpoint. ``time_s`` counts training seconds over all attempts up to that step.
     """
 
     def __init__(self, path: Path | None = None):
@@ -249,12 +254,12 @@ class History(L.Callback):
         self._offset = 0.0  # training seconds before a resume
         self._pending: list[dict[str, float]] = []  # train/* values of this step's micro-batches
         self._last_step = 0
+        self.resumed_step: int | None = None  # the checkpoint's step when this run resumed
 
-    def resume(self, path: Path | None) -> None:
-        """Continue the history a killed run wrote at its last checkpoint."""
-        if path is not None and Path(path).exists():
-            self.rows = pd.read_csv(path).to_dict("records")
-            self._offset = float(self.rows[-1]["time_s"]) if self.rows else 0.0
+    @property
+    def time_before_resume_s(self) -> float:
+        """Training seconds of earlier attempts, up to the checkpoint this attempt resumed from."""
+        return self._offset
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter() - self._offset
@@ -262,8 +267,19 @@ class History(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # Checkpoint callbacks run after all others, so this step's row is already here.
+        checkpoint["eolab_history"] = [dict(row) for row in self.rows]
         if trainer.is_global_zero:
             self._write()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        step = int(checkpoint.get("global_step", 0))
+        rows = checkpoint.get("eolab_history")
+        if rows is None and self.path is not None and Path(self.path).exists():
+            # a checkpoint from before histories were stored in it: the CSV, cut at its step
+            rows = [r for r in pd.read_csv(self.path).to_dict("records") if r["step"] <= step]
+        self.rows = [dict(row) for row in rows or []]
+        self._offset = float(self.rows[-1]["time_s"]) if self.rows else 0.0
+        self.resumed_step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         values = {}
@@ -447,14 +463,12 @@ def fit(
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
     extra: list[L.Callback] = [ResumeState(batch_sampler)]
-    resume_from = None
+    resume_from, set_aside = None, []
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         extra.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", every_n_train_steps=checkpoint_every,
                                      save_top_k=1, monitor="step", mode="max", save_last=True))
-        if (checkpoint_dir / "last.ckpt").exists():
-            resume_from = checkpoint_dir / "last.ckpt"
-            history.resume(history_path)
+        resume_from, set_aside = loadable_checkpoint(checkpoint_dir)
     trainer = L.Trainer(
         max_epochs=-1 if max_steps else epochs, max_steps=max_steps or -1,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes or 1, precision=precision,
@@ -465,4 +479,46 @@ def fit(
     )
     # weights_only: a checkpoint is tensors and plain containers; nothing in it can run code on load.
     trainer.fit(module, loader, ckpt_path=resume_from, weights_only=True)
-    return history.frame()
+    frame = history.frame()
+    if resume_from is not None or set_aside:
+        # how this run came about, for the run's record: where it resumed, what was set aside
+        frame.attrs["resume"] = {
+            "resumed_from": resume_from.name if resume_from is not None else None,
+            "resumed_at_step": history.resumed_step,
+            "train_time_before_resume_s": history.time_before_resume_s,
+            "set_aside": set_aside,
+        }
+    return frame
+
+
+CORRUPT_SUFFIX = ".corrupt-"
+"""A checkpoint that does not load is renamed ``<name>.corrupt-<UTC time>`` beside itself."""
+
+
+def loadable_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, list[dict[str, str]]]:
+    """The newest training checkpoint in ``checkpoint_dir`` that loads (``last.ckpt`` first, then
+    the others newest first), or None; and the checkpoints that did not load, each renamed
+    ``<name>.corrupt-<time>`` (so that no later attempt trips over it again) and listed as
+    {"file", "set_aside_as", "error"}. A truncated file (a kill or a full disk while it was
+    written) is the usual case: the run then continues from the previous good checkpoint, or
+    starts again from scratch when there is none."""
+    checkpoint_dir = Path(checkpoint_dir)
+    last = checkpoint_dir / "last.ckpt"
+    others = sorted((p for p in checkpoint_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    set_aside = []
+    for path in [last, *others] if last.exists() else others:
+        try:
+            # not mmap: a truncated file then fails with what is wrong (no zip directory), not EINVAL
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+                raise ValueError("not a Lightning training checkpoint (no state_dict/global_step)")
+        except Exception as exc:  # noqa: BLE001  (truncated zip, garbage, a refused pickle: none resumes)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+            path.rename(aside)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            warnings.warn(f"checkpoint {path} does not load ({reason}); set aside as {aside.name}", stacklevel=3)
+            set_aside.append({"file": path.name, "set_aside_as": aside.name, "error": reason})
+            continue
+        return path, set_aside
+    return None, set_aside

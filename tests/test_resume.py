@@ -52,12 +52,21 @@ def _run(script, out, kill_at):
     return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted run's history (14 steps, checkpoints every 4)."""
+    tmp_path = tmp_path_factory.mktemp("whole")
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    whole = _run(script, tmp_path / "whole", kill_at=-1)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    done = _run(script, tmp_path / "whole", kill_at=-1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return pd.read_csv(tmp_path / "whole" / "history.csv")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, whole):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
 
     killed = _run(script, tmp_path / "killed", kill_at=10)  # 6 batches per epoch: step 10 is mid-epoch 2
     assert killed.returncode == -signal.SIGKILL
@@ -67,7 +76,7 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
     resumed = _run(script, tmp_path / "killed", kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    a = pd.read_csv(tmp_path / "whole" / "history.csv")
+    a = whole
     b = pd.read_csv(tmp_path / "killed" / "history.csv")
     assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
     torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
@@ -81,3 +90,48 @@ def test_checkpoints_load_weights_only(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 12 and "state_dict" in ckpt  # the last multiple of checkpoint_every
+
+
+
+def test_unloadable_checkpoint_is_set_aside_for_the_previous_good_one(tmp_path):
+    """A truncated last.ckpt (a kill or a full disk while it was written) is renamed and named;
+    the run continues from the newest checkpoint that loads, or from scratch when none does."""
+    from eolab.train import CORRUPT_SUFFIX, loadable_checkpoint
+
+    good = tmp_path / "stepstep=8.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 8}, good)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 12}, tmp_path / "last.ckpt")
+    data = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])
+
+    with pytest.warns(UserWarning, match="last.ckpt does not load"):
+        path, set_aside = loadable_checkpoint(tmp_path)
+    assert path == good
+    assert [s["file"] for s in set_aside] == ["last.ckpt"] and set_aside[0]["error"]
+    assert set_aside[0]["set_aside_as"].startswith("last.ckpt" + CORRUPT_SUFFIX)
+    assert not (tmp_path / "last.ckpt").exists() and (tmp_path / set_aside[0]["set_aside_as"]).is_file()
+
+    good.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="stepstep=8.ckpt does not load"):
+        path, set_aside = loadable_checkpoint(tmp_path)
+    assert path is None and [s["file"] for s in set_aside] == ["stepstep=8.ckpt"]  # from scratch
+    assert sorted(p.name.split(CORRUPT_SUFFIX)[0] for p in tmp_path.iterdir()) == ["last.ckpt", "stepstep=8.ckpt"]
+
+
+@pytest.mark.slow
+def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, whole):
+    """Killed at step 10 (checkpoint at 8), last.ckpt truncated: the re-run sets it aside, resumes
+    from the step-8 checkpoint beside it and ends on the uninterrupted trajectory, every step once."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    killed = _run(script, tmp_path / "killed", kill_at=10)
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+
+    resumed = _run(script, tmp_path / "killed", kill_at=-1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "last.ckpt does not load" in resumed.stderr and "set aside as last.ckpt.corrupt-" in resumed.stderr
+    b = pd.read_csv(tmp_path / "killed" / "history.csv")
+    assert b["step"].tolist() == whole["step"].tolist() == list(range(1, 15))
+    torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(whole["loss"].to_numpy()), rtol=1e-5, atol=1e-6)

@@ -184,6 +184,9 @@ def test_store_requires_record_for_done(tmp_path: Path) -> None:
     store.mark_finished(status, error=None)
     assert not store.is_done("r1")  # done without record.json: re-run
     (store.run_dir("r1") / "record.json").write_text("{}")
+    assert not store.is_done("r1")  # a record that breaks the contract: re-run
+    record = {"run_id": "r1", "params": {"x": 1}, "metrics": {}, "seed": 0, "git_commit": "t", "wall_time_s": 0}
+    write_json_atomic(store.run_dir("r1") / "record.json", record)
     assert store.is_done("r1")
 
 

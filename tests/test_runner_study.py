@@ -22,11 +22,12 @@ import pytest
 from eolab import trial as trial_module
 from eolab.__main__ import main
 from eolab.runner import spec as spec_module
+from eolab.runner import storage as storage_module
 from eolab.runner import study as study_module
 from eolab.runner.spec import REPO_ROOT, SpecError, load_spec, redact
 from eolab.runner.storage import open_storage
 from eolab.runner.store import PRUNED_MARKER_NAME, RunStore
-from eolab.runner.study import ATTR_OWNER, fail_stale_trials, run_study
+from eolab.runner.study import ATTR_OWNER, ATTR_RUN_ID, fail_stale_trials, run_study
 from eolab.trial import (
     PRUNER_ENV,
     RUN_DIR_ENV,
@@ -280,11 +281,19 @@ def test_stale_running_trial_of_a_dead_worker_is_failed(trial_env) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     trial.set_user_attr(ATTR_OWNER, {"host": socket.gethostname(), "pid": dead.pid, "launch": "x", "worker": 0})
+    store = RunStore(Path(os.environ[RUN_DIR_ENV]).parent)
+    trial.set_user_attr(ATTR_RUN_ID, "dead-run")  # the killed worker's claim on its run is left behind
+    (store.run_dir("dead-run")).mkdir(parents=True)
+    (store.run_dir("dead-run") / "claim").write_text(json.dumps({"hostname": socket.gethostname(), "pid": dead.pid}))
     alive = study.ask()
     alive.set_user_attr(ATTR_OWNER, {"host": socket.gethostname(), "pid": os.getpid(), "launch": "x", "worker": 1})
-    assert fail_stale_trials(study, RunStore(Path(os.environ[RUN_DIR_ENV]).parent)) == 1
+    alive.set_user_attr(ATTR_RUN_ID, "live-run")
+    (store.run_dir("live-run")).mkdir(parents=True)
+    (store.run_dir("live-run") / "claim").write_text(json.dumps({"hostname": socket.gethostname(), "pid": os.getpid()}))
+    assert fail_stale_trials(study, store) == 1
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[trial.number] == "FAIL" and states[alive.number] == "RUNNING"
+    assert not (store.run_dir("dead-run") / "claim").exists() and (store.run_dir("live-run") / "claim").exists()
 
 
 # --- executed studies ------------------------------------------------------------------------------
@@ -402,3 +411,36 @@ def test_study_through_slurm_jobs(tmp_path: Path, notebook: Path) -> None:
     assert summary.ok and [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert all(t.user_attrs[ATTR_OWNER].get("slurm_job_id") for t in trials)
     assert list((summary.results_dir / "slurm").rglob("*.out"))
+
+
+def test_lost_database_connection_is_retried_then_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage call whose connection drops is retried with backoff; a database that stays away
+    ends in StorageLostError naming the storage, without any password the driver quoted."""
+    import sqlalchemy.exc
+
+    calls: list[int] = []
+    real = optuna.storages.RDBStorage._get_trials  # what optuna's trial cache calls
+    failures = {"n": 2}
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures["n"]:
+            cause = Exception("server closed the connection unexpectedly (postgresql://u:secretpw@db/x)")
+            raise sqlalchemy.exc.OperationalError("SELECT trials", {}, cause)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_trials", flaky)
+    monkeypatch.setattr(storage_module, "_RETRYING_CLASS", [])  # built again, around the flaky method
+    monkeypatch.setattr(storage_module, "STORAGE_RETRY_DELAYS_S", (0.0, 0.01))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="lost", storage=open_storage(url))
+    calls.clear()
+    assert study.get_trials() == [] and len(calls) == 3  # two lost connections, then through
+
+    calls.clear()
+    failures["n"] = 99
+    with pytest.raises(storage_module.StorageLostError) as lost:
+        study.get_trials()
+    message = str(lost.value)
+    assert len(calls) == 3 and str(tmp_path / "study.db") in message and "_get_trials failed 3 times" in message
+    assert "server closed the connection" in message and "secretpw" not in message

@@ -31,7 +31,10 @@ class Claim:
     def release(self) -> None:
         """Remove the claim file, but only if it is still ours (never delete a successor's claim)."""
         if _read_owner(self.path) == {"hostname": self.hostname, "pid": self.pid}:
-            self.path.unlink(missing_ok=True)
+            # a read-only or failing disk must not hide the error that ended the run; the claim
+            # left behind is stale once this process ends, and then taken over
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 def try_claim(run_dir: Path) -> Claim | None:
@@ -49,6 +52,14 @@ def try_claim(run_dir: Path) -> Claim | None:
     return _create(path)
 
 
+def clear_stale_claim(run_dir: Path) -> bool:
+    """Remove the run's claim if its holder died on this host (a killed pool or study worker, a
+    SIGKILLed `ablate`); True if one was removed. A live holder's claim, or another host's, stays."""
+    path = run_dir / CLAIM_NAME
+    owner = _read_owner(path)
+    return owner is not None and _is_stale(owner) and _remove_stale(path, owner) and not path.exists()
+
+
 def claim_holder(run_dir: Path) -> str:
     """'host pid N' of the current claimer, for messages ('unknown' if the file vanished or is bad)."""
     owner = _read_owner(run_dir / CLAIM_NAME)
@@ -62,10 +73,15 @@ def _create(path: Path) -> Claim | None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"hostname": me.hostname, "pid": me.pid}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"hostname": me.hostname, "pid": me.pid}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:  # e.g. a full disk: an empty claim would block the run for everyone, forever
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return me
 
 

@@ -13,6 +13,10 @@ run twice; a run claimed by the other process is reported as skipped (outcome st
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
+from eolab.runner.faults import EXIT_FAULT, BatchStopped, Interrupted, ResultsFolderError, is_storage_fault, os_error_text
 from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
 from eolab.runner.pool import PoolExecutor
 from eolab.runner.preflight import preflight
@@ -34,7 +39,7 @@ from eolab.runner.spec import (
     SpecError,
     load_spec,
 )
-from eolab.runner.store import FAILED, RunStore, rebuild_table
+from eolab.runner.store import DONE, FAILED, RUNNING, RunStore, rebuild_table, utc_now
 from eolab.runner.types import SKIPPED, Executor, Log, RunOutcome, RunTask
 
 DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
@@ -110,6 +115,9 @@ def run_ablation(
     runs = select_runs(spec, only)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    for run in todo:  # a run the runner called done, whose record cannot be used: say so, then redo it
+        if (store.status(run.run_id) or {}).get("state") == DONE and (problem := store.record_problem(run.run_id)):
+            log(f"redo   {run.run_id} ({problem})")
     executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
         executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
     )
@@ -118,15 +126,25 @@ def run_ablation(
     if todo or spec.summary:
         check_kernel()
 
-    store.write_spec(spec.to_json())
-    todo_ids = {r.run_id for r in todo}
-    skipped = [r.run_id for r in runs if r.run_id not in todo_ids]
-    for run_id in skipped:
-        log(f"skip   {run_id} (done; --force to re-run)")
-    log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
-
-    outcomes = executor.submit([make_task(spec, store, run, force=force) for run in todo])
-    tables = rebuild_table(store.results_dir)
+    tasks = [make_task(spec, store, run, force=force) for run in todo]
+    batch_started = utc_now()
+    try:
+        try:
+            store.write_spec(spec.to_json())
+        except OSError as exc:
+            raise (ResultsFolderError(store.results_dir, exc) if is_storage_fault(exc) else exc) from exc
+        todo_ids = {r.run_id for r in todo}
+        skipped = [r.run_id for r in runs if r.run_id not in todo_ids]
+        for run_id in skipped:
+            log(f"skip   {run_id} (done; --force to re-run)")
+        log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
+        outcomes = executor.submit(tasks)
+        try:
+            tables = rebuild_table(store.results_dir)
+        except OSError as exc:
+            raise (ResultsFolderError(store.results_dir, exc) if is_storage_fault(exc) else exc) from exc
+    except (ResultsFolderError, KeyboardInterrupt) as exc:
+        raise _stopped(store, tasks, exc, batch_started) from exc
     summary = AblationSummary(
         name=spec.name,
         results_dir=store.results_dir,
@@ -137,6 +155,38 @@ def run_ablation(
     if spec.summary:
         summary.summary_html, summary.summary_error = render_summary(spec.summary, store.results_dir)
     return summary
+
+
+def _stopped(store: RunStore, tasks: Sequence[RunTask], exc: BaseException, batch_started: str) -> BatchStopped:
+    """After a fault or an interruption: mark the runs this process left running as failed (pool
+    workers mark their own), write the tables of what finished, and say all of it in one line."""
+    if isinstance(exc, ResultsFolderError):
+        reason, code = f"stopped: {exc}", EXIT_FAULT
+    else:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        reason, code = f"interrupted by {signal.Signals(signum).name}", 128 + signum
+    interrupted: dict[str, str] = {}
+    for task in tasks:
+        status = store.status(task.run_id)
+        if status and status.get("state") == RUNNING and status.get("hostname") == socket.gethostname() \
+                and status.get("pid") == os.getpid():
+            interrupted[task.run_id] = reason
+            with contextlib.suppress(OSError):  # a read-only folder: the tables say it instead
+                store.mark_finished(status, error=reason)
+        elif status and status.get("state") == FAILED and (status.get("started_at") or "") >= batch_started \
+                and ("nterrupt" in (status.get("error") or "") or (status.get("error") or "").startswith("stopped:")):
+            interrupted[task.run_id] = status["error"]  # a pool worker's run, recorded by the worker
+    if isinstance(exc, ResultsFolderError) and exc.run_id:
+        interrupted.setdefault(exc.run_id, reason)
+    try:
+        tables = rebuild_table(store.results_dir, interrupted=interrupted)
+        wrote = f"tables written ({len(tables.table)} rows in table.csv, {len(tables.runs)} runs in runs.csv)"
+    except OSError as table_exc:
+        wrote = f"tables not written ({os_error_text(table_exc)}; `python -m eolab table {store.results_dir}` rebuilds them)"
+    done = sum(RunStore(store.results_dir).is_done(t.run_id) for t in tasks)
+    marked = f"{len(interrupted)} interrupted run(s) marked failed" if interrupted else "no run interrupted"
+    message = f"{store.results_dir.name}: {reason}; {done}/{len(tasks)} run(s) done, {marked}, {wrote}; re-run to finish"
+    return BatchStopped(message, code, interrupted)
 
 
 EXECUTOR_KINDS = ("local", "slurm")

@@ -22,6 +22,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from eolab.io import environment
 from eolab.runner.claim import Claim, claim_holder, try_claim
+from eolab.runner.faults import ResultsFolderError, is_storage_fault, kernel_storage_fault
 from eolab.runner.spec import OUTPUT_DIR_PARAM, REPO_ROOT
 from eolab.runner.store import DONE, FAILED, NOTEBOOK_NAME, RECORD_NAME, RunStore
 from eolab.runner.types import SKIPPED, RunOutcome, RunTask
@@ -62,7 +63,12 @@ def claim_task(task: RunTask) -> Claim | RunOutcome:
     Checks `is_done` again after claiming: another process may have finished the run between
     planning the batch and now.
     """
-    claim = try_claim(task.run_dir)
+    try:
+        claim = try_claim(task.run_dir)
+    except OSError as exc:  # the claim file cannot be created: a full or read-only results folder
+        if is_storage_fault(exc):
+            raise ResultsFolderError(task.results_dir, exc, task.run_id) from exc
+        raise
     if claim is None:
         return RunOutcome(task.run_id, SKIPPED, f"claimed by {claim_holder(task.run_dir)}", 0.0)
     if not task.force and RunStore(task.results_dir).is_done(task.run_id):
@@ -73,26 +79,48 @@ def claim_task(task: RunTask) -> Claim | RunOutcome:
 
 def execute_task(task: RunTask) -> RunOutcome:
     """Execute one run with papermill and record the verdict in status.json; never raises for a
-    failing notebook (KeyboardInterrupt is recorded, then re-raised)."""
+    failing notebook. KeyboardInterrupt (also an interrupted kernel) is recorded, then re-raised;
+    a results folder that refuses writes (full, read-only) raises ResultsFolderError, after
+    recording the run as failed where the folder still allows it."""
     store = RunStore(task.results_dir)
-    status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
+    try:
+        status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
+    except OSError as exc:
+        if is_storage_fault(exc):
+            raise ResultsFolderError(store.results_dir, exc, task.run_id) from exc
+        raise
     started = time.monotonic()
     error: str | None = None
     traceback: str | None = None
+    fault: ResultsFolderError | None = None
     try:
         execute_notebook(task.notebook, task.run_dir / NOTEBOOK_NAME, task.parameters)
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
         traceback = _strip_ansi("\n".join(exc.traceback or []))
+        if exc.ename == "KeyboardInterrupt":  # the kernel was interrupted: the batch is, too
+            store.mark_finished(status, error="KeyboardInterrupt: the notebook's kernel was interrupted")
+            raise KeyboardInterrupt(error) from exc
+        if (disk := kernel_storage_fault(exc)) is not None:
+            fault = ResultsFolderError(store.results_dir, f"the notebook failed with {disk}", task.run_id)
     except KeyboardInterrupt:
         store.mark_finished(status, error="KeyboardInterrupt: interrupted by user")
         raise
     except Exception as exc:  # kernel died, notebook unreadable...: record and go on with the batch
         error = f"{type(exc).__name__}: {exc}"
+        if is_storage_fault(exc):
+            fault = ResultsFolderError(store.results_dir, exc, task.run_id)
     else:
         if not (task.run_dir / RECORD_NAME).is_file():
             error = f"notebook finished without writing {RECORD_NAME} to output_dir"
-    store.mark_finished(status, error=error, traceback=traceback)
+    try:
+        store.mark_finished(status, error=error if fault is None else f"stopped: {fault}", traceback=traceback)
+    except OSError as exc:
+        if not is_storage_fault(exc):
+            raise
+        raise (fault or ResultsFolderError(store.results_dir, exc, task.run_id)) from exc
+    if fault is not None:
+        raise fault
     return RunOutcome(
         run_id=task.run_id, state=FAILED if error else DONE, error=error, seconds=time.monotonic() - started
     )

@@ -10,6 +10,7 @@ itself (ipykernel polls its parent). Each worker's stdout/stderr go to runs/<run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eolab.runner.claim import Claim
+from eolab.runner.faults import EXIT_FAULT, ResultsFolderError, is_storage_fault
 from eolab.runner.notebook import claim_task
 from eolab.runner.spec import OUTPUT_DIR_PARAM
 from eolab.runner.store import DONE, FAILED, RunStore
@@ -64,14 +66,21 @@ class PoolExecutor:
                     if isinstance(claimed, RunOutcome):
                         self._finish(outcomes, claimed)
                     else:
-                        running.append(_start(task, claimed, self.workers))
+                        try:
+                            running.append(_start(task, claimed, self.workers))
+                        except OSError as exc:  # worker.log cannot be created: the folder refuses writes
+                            claimed.release()
+                            if is_storage_fault(exc):
+                                raise ResultsFolderError(task.results_dir, exc, task.run_id) from exc
+                            raise
                 for job in [j for j in running if j.process.poll() is not None]:
                     running.remove(job)
                     self._finish(outcomes, _collect(job))
                 time.sleep(POLL_SECONDS if running else 0)
-        except BaseException:  # Ctrl-C (or a bug): stop the workers, record their runs, free claims
+        except BaseException:  # Ctrl-C, a full disk (or a bug): stop the workers, record their runs, free claims
             for job in running:
-                _stop(job)
+                with contextlib.suppress(OSError, ResultsFolderError):  # a read-only folder: the tables name them instead
+                    _stop(job)
             raise
         return [outcomes[t.run_id] for t in tasks]
 
@@ -137,6 +146,9 @@ def _outcome(job: _Job, returncode: int) -> RunOutcome:
     store = RunStore(task.results_dir)
     status = store.status(task.run_id)
     ours = status is not None and status.get("pid") == pid
+    if returncode == EXIT_FAULT:  # the worker found the results folder unwritable: stop the batch
+        raise ResultsFolderError(task.results_dir, f"the worker of {task.run_id} could not write it "
+                                 f"(its message, if the disk took it, is in {task.run_dir / WORKER_LOG_NAME})", task.run_id)
     if ours and status["state"] in (DONE, FAILED):
         return RunOutcome(task.run_id, status["state"], status.get("error"), seconds)
     error = exit_reason(returncode, task.run_dir / WORKER_LOG_NAME)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from eolab.io import exclusive_lock, write_json_atomic, write_text_atomic
 from eolab.run_folder import HISTORY_NAME, RECORD_NAME
+from eolab.runner.claim import process_alive
 from eolab.secrets import known_secrets, redact, redact_values
 
 RUNS_DIRNAME = "runs"
@@ -51,7 +52,8 @@ RUNNING, DONE, FAILED = "running", "done", "failed"
 PRUNED = "pruned"
 """Status shown in the tables for a failed run whose trial was pruned (status.json says failed)."""
 INVALID_RECORD = "invalid_record"
-"""Status shown in runs.csv for a run whose record.json cannot be used."""
+"""Formerly the runs.csv status of a run whose record.json cannot be used; such a run is now
+shown as failed, with the reason naming the file, and `ablate` runs it again."""
 
 REQUIRED_RECORD_KEYS = ("run_id", "params", "metrics", "seed", "git_commit", "wall_time_s")
 
@@ -83,12 +85,19 @@ class RunStore:
         return read_json(self.run_dir(run_id) / STATUS_NAME)
 
     def is_done(self, run_id: str) -> bool:
-        """Done means both the runner's verdict and the notebook's record are there (resume rule)."""
+        """Done means both the runner's verdict and a usable record are there (resume rule): a run
+        whose record.json is missing, does not parse or breaks the record contract is run again."""
         status = self.status(run_id) or {}
-        return status.get("state") == DONE and (self.run_dir(run_id) / RECORD_NAME).is_file()
+        return status.get("state") == DONE and self.record_problem(run_id) is None
+
+    def record_problem(self, run_id: str) -> str | None:
+        """Why the run's record.json cannot be used (naming the file), or None when it can."""
+        return load_record(self.run_dir(run_id) / RECORD_NAME)[1]
 
     def mark_running(self, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's."""
+        """Start a run: clear outputs of an earlier attempt so they cannot be mistaken for this one's.
+        Training checkpoints stay: a resumed run continues from them, and they carry its history up
+        to their step, so the history.csv of the killed attempt is not needed."""
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (RECORD_NAME, HISTORY_NAME, TRIAL_NAME, PRUNED_MARKER_NAME):
@@ -120,23 +129,27 @@ class RunStore:
         write_json_atomic(self.results_dir / SPEC_NAME, redact_values(spec_json))  # a committed file: no secrets
 
 
-def rebuild_table(results_dir: str | Path) -> Tables:
+def rebuild_table(results_dir: str | Path, interrupted: dict[str, str] | None = None) -> Tables:
     """Rebuild table.csv and runs.csv from every run folder, atomically; return both tables.
 
-    Rows are sorted by run id, so rebuilding twice gives byte-identical files.
+    Rows are sorted by run id, so rebuilding twice gives byte-identical files. ``interrupted``:
+    runs this process was executing when a fault stopped the batch, with the reason; they are
+    shown as failed even if their status.json could not be written (a full or read-only disk).
     """
     store = RunStore(results_dir)
     with exclusive_lock(store.results_dir / TABLE_LOCK_NAME):
-        return _rebuild_locked(store)
+        return _rebuild_locked(store, interrupted or {})
 
 
-def _rebuild_locked(store: RunStore) -> Tables:
+def _rebuild_locked(store: RunStore, interrupted: dict[str, str]) -> Tables:
     """rebuild_table's body; the caller holds the table lock."""
     run_dirs = sorted(p for p in store.runs_dir.glob("*") if p.is_dir()) if store.runs_dir.is_dir() else []
     fold_rows: list[dict[str, Any]] = []
     run_rows: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         run_row, record = _run_row(run_dir)
+        if run_dir.name in interrupted and run_row["status"] == RUNNING:
+            run_row.update(status=FAILED, error=interrupted[run_dir.name])
         run_rows.append(run_row)
         if record is not None and run_row["status"] not in (FAILED, PRUNED, RUNNING, INVALID_RECORD):
             fold_rows.extend(_fold_rows(run_dir, run_row["status"], record))
@@ -157,15 +170,33 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def load_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a usable record.json, else (None, why not) naming the file: missing,
+    unreadable, not parsing (a truncated write, a full disk), or breaking the record contract."""
+    where = f"{path.parent.parent.name}/{path.parent.name}/{path.name}"  # runs/<run_id>/record.json
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, f"{where} is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{where} cannot be read ({type(exc).__name__}: {exc})"
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        return None, f"{where} does not parse ({exc}; {len(text)} bytes)"
+    problem = _record_problem(record if isinstance(record, dict) else None)
+    return (None, f"{where}: {problem}") if problem else (record, None)
+
+
 def _record_problem(record: dict[str, Any] | None) -> str | None:
     """Why a record.json cannot be tabulated, or None if it follows the contract."""
     if record is None:
-        return f"{RECORD_NAME} is missing or not a JSON object"
+        return "not a JSON object"
     missing = [k for k in REQUIRED_RECORD_KEYS if k not in record]
     if missing:
-        return f"{RECORD_NAME} lacks key(s) {', '.join(missing)}"
+        return f"lacks key(s) {', '.join(missing)}"
     if not isinstance(record["params"], dict) or not isinstance(record["metrics"], dict):
-        return f"{RECORD_NAME}: `params` and `metrics` must be objects"
+        return "`params` and `metrics` must be objects"
     return None
 
 
@@ -174,12 +205,15 @@ def _run_row(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     status = read_json(run_dir / STATUS_NAME) or {}
     state = status.get("state") or "unknown"
     error = status.get("error")
+    if state == RUNNING and status.get("hostname") == socket.gethostname() and isinstance(status.get("pid"), int) \
+            and not process_alive(status["pid"]):
+        # its process died without a verdict (SIGKILL, a power cut): failed, and `ablate` redoes it
+        state, error = FAILED, f"interrupted: pid {status['pid']} on {status['hostname']} ended without recording a verdict"
     record = None
-    if (run_dir / RECORD_NAME).is_file() and state not in (FAILED, RUNNING):
-        record = read_json(run_dir / RECORD_NAME)
-        problem = _record_problem(record)
-        if problem:
-            state, error, record = INVALID_RECORD, problem, None
+    if state == DONE or ((run_dir / RECORD_NAME).is_file() and state not in (FAILED, RUNNING)):
+        record, problem = load_record(run_dir / RECORD_NAME)
+        if problem:  # a failed run (re-run by `ablate`), named: never a run silently left out of table.csv
+            state, error = FAILED, problem
     params = dict(record["params"]) if record else dict(status.get("params") or {})
     params.pop("output_dir", None)
     trial = _trial_columns(run_dir)

@@ -54,8 +54,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eolab.io import environment, exclusive_lock
-from eolab.runner.claim import CLAIM_NAME, claim_holder, process_alive
+from eolab.runner.claim import CLAIM_NAME, claim_holder, clear_stale_claim, process_alive
 from eolab.runner.execute import DEFAULT_RESULTS_ROOT, check_executor, render_summary
+from eolab.runner.faults import EXIT_FAULT, ResultsFolderError
 from eolab.runner.notebook import LocalExecutor, check_kernel, eolab_importable
 from eolab.runner.pool import exit_reason, start_worker, stop_process
 from eolab.runner.preflight import preflight, study_points
@@ -80,6 +81,7 @@ from eolab.runner.storage import (
     RUN_DIR_ENV,
     STUDY_NAME_ENV,
     TRIAL_NUMBER_ENV,
+    StorageLostError,
     load_study,
     open_storage,
 )
@@ -260,7 +262,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: StudyJob, store: R
         with contextlib.suppress(Exception):
             trial.set_user_attr(ATTR_ERROR, error[:1000])
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if isinstance(exc, Exception) and not isinstance(exc, SpecError):
+        # a lost database or a results folder that refuses writes fails every further trial too: stop
+        if isinstance(exc, Exception) and not isinstance(exc, (SpecError, StorageLostError, ResultsFolderError)):
             return TrialOutcome(trial.number, run_id, FAIL, None, error, time.monotonic() - started)
         raise
     with contextlib.suppress(Exception):  # fails only if another process already failed it as stale
@@ -432,6 +435,7 @@ def _fail_trial(study: optuna.Study, store: RunStore, trial: optuna.trial.Frozen
         if status and status.get("state") == RUNNING and status.get("pid") == owner.get("pid"):
             store.mark_finished(status, error=reason)
             write_trial_file(store.run_dir(run_id), study.study_name, frozen, reason)
+        clear_stale_claim(store.run_dir(run_id))  # the dead worker's claim file goes with its trial
     return 1
 
 
@@ -752,6 +756,9 @@ def worker_main() -> int:
             print(f"trial {outcome.number} {outcome.state} {outcome.run_id} {outcome.error or ''}", flush=True)
     except KeyboardInterrupt:
         return 130
+    except (StorageLostError, ResultsFolderError) as exc:  # one line for worker.log and the driver, no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAULT
     return 0
 
 
@@ -942,7 +949,11 @@ def cli_ablate(spec: AblationSpec, results_root: Path, workers: int, executor: s
         checks = preflight(spec, study_points(spec))
         print("\n".join(checks.lines()))
         return 0 if checks.ok else 2
-    summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
+    try:
+        summary = run_study(spec, executor_kind=executor, workers=workers, results_root=results_root, force=force)
+    except StorageLostError as exc:  # the database went away and stayed away: said in one line
+        print(f"error: {exc}; the study resumes from the storage when it is back (run the spec again)", file=sys.stderr)
+        return EXIT_FAULT
     counts = summary.counts
     print(
         f"{summary.name}: {summary.finished}/{summary.n_trials} trials finished ({counts.get(COMPLETE, 0)} complete, "

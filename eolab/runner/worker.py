@@ -17,6 +17,7 @@ import threading
 import time
 from types import FrameType
 
+from eolab.runner.faults import EXIT_FAULT, ResultsFolderError
 from eolab.runner.notebook import execute_task
 from eolab.runner.types import RunTask
 
@@ -52,6 +53,9 @@ def main() -> int:
         execute_task(task)
     except KeyboardInterrupt:
         return 130  # execute_task recorded the interruption
+    except ResultsFolderError as exc:  # the parent stops the batch on this exit code
+        print(exc, file=sys.stderr)
+        return EXIT_FAULT
     return 0
 
 

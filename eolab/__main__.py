@@ -89,6 +89,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         results_root=results_root,
         workers=args.workers,
         executor_kind=args.executor,
+        progress="quiet" if args.quiet else "auto",
     )
     print(
         f"{summary.name}: {len(summary.executed)} executed, {len(summary.skipped)} skipped, "
@@ -223,6 +224,8 @@ COMMANDS: dict[str, Command] = {
                 default="local",
                 help="where runs execute: this machine (default) or SLURM jobs (a job array via submitit)",
             ),
+            arg("--quiet", action="store_true",
+                help="one line per finished run, no live progress line (also when $CI is set)"),
         ),
     ),
     "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),

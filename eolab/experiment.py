@@ -51,6 +51,8 @@ from .evaluate import band_stats_features, embed, linear_probe
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
 from .history import ends
 from .io import write_json_atomic
+from .progress import PROGRESS_MODES, RUN_LOG_NAME, log_line, resolve_progress
+from .tracking import LOGGERS, log_final, log_params, loggable_params, make_loggers, redact_uri
 from .models.vit import POOLS, SIZES, TOKENIZERS, build_encoder, encoder_config
 from .tasks import AUGMENTATIONS, MASKS, TaskParams, build_task, parse_objective
 from .train import KnnProbe, fit
@@ -122,6 +124,9 @@ class PretrainConfig:
     torch_compile: bool = False
     num_workers: int = 0
     checkpoint_every: int = 200
+    progress: str = "auto"
+    logger: str = "none"
+    tracking_uri: str = ""
     output_dir: str = "."
 
     def __post_init__(self):
@@ -166,6 +171,10 @@ class PretrainConfig:
             ("accumulate", self.accumulate >= 1, ">= 1"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
+            ("progress", self.progress in PROGRESS_MODES, f"one of {PROGRESS_MODES}"),
+            ("logger", self.logger in LOGGERS, f"one of {LOGGERS}"),
+            ("tracking_uri", self.logger != "mlflow" or bool(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
+             "the MLflow tracking server's URI when logger is 'mlflow' (or set $MLFLOW_TRACKING_URI)"),
             ("img_size", self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
             ("sources", all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
             ("val_sources", all(s in READERS for s in self.val_source_list), f"empty or comma-separated names from {sorted(READERS)}"),
@@ -188,7 +197,12 @@ class PretrainConfig:
         ]
         for name, ok, what in checks:
             if not ok:
-                raise ValueError(f"parameter {name!r} must be {what}, got {getattr(self, name)!r}")
+                value = getattr(self, name)
+                raise ValueError(f"parameter {name!r} must be {what}, got {redact_uri(value) if name == 'tracking_uri' else value!r}")
+
+    def __repr__(self) -> str:  # the notebook shows the config: never a tracking password
+        values = ", ".join(f"{k}={v!r}" for k, v in loggable_params(dataclasses.asdict(self) | {"output_dir": None}).items())
+        return f"PretrainConfig({values}, output_dir={self.output_dir!r})"
 
     @property
     def source_list(self) -> tuple[str, ...]:
@@ -329,6 +343,7 @@ class PretrainResult:
     checkpoint: Path
     compute: dict  # FLOPs per step, steps, total training FLOPs, parameters
     validation: dict = dataclasses.field(default_factory=dict)  # val_loss etc. on held-out scenes (val_sources)
+    loggers: list = dataclasses.field(default_factory=list)  # Lightning loggers (``logger``), closed by write_record
 
 
 def _encoder_spec(cfg: PretrainConfig, bands: tuple[str, ...]) -> dict:
@@ -422,6 +437,11 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     if cfg.batch_sampling == "diverse" and data.tiles is not None:
         sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
     knn = _knn_probe(cfg, data)
+    progress = resolve_progress(cfg.progress)
+    run_log = out / RUN_LOG_NAME if progress != "none" else None
+    log_line(run_log, f"data: {len(data.pretrain)} pre-training samples; {len(data.eurosat['label'])} labelled EuroSAT patches")
+    loggers = make_loggers(cfg.logger, cfg.tracking_uri, out)
+    log_params(loggers, dataclasses.asdict(cfg))
     t0 = time.perf_counter()
     checkpoints = out / "checkpoints"
     history = fit(task, data.pretrain, data.normalization, epochs=cfg.epochs, max_steps=max_steps,
@@ -431,7 +451,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
                   checkpoint_every=cfg.checkpoint_every or 1, history_path=out / "history.csv",
-                  compile=cfg.torch_compile)
+                  compile=cfg.torch_compile, progress=progress, log_path=run_log, loggers=loggers)
     train_time = time.perf_counter() - t0
     # Under srun every task runs this function; the run folder is rank 0's to write.
     rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
@@ -452,7 +472,8 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     ckpt = out / "encoder.pt"
     if rank0:
         save_encoder(ckpt, encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
-    return PretrainResult(encoder, history, train_time, ckpt, compute, validation)
+    log_line(run_log, f"encoder saved: {ckpt.name}; evaluating")
+    return PretrainResult(encoder, history, train_time, ckpt, compute, validation, loggers)
 
 
 @dataclass
@@ -565,7 +586,8 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "task": cfg.objective,
         "evaluation": {"not_applicable": evaluation.not_applicable} if evaluation.not_applicable else {},
         # output_dir is where this record lies; keeping it out makes records relocatable
-        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"},
+        # and a tracking URI is kept without its password
+        "params": loggable_params(dataclasses.asdict(cfg)),
         "metrics": metrics,
         "folds": scores.to_dict(orient="records"),
         "seed": cfg.seed,
@@ -582,6 +604,9 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     if data.sample is not None:
         data.sample.selection.write(Path(cfg.output_dir) / SAMPLE_FILE)
     write_json_atomic(Path(cfg.output_dir) / "record.json", record)
+    log_final(run.loggers, metrics, step=metrics["train_steps"])
+    if resolve_progress(cfg.progress) != "none":
+        log_line(Path(cfg.output_dir) / RUN_LOG_NAME, "record written: record.json")
     return record
 
 

@@ -27,6 +27,7 @@ from .data.samplers import SeededBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization
 from .models.vit import ViTEncoder
+from .progress import StepProgressBar, progress_callbacks
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
 
@@ -400,6 +401,9 @@ def fit(
     precision: str = "32-true",
     compile: bool = False,
     history_path: Path | None = None,
+    progress: str = "none",
+    log_path: Path | None = None,
+    loggers: list | tuple = (),
 ) -> pd.DataFrame:
     """Train ``task`` on ``dataset``; returns the per-step history (losses, health, lr, time).
 
@@ -420,6 +424,10 @@ def fit(
     ``checkpoint_every``, the learning-rate schedule and the history's rows count optimiser steps.
     ``compile``: the transformer blocks run through ``torch.compile`` (``compile_blocks``); a
     machine without the C++ compiler inductor needs trains uncompiled, with a warning.
+
+    ``progress``: ``bar`` (Lightning's progress bar over steps, with loss and images/s, plus the run
+    log), ``log`` (the run log at ``log_path`` only) or ``none`` (``eolab.progress``). ``loggers``:
+    Lightning loggers (``eolab.tracking``) that receive every step's ``train/*`` and ``health/*``.
     """
     layout = slurm_layout()
     if layout is not None:
@@ -446,7 +454,8 @@ def fit(
     module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay, augment=augment,
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
-    extra: list[L.Callback] = [ResumeState(batch_sampler)]
+    shown = progress_callbacks(progress, log_path)
+    extra: list[L.Callback] = [ResumeState(batch_sampler), *shown]
     resume_from = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
@@ -460,7 +469,8 @@ def fit(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes or 1, precision=precision,
         strategy=FSDPStrategy() if strategy == "fsdp" else SrunDDPStrategy() if layout and strategy == "ddp" else strategy,
         accumulate_grad_batches=accumulate, use_distributed_sampler=False,  # the batch sampler shards
-        logger=False, enable_checkpointing=checkpoint_dir is not None, enable_progress_bar=False,
+        logger=list(loggers) or False, enable_checkpointing=checkpoint_dir is not None,
+        enable_progress_bar=any(isinstance(c, StepProgressBar) for c in shown),
         enable_model_summary=False, callbacks=[*callbacks, *extra, history], log_every_n_steps=1, deterministic=False,
     )
     # weights_only: a checkpoint is tensors and plain containers; nothing in it can run code on load.

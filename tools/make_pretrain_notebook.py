@@ -51,6 +51,10 @@ accumulate: int = 1                      # gradient accumulation (batches per op
 torch_compile: bool = False              # compile the transformer blocks with torch.compile (inductor; on CPU needs g++)
 num_workers: int = 0                     # data-loader worker processes
 checkpoint_every: int = 200              # steps between training checkpoints for resuming a killed run (0 means none)
+# --- progress and tracking ---------------------------------------------------------------
+progress: str = "auto"                   # auto | bar (Lightning progress bar and run.log) | log (run.log only) | none; auto: log under the ablation runner or CI, else bar
+logger: str = "none"                     # experiment tracking: none | csv | tensorboard | mlflow (experiment: the ablation name; run name: the run id)
+tracking_uri: str = ""                   # mlflow: tracking server URI (empty: $MLFLOW_TRACKING_URI); tensorboard: a log folder (empty: the run folder)
 # --- evaluation ---------------------------------------------------------------------------
 knn_every: int = 100                     # steps between in-loop EuroSAT k-NN probes (0 means off)
 pool: str = "mean_std"                   # embedding: mean | cls | mean_std (mean and spatial std of patch tokens)

@@ -27,7 +27,9 @@ import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
 
+from eolab.progress import PROGRESS_ENV, RUN_LOG_NAME
 from eolab.runner.claim import Claim, claim_holder, try_claim
+from eolab.runner.progress import AblationProgress, run_dirs_of
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
     OUTPUT_DIR_PARAM,
@@ -198,21 +200,32 @@ def run_ablation(
     log: Log = print,
     workers: int = 1,
     executor_kind: str = "local",
+    progress: str = "auto",
 ) -> AblationSummary:
     """Validate the spec, execute the runs that are not done yet, rebuild tables, render the summary.
 
     Failed runs do not stop the batch; they are listed in the returned summary (and in runs.csv).
     Unless an `executor` is given, `executor_kind` picks one: "local" runs `workers` notebooks at
     once on this machine (1: sequentially, in this process), "slurm" submits them to SLURM.
+    ``progress`` (``eolab.runner.progress``): "bar" (a line redrawn while runs execute), "lines" (a
+    line per event), "quiet" (a line per finished run) or "auto"; it applies when no ``executor`` is
+    given (a given executor reports through its own ``on_finished``).
     """
     spec = load_spec(spec_path)
     if spec.study is not None:  # its trials are not known up front; `python -m eolab ablate` dispatches
         raise SpecError(f"{spec.path}: has a `study` section; run it with eolab.runner.study.run_study")
     runs = select_runs(spec, only)
+    check_no_secrets(spec, runs)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    tasks = [make_task(spec, store, run, force=force) for run in todo]
+    watch = contextlib.nullcontext()
+    if executor is None:
+        live = AblationProgress(spec.name, run_dirs_of(tasks), workers=workers if executor_kind == "local" else len(tasks),
+                                log=log, mode=progress)
+        watch = live
     executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
-        executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
+        executor_kind, workers, spec, store, on_finished=live.on_finished
     )
     if todo or spec.summary:
         check_kernel()
@@ -224,7 +237,8 @@ def run_ablation(
         log(f"skip   {run_id} (done; --force to re-run)")
     log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
 
-    outcomes = executor.submit([make_task(spec, store, run, force=force) for run in todo])
+    with watch:
+        outcomes = executor.submit(tasks)
     tables = rebuild_table(store.results_dir)
     summary = AblationSummary(
         name=spec.name,
@@ -240,6 +254,21 @@ def run_ablation(
 
 EXECUTOR_KINDS = ("local", "slurm")
 
+
+
+def check_no_secrets(spec: AblationSpec, runs: Sequence[Run]) -> None:
+    """Refuse a spec whose tracking URI carries a password: spec.json and every run's notebook would
+    keep it (papermill writes parameters into the notebook)."""
+    from eolab.tracking import has_secret, redact_uri
+
+    for run in runs:
+        uri = run.params.get("tracking_uri")
+        if isinstance(uri, str) and has_secret(uri):
+            raise SpecError(
+                f"{spec.path}: `tracking_uri` {redact_uri(uri)} carries credentials, which would be written "
+                "into spec.json and each run's notebook; give the URI without them and set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment"
+            )
 
 
 def check_executor(kind: str, workers: int) -> None:
@@ -311,6 +340,7 @@ def execute_task(task: RunTask) -> RunOutcome:
     """Execute one run with papermill and record the verdict in status.json; never raises for a
     failing notebook (KeyboardInterrupt is recorded, then re-raised)."""
     store = RunStore(task.results_dir)
+    (task.run_dir / RUN_LOG_NAME).unlink(missing_ok=True)  # the log of an earlier attempt
     status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
     started = time.monotonic()
     error: str | None = None
@@ -389,16 +419,20 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> str:
 @contextlib.contextmanager
 def eolab_importable() -> Iterator[None]:
     """Let kernels `import eolab` although their cwd is the notebook's folder: the kernel inherits
-    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration."""
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), previous) if p)
+    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration. Kernels
+    also get EOLAB_PROGRESS=log (unless set): a run's `progress="auto"` then writes its run.log and
+    no progress bar into the executed notebook."""
+    previous = {name: os.environ.get(name) for name in ("PYTHONPATH", PROGRESS_ENV)}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), previous["PYTHONPATH"]) if p)
+    os.environ.setdefault(PROGRESS_ENV, "log")
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _strip_ansi(text: str) -> str:

@@ -92,6 +92,8 @@ def make_loggers(logger: str, tracking_uri: str, output_dir: str | Path) -> list
     if not uri:
         raise ValueError("parameter 'tracking_uri' must name the MLflow tracking server when logger is 'mlflow' "
                          "(or set $MLFLOW_TRACKING_URI)")
+    if has_secret(uri):  # MLflow prints "View run ... at: <uri>" when a run ends
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return [MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri,
                          tags={"eolab.ablation": experiment, "eolab.run_id": run_name})]
 

@@ -100,9 +100,11 @@ class PretrainModule(L.LightningModule):
             self._plain_task[0].load_state_dict({k: v.detach().cpu() for k, v in full.items()})
 
     def log_health(self, values: dict[str, float]) -> None:
-        """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter)."""
+        """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter).
+        Loggers get them from ``HealthToLoggers`` at the step they were computed only (Lightning
+        would repeat a value logged once at every later step)."""
         self.fresh_health.update(values)
-        self.log_dict({f"health/{k}": v for k, v in values.items()}, on_step=True, batch_size=1)
+        self.log_dict({f"health/{k}": v for k, v in values.items()}, on_step=True, batch_size=1, logger=False)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image = self.normalization(batch["image"], batch["bands"], batch["unit"], where="training batch")
@@ -194,6 +196,24 @@ class KnnProbe(L.Callback):
         self._last_step = step
         if step == 1 or step % self.every == 0 or step == trainer.estimated_stepping_batches:
             pl_module.log_health({"knn_accuracy": self.accuracy(pl_module.task.encoder)})
+
+
+class HealthToLoggers(L.Callback):
+    """Sends the health values computed at an optimiser step (``PretrainModule.fresh_health``) to
+    the trainer's loggers, at the step index of that step's ``train/*`` values. Runs before
+    ``History``, which clears them."""
+
+    def __init__(self):
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self._last_step or not trainer.loggers:
+            return
+        self._last_step = trainer.global_step
+        if pl_module.fresh_health:
+            values = {f"health/{k}": float(v) for k, v in pl_module.fresh_health.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step - 1)
 
 
 class ResumeState(L.Callback):
@@ -455,7 +475,7 @@ def fit(
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
     shown = progress_callbacks(progress, log_path)
-    extra: list[L.Callback] = [ResumeState(batch_sampler), *shown]
+    extra: list[L.Callback] = [ResumeState(batch_sampler), *shown, *([HealthToLoggers()] if loggers else [])]
     resume_from = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)

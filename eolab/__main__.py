@@ -1,4 +1,4 @@
-"""Command line: `python -m eolab <command> ...`.
+"""eolab's command line, `python -m eolab COMMAND ...`: ablations of Earth-observation pre-training, their results, their encoders.
 
     python -m eolab ablate SPEC [--force] [--only RUN_ID ...] [--dry-run] [--results-root DIR]
                                 [--workers N] [--executor local|slurm]
@@ -6,6 +6,9 @@
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
+    python -m eolab embed --checkpoint ENC.pt --data DIR_OR_GLOB --out emb.nc [--pool ...] [--bands ...]
+    python -m eolab results check [RESULTS_ROOT]      (which committed results an older commit made)
+    python -m eolab results diff NEW_DIR REFERENCE_DIR (does a re-run reproduce the reference's folds)
     python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (= python -m eolab.evaluate.battery)
     python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
     python -m eolab bench [BENCH_OPTIONS]   (same as python -m eolab.bench BENCH_OPTIONS)
@@ -20,13 +23,16 @@ system the compute nodes share.
 A spec with a `study:` section runs an Optuna study instead (eolab.runner.study): --workers N
 study workers (local processes, or SLURM jobs with --executor slurm) share its trials.
 
-To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
+To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS; its
+docstring is the command's --help description. Nothing heavy (torch, papermill) is imported before
+the arguments are parsed, so `--help` of every command answers at once.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,12 +58,31 @@ class Command:
     arguments: tuple[Argument, ...] = ()
 
 
+@dataclass(frozen=True)
+class Group:
+    """A command with actions of its own (``results check``, ``results diff``)."""
+
+    help: str
+    actions: dict[str, Command]
+
+
 class UsageError(Exception):
     """Bad input to a command (printed as `error: ...`, exit code 2, no traceback)."""
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """Validate a spec and execute its runs (or, with --dry-run, list them)."""
+    """Validate an ablation spec (YAML) and execute its runs, each a papermill run of the spec's
+    notebook into results/<name>/runs/<run_id>/, then rebuild the tables and render the summary.
+
+    Runs already done are skipped (--force re-runs them); a failed run does not stop the batch.
+    While runs execute, a line shows runs done / running / failed / left, the time left and each
+    running run's step, loss and images/s (from its run.log, whose path is printed when the run
+    starts); without a terminal, or with --quiet or $CI, plain lines are printed instead.
+
+    examples:
+      python -m eolab ablate ablations/quick.yaml --results-root demo-results   # one run, about a minute
+      python -m eolab ablate ablations/mask_ratio.yaml --dry-run                # list the runs
+      python -m eolab ablate ablations/mask_ratio.yaml --workers 2 --only 0bad5d61e598"""
     from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
     from eolab.runner.spec import load_spec
     from eolab.runner.store import RunStore
@@ -108,7 +133,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Rebuild table.csv and runs.csv from the run folders (after a crash, or an edited record)."""
+    """Rebuild table.csv and runs.csv of an ablation results folder from its run folders (after a
+    crash, or an edited record); the records are the source of truth."""
     from eolab.runner.store import RUNS_DIRNAME, rebuild_table
 
     results_dir = Path(args.results_dir)
@@ -131,7 +157,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """Check the data root and build the packed scene cache (a preflight before long batches)."""
+    """Check the data root (EuroSAT patches, scenes) and build the packed scene cache: a preflight
+    before long batches. The data root is --data-root, else $EOLAB_DATA, else ../shared/data beside
+    the repository; the cache goes to $EOLAB_CACHE (default .cache/ in the repository)."""
     from eolab.data import eurosat
     from eolab.data.cache import build_scene_cache
     from eolab.data.paths import data_root
@@ -178,6 +206,73 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed GeoTIFFs with a saved encoder and write the vectors with their coordinates (xarray:
+    netCDF for .nc, zarr for .zarr): variable `embedding` (sample, dim), coordinates sample (id),
+    file, row, col, lon, lat (WGS84 centre of each window, from the file's CRS and geotransform), crs.
+
+    Each file is cut into windows of the encoder's img_size (a file of that size is one sample).
+    Band names come from --bands, else from the file's band descriptions, else the 13-band
+    EuroSAT-MS order for 13-band files; the encoder's normalisation picks its bands by name.
+
+    example:
+      python -m eolab embed --checkpoint demo-results/quick/runs/RUN/encoder.pt --data '../shared/data/eurosat-ms/test/*/*.tif' --out emb.nc"""
+    from eolab.checkpoint import CheckpointError
+    from eolab.data.raster import RasterError
+    from eolab.data.stats import NormalizationMismatch
+    from eolab.evaluate.export import EmbedError, embed_files
+
+    bands = tuple(b.strip() for b in args.bands.split(",") if b.strip()) if args.bands else None
+    if bands:
+        from eolab.data.bands import canonical_band_name
+
+        try:
+            bands = tuple(canonical_band_name(b) for b in bands)
+        except KeyError as exc:
+            raise UsageError(f"--bands: {exc.args[0]}") from exc
+    try:
+        ds = embed_files(args.checkpoint, args.data, args.out, pool=args.pool, stride=args.stride, bands=bands,
+                         scale=args.scale, offset=args.offset, batch_size=args.batch_size)
+    except (CheckpointError, FileNotFoundError, EmbedError, RasterError, NormalizationMismatch) as exc:
+        raise UsageError(str(exc)) from exc
+    files = len(set(ds["file"].values.tolist()))
+    print(f"{args.out}: {ds.sizes['sample']} embeddings of {ds.sizes['dim']} dims from {files} file(s) "
+          f"(pool {args.pool}, lon {float(ds.lon.min()):.3f}..{float(ds.lon.max()):.3f}, "
+          f"lat {float(ds.lat.min()):.3f}..{float(ds.lat.max()):.3f})")
+    return EXIT_OK
+
+
+def cmd_results_check(args: argparse.Namespace) -> int:
+    """Say which results under RESULTS_ROOT were made by a commit older than the last change to the
+    code that produces them (eolab/ and notebooks/): each record's git_commit against `git log`.
+    Exit code 1 when some are stale (or made by a commit unknown here), 0 when all are current."""
+    from eolab.results import check_report
+
+    root = Path(args.results_root)
+    if not root.is_dir():
+        raise UsageError(f"results folder not found: {root}")
+    try:
+        lines, ok = check_report(root)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from exc
+    print("\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED_RUNS
+
+
+def cmd_results_diff(args: argparse.Namespace) -> int:
+    """Compare an ablation's runs with a reference's, run by run (matched by run id): identical
+    per-fold probe accuracies (same commit, parameters and seed), or the differences per encoder,
+    with parameters and commits that differ. Exit code 0, or with --strict 1 when any run differs."""
+    from eolab.results import diff_report
+
+    try:
+        lines, same = diff_report(Path(args.new), Path(args.reference))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    print("\n".join(lines))
+    return EXIT_FAILED_RUNS if args.strict and not same else EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Pre-training throughput benchmark; its options live in eolab.bench (passed after `--`), so
     that `python -m eolab` itself does not import torch to build its parser."""
@@ -201,7 +296,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 # Subcommand registry: one line per command.
-COMMANDS: dict[str, Command] = {
+COMMANDS: dict[str, Command | Group] = {
     "ablate": Command(
         cmd_ablate,
         "run an ablation spec (YAML); resumes, skipping runs already done",
@@ -228,18 +323,53 @@ COMMANDS: dict[str, Command] = {
                 help="one line per finished run, no live progress line (also when $CI is set)"),
         ),
     ),
-    "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
-    "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
-    "data": Command(cmd_data, "check the data root and build the scene cache", (arg("--data-root", metavar="DIR"),)),
+    "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder",
+                     (arg("results_dir", help="an ablation's results folder, e.g. results/mask_ratio"),)),
+    "render": Command(cmd_render, "render an executed notebook to HTML beside it",
+                      (arg("notebook", help="an executed notebook, e.g. results/mask_ratio/summary.ipynb"),)),
+    "data": Command(cmd_data, "check the data root and build the scene cache",
+                    (arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),)),
     "probe": Command(
         cmd_probe,
         "probe a saved encoder on EuroSAT: random vs spatially blocked split, with the band-stats baseline",
         (
             arg("checkpoint", help="encoder.pt of a run"),
-            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std")),
-            arg("--cell-deg", type=float, default=2.0, help="size of the held-out lon/lat cells"),
-            arg("--data-root", metavar="DIR"),
+            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std"),
+                help="how patch tokens become one vector (default mean_std: mean and spatial std)"),
+            arg("--cell-deg", type=float, default=2.0, help="size in degrees of the held-out lon/lat cells (default 2)"),
+            arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),
         ),
+    ),
+    "embed": Command(
+        cmd_embed,
+        "embed GeoTIFFs with a saved encoder; write vectors with lon/lat (netCDF or zarr)",
+        (
+            arg("--checkpoint", required=True, metavar="ENC.pt", help="encoder.pt of a run"),
+            arg("--data", required=True, metavar="DIR|GLOB",
+                help="a folder (searched recursively for *.tif), a GeoTIFF, or a quoted glob such as 'dir/*/*.tif'"),
+            arg("--out", required=True, metavar="PATH", help="output: .nc (netCDF4) or .zarr"),
+            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std"),
+                help="how patch tokens become one vector (default mean_std)"),
+            arg("--bands", metavar="B02,B03,...", help="the files' band names in file order "
+                "(default: the files' band descriptions, or the EuroSAT-MS order for 13 bands)"),
+            arg("--scale", type=float, default=10_000.0,
+                help="divide values by this after subtracting --offset (default 10000: S2 digital numbers to reflectance)"),
+            arg("--offset", type=float, default=0.0, help="subtracted before scaling (e.g. 1000 for L2A since 2022)"),
+            arg("--stride", type=int, default=0, metavar="PX", help="window stride in pixels (default: the window size)"),
+            arg("--batch-size", type=int, default=128, metavar="N", help="windows per forward pass (default 128)"),
+        ),
+    ),
+    "results": Group(
+        "committed results against the code: `check` which are stale, `diff` a re-run against a reference",
+        {
+            "check": Command(cmd_results_check, "say which results were made by a commit older than the last code change",
+                             (arg("results_root", nargs="?", default="results", metavar="RESULTS_ROOT",
+                                  help="folder of result folders (default: results)"),)),
+            "diff": Command(cmd_results_diff, "compare an ablation's runs with a reference's: fold accuracies identical or not",
+                            (arg("new", metavar="NEW_DIR", help="results folder of the re-run, e.g. demo-results/mask_ratio"),
+                             arg("reference", metavar="REFERENCE_DIR", help="the reference, e.g. results/mask_ratio"),
+                             arg("--strict", action="store_true", help="exit code 1 when any run differs"))),
+        },
     ),
     "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab.evaluate.battery)",
                          (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of python -m eolab.evaluate.battery"),)),
@@ -250,14 +380,30 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _add_command(subparsers, name: str, command: Command) -> None:
+    description = inspect.getdoc(command.handler) or command.help
+    sub = subparsers.add_parser(name, help=command.help, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.set_defaults(handler=command.handler)
+    for flags, kwargs in command.arguments:
+        sub.add_argument(*flags, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser, generated from COMMANDS."""
-    parser = argparse.ArgumentParser(prog="python -m eolab", description=__doc__.split("\n\n")[0])
+    """The argparse parser, generated from COMMANDS (imports nothing heavy)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m eolab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\nEvery command explains its options: python -m eolab COMMAND --help",
+        epilog="Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=command.help, description=command.help)
-        for flags, kwargs in command.arguments:
-            sub.add_argument(*flags, **kwargs)
+        if isinstance(command, Group):
+            group = subparsers.add_parser(name, help=command.help, description=command.help)
+            actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+            for action, sub in command.actions.items():
+                _add_command(actions, action, sub)
+        else:
+            _add_command(subparsers, name, command)
     return parser
 
 
@@ -267,15 +413,15 @@ FORWARDING = ("bench", "benchmark", "launch")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
-    from eolab.runner.execute import ExecutorError, KernelError
-    from eolab.runner.spec import SpecError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
         argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help ends here, before anything heavy is imported
+    from eolab.runner.execute import ExecutorError, KernelError
+    from eolab.runner.spec import SpecError
+
     try:
-        return COMMANDS[args.command].handler(args)
+        return args.handler(args)
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,10 +51,10 @@ from .evaluate import band_stats_features, embed, linear_probe
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
 from .history import ends
 from .io import write_json_atomic
-from .progress import PROGRESS_MODES, RUN_LOG_NAME, log_line, resolve_progress
-from .tracking import LOGGERS, log_final, log_params, loggable_params, make_loggers, redact_uri
 from .models.vit import POOLS, SIZES, TOKENIZERS, build_encoder, encoder_config
+from .progress import PROGRESS_MODES, RUN_LOG_NAME, log_line, resolve_progress
 from .tasks import AUGMENTATIONS, MASKS, TaskParams, build_task, parse_objective
+from .tracking import LOGGERS, log_final, log_params, loggable_params, make_loggers, redact_uri
 from .train import KnnProbe, fit
 
 DATASET_BANDS: dict[str, tuple[str, ...]] = {

@@ -83,8 +83,8 @@ def make_loggers(logger: str, tracking_uri: str, output_dir: str | Path) -> list
             return [TensorBoardLogger(save_dir=tracking_uri, name=experiment, version=run_name, default_hp_metric=False)]
         return [TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)]
     try:
-        from lightning.pytorch.loggers import MLFlowLogger
         import mlflow  # noqa: F401  (MLFlowLogger fails late and vaguely without it)
+        from lightning.pytorch.loggers import MLFlowLogger
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(f"parameter 'logger' is 'mlflow' but {exc.name} is not installed "
                                   "(pip install mlflow)") from exc

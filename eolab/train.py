@@ -27,9 +27,9 @@ from .data.samplers import SeededBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization
 from .models.vit import ViTEncoder
-from .progress import StepProgressBar, progress_callbacks
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
+from .train_progress import StepProgressBar, progress_callbacks
 
 
 def dihedral_augment(image: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -15,12 +15,13 @@ import torch
 
 from eolab.data.stats import Normalization
 from eolab.models.vit import build_encoder
-from eolab.progress import RUN_LOG_NAME, StepProgressBar, resolve_progress
+from eolab.progress import RUN_LOG_NAME, resolve_progress
 from eolab.runner.execute import RunOutcome
 from eolab.runner.progress import AblationProgress, last_line
 from eolab.runner.store import RunStore
 from eolab.tasks import TaskParams, build_task
 from eolab.train import fit
+from eolab.train_progress import StepProgressBar
 
 BANDS = ("B02", "B03", "B04", "B08")
 SMALL = TaskParams(decoder_dim=32, decoder_depth=1)

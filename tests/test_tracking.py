@@ -20,7 +20,14 @@ from eolab.data.stats import Normalization
 from eolab.experiment import PretrainConfig
 from eolab.models.vit import build_encoder
 from eolab.tasks import TaskParams, build_task
-from eolab.tracking import has_secret, log_final, log_params, make_loggers, redact_uri, run_names
+from eolab.tracking import (
+    has_secret,
+    log_final,
+    log_params,
+    make_loggers,
+    redact_uri,
+    run_names,
+)
 from eolab.train import fit
 
 BANDS = ("B02", "B03", "B04", "B08")

@@ -168,7 +168,7 @@ def write(ds, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".zarr":
-        ds.to_zarr(out, mode="w")
+        ds.to_zarr(out, mode="w", zarr_format=2, consolidated=True)  # v2: readable by every zarr reader
     elif out.suffix in (".nc", ".nc4"):
         tmp = out.with_suffix(out.suffix + ".tmp")
         ds.to_netcdf(tmp, engine="netcdf4")

@@ -141,8 +141,9 @@ def check_report(results_root: Path, repo: Path = REPO_ROOT) -> tuple[list[str],
             stale = [v for _, v in rs.verdicts if v.state == "stale"]
             parts = []
             if stale:
+                lo, hi = min(v.changes_since for v in stale), max(v.changes_since for v in stale)
                 parts.append(f"{len(stale)} of {n} made before the last code change "
-                             f"({min(v.changes_since for v in stale)}-{max(v.changes_since for v in stale)} code commits since)")
+                             f"({lo if lo == hi else f'{lo}-{hi}'} code commit(s) since)")
             if rs.count("unknown"):
                 parts.append(f"{rs.count('unknown')} of {n} by a commit not in this history")
             detail = f"{rs.state.upper()}: " + "; ".join(parts)

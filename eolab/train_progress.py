@@ -3,6 +3,7 @@ log (``RunLog``) and Lightning's progress bar over the run's optimiser steps (``
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,10 @@ class StepProgressBar(TQDMProgressBar):
     def init_train_tqdm(self):
         bar = super().init_train_tqdm()
         bar.mininterval = self._mininterval
+        columns, rows = shutil.get_terminal_size((120, 24))  # a pty without a size would hide the bar
+        bar.nrows = rows
+        if not bar.dynamic_ncols or not bar.ncols:
+            bar.ncols = columns
         return bar
 
     def on_train_start(self, trainer, pl_module):

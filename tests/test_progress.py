@@ -151,8 +151,8 @@ def test_bar_mode_redraws_a_line_while_a_run_executes(tmp_path):
             assert "a" in progress.running
             progress.on_finished(RunOutcome("a", "done", None, 1.0))
     text = out.getvalue()
-    assert "abl: 0/1 runs" in text and "step 3/8" in text  # the live line, with the run's last log line
-    assert "start  a  progress:" in text and "[1/1] done" in text and "abl: 1/1 runs" in text
+    assert "abl:   0%|" in text and "0/1 runs, 1 running | 0 failed | 0 left" in text and "step 3/8" in text
+    assert "start  a  progress:" in text and "[1/1] done" in text and "abl: 100%|" in text and "1/1 runs" in text
 
 
 def test_last_line_reads_the_tail_without_timestamp(tmp_path):

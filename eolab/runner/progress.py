@@ -16,6 +16,7 @@ works for every executor (in-process, process pool, SLURM jobs on a shared file 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -124,7 +125,7 @@ class AblationProgress:
             self._emit(line)
             if self._bar is not None:
                 self._bar.update(1)
-                self._bar.set_postfix_str(self.status_text(), refresh=True)
+                self._refresh()
 
     def poll(self) -> None:
         """Look for runs that started since the last poll (status.json written by this batch)."""
@@ -146,15 +147,29 @@ class AblationProgress:
             self.poll()
             if self._bar is not None:
                 with self._lock:
-                    self._bar.set_postfix_str(self.status_text(), refresh=True)
+                    self._refresh()
+
+    @staticmethod
+    def _columns() -> int:
+        return shutil.get_terminal_size((120, 24)).columns
+
+    def _refresh(self) -> None:
+        """Redraw the line, its text cut to the terminal's width (a longer line would wrap and
+        leave a copy of itself on every redraw)."""
+        self._bar.ncols = self._columns()
+        room = self._bar.ncols - len(self.name) - len(f": 100%| {len(self.finished)}/{self.total} runs, ") - 14
+        text = self.status_text().split(" | ", 1)[1]  # "n/total done" is the bar's own count
+        self._bar.set_postfix_str(text if len(text) <= room else text[: max(0, room - 1)] + "…", refresh=True)
 
     def __enter__(self) -> AblationProgress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.name, unit="run", dynamic_ncols=True, file=sys.stdout,
-                             bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar:12}| {postfix}")
-            self._bar.set_postfix_str(self.status_text())
+            # a terminal that reports no size (a pty without one) gets 120 x 24, not a hidden bar
+            self._bar = tqdm(total=self.total, desc=self.name, unit="run", ncols=self._columns(), file=sys.stdout,
+                             nrows=shutil.get_terminal_size((120, 24)).lines,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} runs{postfix}")
+            self._refresh()
         if self.total:
             self._thread = threading.Thread(target=self._watch, name="ablation-progress", daemon=True)
             self._thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -166,3 +167,48 @@ def test_step_progress_bar_is_lightnings_progress_bar():
     from lightning.pytorch.callbacks.progress import ProgressBar
 
     assert isinstance(StepProgressBar(), ProgressBar)
+
+
+@pytest.mark.slow
+def test_in_a_jupyter_kernel_the_bar_is_a_widget(tmp_path):
+    """A notebook (as in JupyterLab) with progress "auto": Lightning's bar as a tqdm widget, with the
+    step count of the whole run and the loss; no run log is lost."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from eolab.runner.execute import eolab_importable
+
+    code = f'''
+import os
+os.environ.pop("EOLAB_PROGRESS", None)
+import torch
+from eolab.data.stats import Normalization
+from eolab.models.vit import build_encoder
+from eolab.progress import resolve_progress
+from eolab.tasks import TaskParams, build_task
+from eolab.train import fit
+BANDS = {BANDS!r}
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 24
+    def __getitem__(self, i):
+        return {{"image": torch.rand(4, 16, 16), "bands": BANDS, "unit": "reflectance", "source": "t"}}
+norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.5), dict.fromkeys(BANDS, 0.3))
+task = build_task("mae", build_encoder("vit_nano", BANDS, img_size=16, patch_size=4), TaskParams(decoder_dim=32, decoder_depth=1))
+mode = resolve_progress("auto")
+h = fit(task, Images(), norm, batch_size=8, lr=1e-3, epochs=2, health_every=0, accelerator="cpu",
+        progress=mode, log_path={str(tmp_path / RUN_LOG_NAME)!r})
+print("MODE", mode, len(h))
+'''
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    with eolab_importable():  # the kernel imports this worktree's eolab
+        os.environ.pop("EOLAB_PROGRESS", None)  # as in JupyterLab, not under the runner
+        NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "MODE bar 6" in text
+    widgets = [o for o in outputs if o.output_type == "display_data" and "application/vnd.jupyter.widget-view+json" in o.data]
+    assert widgets, outputs
+    state = json.dumps(nb.metadata.get("widgets", {}))
+    assert "6/6" in state and "loss=" in state and "img/s=" in state
+    assert "step 6/6" in (tmp_path / RUN_LOG_NAME).read_text()

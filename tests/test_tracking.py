@@ -187,3 +187,16 @@ def test_mlflow_run_on_a_real_tracking_server(tmp_path, mlflow_server, capsys):
     everything = str(run.data.params) + str(run.data.tags) + str(run.data.metrics)
     captured = capsys.readouterr()
     assert SECRET not in everything and SECRET not in captured.out + captured.err
+
+
+def test_a_spec_with_a_tracking_password_is_refused(tmp_path):
+    from eolab.runner.execute import run_ablation
+    from eolab.runner.spec import REPO_ROOT, SpecError
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\nnotebook: {REPO_ROOT / 'notebooks' / 'pretrain.ipynb'}\n"
+                    f"base: {{logger: mlflow, tracking_uri: 'http://me:{SECRET}@host:5000'}}\n"
+                    "grid: {mask_ratio: [0.5]}\nseeds: [0]\n")
+    with pytest.raises(SpecError, match=r"`tracking_uri` http://me:\*\*\*@host:5000 carries credentials") as exc:
+        run_ablation(spec, results_root=tmp_path / "results", log=lambda _: None)
+    assert SECRET not in str(exc.value) and not (tmp_path / "results" / "s" / "spec.json").exists()

@@ -104,7 +104,7 @@ class AblationProgress:
                 f"{self.left} left | elapsed {hms(time.monotonic() - self.started)} | ETA {hms(self.eta_s())}")
         for run_id in list(self.running):
             line = last_line(self.run_dirs[run_id] / RUN_LOG_NAME)
-            text += f" | {run_id}: {line or 'starting'}"
+            text += f" | {run_id.rsplit('-', 1)[-1]}: {line or 'starting'}"  # the hash, as --only takes it
         return text
 
     # --- events -------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class AblationProgress:
                     f" | failed {self.failed} | elapsed {hms(time.monotonic() - self.started)} | ETA {hms(self.eta_s())}")
             self._emit(line)
             if self._bar is not None:
-                self._bar.update(1)
+                self._bar.n = len(self.finished)  # drawn with the new counts, never the old ones
                 self._refresh()
 
     def poll(self) -> None:

@@ -82,7 +82,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     examples:
       python -m eolab ablate ablations/quick.yaml --results-root demo-results   # one run, about a minute
       python -m eolab ablate ablations/mask_ratio.yaml --dry-run                # list the runs
-      python -m eolab ablate ablations/mask_ratio.yaml --workers 2 --only 0bad5d61e598"""
+      python -m eolab ablate ablations/mask_ratio.yaml --workers 2 --only 6f5eda29865a"""
     from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
     from eolab.runner.spec import load_spec
     from eolab.runner.store import RunStore

@@ -1,11 +1,16 @@
-# Two entry points: `make demo` (the default ablation on real data, rendered) and `make test`.
-# Both create the virtual environment from requirements.txt when it is missing or out of date.
+# Entry points: `make demo` (the default ablation trained on real data, rendered, compared with the
+# committed reference), `make quick` (one real run in about a minute) and `make test`.
+# All create the virtual environment from requirements.txt when it is missing or out of date.
+# The demo and the quick preset write to $(DEMO_RESULTS)/ (git-ignored) and always execute their runs
+# (--force): the committed results under results/ are the reference and are never modified.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= ablations/mask_ratio.yaml
+DEMO_RESULTS ?= demo-results
+NAME = $(basename $(notdir $(SPEC)))
 
-.PHONY: demo test test-fast lint env clean-results
+.PHONY: demo quick check-results test test-fast lint env clean-results
 
 env: $(VENV)/.installed
 
@@ -17,7 +22,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: env
-	$(PY) -m eolab ablate $(SPEC)
+	$(PY) -m eolab ablate $(SPEC) --force --results-root $(DEMO_RESULTS)
+	$(PY) -m eolab results diff $(DEMO_RESULTS)/$(NAME) results/$(NAME)
+
+quick: env
+	$(PY) -m eolab ablate ablations/quick.yaml --force --results-root $(DEMO_RESULTS)
+
+# Which committed results were made by a commit older than the last change to eolab/ or notebooks/.
+check-results: env
+	$(PY) -m eolab results check results
 
 # The house rules first (seconds): lint, and the import contracts of pyproject.toml (imports go one way).
 lint: env

@@ -1,13 +1,16 @@
-"""Command line: `python -m eolab <command> ...`.
+"""eolab's command line, `python -m eolab COMMAND ...`: ablations of Earth-observation pre-training, their results, their encoders.
 
     python -m eolab ablate SPEC [--force] [--only RUN_ID ...] [--dry-run] [--results-root DIR]
                                 [--workers N] [--executor local|slurm]
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
-    python -m eolab compare RESULTS_DIR RESULTS_DIR [...] [--reference ABLATION/RUN | --versus KEY=VALUE] [--csv FILE] [--summary DIR]
-    python -m eolab results index [--root DIR]
     python -m eolab data [--data-root DIR]
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
+    python -m eolab embed --checkpoint ENC.pt --data DIR_OR_GLOB --out emb.nc [--pool ...] [--bands ...]
+    python -m eolab compare RESULTS_DIR RESULTS_DIR [...] [--reference ABLATION/RUN | --versus KEY=VALUE] [--csv FILE] [--summary DIR]
+    python -m eolab results index [--root DIR]
+    python -m eolab results check [RESULTS_ROOT]      (which committed results an older commit made)
+    python -m eolab results diff NEW_DIR REFERENCE_DIR (does a re-run reproduce the reference's folds)
     python -m eolab benchmark --checkpoint ENCODER.pt [--timing] [...]   (the embedding benchmark)
     python -m eolab launch PARAMS.yaml [--output-dir DIR]   (srun-launched DDP/FSDP; = python -m eolab.launch)
 
@@ -25,7 +28,9 @@ Benchmarks of eolab itself (throughput, runner overhead, samplers) are programs 
 not of the library: `python -m benchmarks.throughput`, `python -m benchmarks.runner_overhead`,
 `python -m benchmarks.sampling`, run from the repository root.
 
-To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS.
+To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS; its
+docstring is the command's --help description. Nothing heavy (torch, papermill) is imported before
+the arguments are parsed, so `--help` of every command answers at once.
 Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage),
 3 the results folder refused writes (full, read-only): the batch stopped, 130 Ctrl-C, 143 SIGTERM.
 A stopped batch marks the runs in flight failed and writes the tables of what finished; a re-run
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -62,12 +68,31 @@ class Command:
     arguments: tuple[Argument, ...] = ()
 
 
+@dataclass(frozen=True)
+class Group:
+    """A command with actions of its own (``results check``, ``results diff``)."""
+
+    help: str
+    actions: dict[str, Command]
+
+
 class UsageError(Exception):
     """Bad input to a command (printed as `error: ...`, exit code 2, no traceback)."""
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """Validate a spec and execute its runs (or, with --dry-run, list them)."""
+    """Validate an ablation spec (YAML) and execute its runs, each a papermill run of the spec's
+    notebook into results/<name>/runs/<run_id>/, then rebuild the tables and render the summary.
+
+    Runs already done are skipped (--force re-runs them); a failed run does not stop the batch.
+    While runs execute, a line shows runs done / running / failed / left, the time left and each
+    running run's step, loss and images/s (from its run.log, whose path is printed when the run
+    starts); without a terminal, or with --quiet or $CI, plain lines are printed instead.
+
+    examples:
+      python -m eolab ablate ablations/quick.yaml --results-root demo-results   # one run, about a minute
+      python -m eolab ablate ablations/mask_ratio.yaml --dry-run                # list the runs
+      python -m eolab ablate ablations/mask_ratio.yaml --workers 2 --only 6f5eda29865a"""
     from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
     from eolab.runner.preflight import preflight
     from eolab.runner.spec import load_spec
@@ -103,6 +128,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             results_root=results_root,
             workers=args.workers,
             executor_kind=args.executor,
+            progress="quiet" if args.quiet else "auto",
         )
     print(
         f"{summary.name}: {len(summary.executed)} executed, {len(summary.skipped)} skipped, "
@@ -124,7 +150,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a scheduler's or `kill`'s stop) ends the batch as Ctrl-C does: runs in flight are
     marked failed, the tables are written, exit code 143."""
-    from eolab.runner.execute import Interrupted
+    from eolab.runner.faults import Interrupted
 
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
@@ -137,7 +163,8 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Rebuild table.csv and runs.csv from the run folders (after a crash, or an edited record)."""
+    """Rebuild table.csv and runs.csv of an ablation results folder from its run folders (after a
+    crash, or an edited record); the records are the source of truth."""
     from eolab.runner.store import RUNS_DIRNAME, rebuild_table
 
     results_dir = Path(args.results_dir)
@@ -145,9 +172,6 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise UsageError(f"{results_dir} is not an ablation results folder (no {RUNS_DIRNAME}/ inside)")
     tables = rebuild_table(results_dir)
     print(f"{results_dir}: table.csv {len(tables.table)} rows, runs.csv {len(tables.runs)} runs")
-    failed = tables.runs[tables.runs["status"] == "failed"] if len(tables.runs) else tables.runs
-    for row in failed.itertuples():  # not in table.csv: say which and why, never silently
-        print(f"  failed {row.run_id}: {row.error}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -162,55 +186,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Two or more ablations side by side (eolab.reports.compare): a markdown table on stdout, and
-    optionally a CSV and the rendered compare notebook."""
-    from eolab.reports.compare import CompareError, compare_runs, formatted, to_markdown
-
-    try:
-        frame = compare_runs(args.results_dirs, reference=args.reference, versus=args.versus)
-    except CompareError as exc:
-        raise UsageError(str(exc)) from exc
-    print(to_markdown(formatted(frame)), end="")
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv, index=False)
-        print(f"csv: {args.csv}")
-    if args.summary:
-        from eolab.reports.compare import render_compare
-
-        html, error = render_compare(args.results_dirs, Path(args.summary), args.reference or "", args.versus or "")
-        if html:
-            print(f"summary: {html}")
-        if error:
-            print(f"compare notebook failed: {error}", file=sys.stderr)
-            return EXIT_FAILED_RUNS
-    return EXIT_OK
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    """`results index`: write results/index.md and index.csv listing every results folder."""
-    from eolab.reports.compare import CompareError, write_index
-
-    root = Path(args.root) if args.root else Path(__file__).resolve().parents[1] / "results"
-    try:
-        md, csv = write_index(root)
-    except CompareError as exc:
-        raise UsageError(str(exc)) from exc
-    print(f"{_shown(md)}\n{_shown(csv)}")
-    return EXIT_OK
-
-
-def _shown(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory when under it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def cmd_data(args: argparse.Namespace) -> int:
-    """Check the data root and build the packed scene cache (a preflight before long batches)."""
+    """Check the data root (EuroSAT patches, scenes) and build the packed scene cache: a preflight
+    before long batches. The data root is --data-root, else $EOLAB_DATA, else ../shared/data beside
+    the repository; the cache goes to $EOLAB_CACHE (default .cache/ in the repository)."""
     from eolab.data import eurosat
     from eolab.data.cache import build_scene_cache
     from eolab.data.paths import data_root
@@ -220,16 +199,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         root = data_root(args.data_root)
         labelled = eurosat.load(root)
         cache = build_scene_cache(root)
-        tiles = cache.tiles(patch=64, stride=32)
-    except (FileNotFoundError, RasterError, ValueError) as exc:  # RasterError is a ValueError
+    except (FileNotFoundError, RasterError) as exc:
         raise UsageError(str(exc)) from exc
+    tiles = cache.tiles(patch=64, stride=32)
     print(f"data root {root}: {len(labelled['label'])} labelled EuroSAT patches")
     print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
     for source, n in tiles.groupby("source").size().items():
         print(f"  {source}: {n}")
-    bad = cache.manifest.get("bad_bands") or ["none"]
-    print(f"pixel checks: {cache.manifest.get('masked_pixels', 0)} pixels masked as no data (NaN, infinite or out "
-          f"of range); bands without data (runs reading them leave the scene out): {'; '.join(bad)}")
     return EXIT_OK
 
 
@@ -260,6 +236,120 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed GeoTIFFs with a saved encoder and write the vectors with their coordinates (xarray:
+    netCDF for .nc, zarr for .zarr): variable `embedding` (sample, dim), coordinates sample (id),
+    file, row, col, lon, lat (WGS84 centre of each window, from the file's CRS and geotransform), crs.
+
+    Each file is cut into windows of the encoder's img_size (a file of that size is one sample).
+    Band names come from --bands, else from the file's band descriptions, else the 13-band
+    EuroSAT-MS order for 13-band files; the encoder's normalisation picks its bands by name.
+
+    example:
+      python -m eolab embed --checkpoint demo-results/quick/runs/RUN/encoder.pt --data '../shared/data/eurosat-ms/test/*/*.tif' --out emb.nc"""
+    from eolab.checkpoint import CheckpointError
+    from eolab.data.raster import RasterError
+    from eolab.data.stats import NormalizationMismatch
+    from eolab.evaluate.export import EmbedError, embed_files
+
+    bands = tuple(b.strip() for b in args.bands.split(",") if b.strip()) if args.bands else None
+    if bands:
+        from eolab.data.bands import canonical_band_name
+
+        try:
+            bands = tuple(canonical_band_name(b) for b in bands)
+        except KeyError as exc:
+            raise UsageError(f"--bands: {exc.args[0]}") from exc
+    try:
+        ds = embed_files(args.checkpoint, args.data, args.out, pool=args.pool, stride=args.stride, bands=bands,
+                         scale=args.scale, offset=args.offset, batch_size=args.batch_size)
+    except (CheckpointError, FileNotFoundError, EmbedError, RasterError, NormalizationMismatch) as exc:
+        raise UsageError(str(exc)) from exc
+    files = len(set(ds["file"].values.tolist()))
+    print(f"{args.out}: {ds.sizes['sample']} embeddings of {ds.sizes['dim']} dims from {files} file(s) "
+          f"(pool {args.pool}, lon {float(ds.lon.min()):.3f}..{float(ds.lon.max()):.3f}, "
+          f"lat {float(ds.lat.min()):.3f}..{float(ds.lat.max()):.3f})")
+    return EXIT_OK
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two or more ablations side by side (eolab.reports.compare): a markdown table on stdout, and
+    optionally a CSV and the rendered compare notebook."""
+    from eolab.reports.compare import CompareError, compare_runs, formatted, to_markdown
+
+    try:
+        frame = compare_runs(args.results_dirs, reference=args.reference, versus=args.versus)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    print(to_markdown(formatted(frame)), end="")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False)
+        print(f"csv: {args.csv}")
+    if args.summary:
+        from eolab.reports.compare import render_compare
+
+        html, error = render_compare(args.results_dirs, Path(args.summary), args.reference or "", args.versus or "")
+        if html:
+            print(f"summary: {html}")
+        if error:
+            print(f"compare notebook failed: {error}", file=sys.stderr)
+            return EXIT_FAILED_RUNS
+    return EXIT_OK
+
+
+def cmd_results_index(args: argparse.Namespace) -> int:
+    """`results index`: write results/index.md and index.csv listing every results folder."""
+    from eolab.reports.compare import CompareError, write_index
+
+    root = Path(args.root) if args.root else Path(__file__).resolve().parents[1] / "results"
+    try:
+        md, csv = write_index(root)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"{_shown(md)}\n{_shown(csv)}")
+    return EXIT_OK
+
+
+def cmd_results_check(args: argparse.Namespace) -> int:
+    """Say which results under RESULTS_ROOT were made by a commit older than the last change to the
+    code that produces them (eolab/ and notebooks/): each record's git_commit against `git log`.
+    Exit code 1 when some are stale (or made by a commit unknown here), 0 when all are current."""
+    from eolab.results import check_report
+
+    root = Path(args.results_root)
+    if not root.is_dir():
+        raise UsageError(f"results folder not found: {root}")
+    try:
+        lines, ok = check_report(root)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from exc
+    print("\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED_RUNS
+
+
+def cmd_results_diff(args: argparse.Namespace) -> int:
+    """Compare an ablation's runs with a reference's, run by run (matched by run id): identical
+    per-fold probe accuracies (same commit, parameters and seed), or the differences per encoder,
+    with parameters and commits that differ. Exit code 0, or with --strict 1 when any run differs."""
+    from eolab.results import diff_report
+
+    try:
+        lines, same = diff_report(Path(args.new), Path(args.reference))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    print("\n".join(lines))
+    return EXIT_FAILED_RUNS if args.strict and not same else EXIT_OK
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """The embedding benchmark on one or more checkpoints (all tasks, protocols and baselines)."""
     from eolab.cli.benchmark import main
@@ -275,7 +365,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 # Subcommand registry: one line per command.
-COMMANDS: dict[str, Command] = {
+COMMANDS: dict[str, Command | Group] = {
     "ablate": Command(
         cmd_ablate,
         "run an ablation spec (YAML); resumes, skipping runs already done",
@@ -298,10 +388,46 @@ COMMANDS: dict[str, Command] = {
                 default="local",
                 help="where runs execute: this machine (default) or SLURM jobs (a job array via submitit)",
             ),
+            arg("--quiet", action="store_true",
+                help="one line per finished run, no live progress line (also when $CI is set)"),
         ),
     ),
-    "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder", (arg("results_dir"),)),
-    "render": Command(cmd_render, "render an executed notebook to HTML beside it", (arg("notebook"),)),
+    "table": Command(cmd_table, "rebuild table.csv and runs.csv of a results folder",
+                     (arg("results_dir", help="an ablation's results folder, e.g. results/mask_ratio"),)),
+    "render": Command(cmd_render, "render an executed notebook to HTML beside it",
+                      (arg("notebook", help="an executed notebook, e.g. results/mask_ratio/summary.ipynb"),)),
+    "data": Command(cmd_data, "check the data root and build the scene cache",
+                    (arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),)),
+    "probe": Command(
+        cmd_probe,
+        "probe a saved encoder on EuroSAT: random vs spatially blocked split, with the band-stats baseline",
+        (
+            arg("checkpoint", help="encoder.pt of a run"),
+            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std"),
+                help="how patch tokens become one vector (default mean_std: mean and spatial std)"),
+            arg("--cell-deg", type=float, default=2.0, help="size in degrees of the held-out lon/lat cells (default 2)"),
+            arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),
+        ),
+    ),
+    "embed": Command(
+        cmd_embed,
+        "embed GeoTIFFs with a saved encoder; write vectors with lon/lat (netCDF or zarr)",
+        (
+            arg("--checkpoint", required=True, metavar="ENC.pt", help="encoder.pt of a run"),
+            arg("--data", required=True, metavar="DIR|GLOB",
+                help="a folder (searched recursively for *.tif), a GeoTIFF, or a quoted glob such as 'dir/*/*.tif'"),
+            arg("--out", required=True, metavar="PATH", help="output: .nc (netCDF4) or .zarr"),
+            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std"),
+                help="how patch tokens become one vector (default mean_std)"),
+            arg("--bands", metavar="B02,B03,...", help="the files' band names in file order "
+                "(default: the files' band descriptions, or the EuroSAT-MS order for 13 bands)"),
+            arg("--scale", type=float, default=10_000.0,
+                help="divide values by this after subtracting --offset (default 10000: S2 digital numbers to reflectance)"),
+            arg("--offset", type=float, default=0.0, help="subtracted before scaling (e.g. 1000 for L2A since 2022)"),
+            arg("--stride", type=int, default=0, metavar="PX", help="window stride in pixels (default: the window size)"),
+            arg("--batch-size", type=int, default=128, metavar="N", help="windows per forward pass (default 128)"),
+        ),
+    ),
     "compare": Command(
         cmd_compare,
         "ablations side by side: per run, pre-trained vs baselines with bootstrap intervals over folds",
@@ -313,34 +439,51 @@ COMMANDS: dict[str, Command] = {
             arg("--summary", metavar="DIR", help="also execute notebooks/compare.ipynb into DIR and render compare.html"),
         ),
     ),
-    "results": Command(cmd_results, "`results index`: write results/index.md and index.csv (every results folder)",
-                       (arg("action", choices=("index",)), arg("--root", metavar="DIR", help="default: <repo>/results"))),
-    "data": Command(cmd_data, "check the data root and build the scene cache", (arg("--data-root", metavar="DIR"),)),
-    "probe": Command(
-        cmd_probe,
-        "probe a saved encoder on EuroSAT: random vs spatially blocked split, with the band-stats baseline",
-        (
-            arg("checkpoint", help="encoder.pt of a run"),
-            arg("--pool", default="mean_std", choices=("mean", "cls", "mean_std")),
-            arg("--cell-deg", type=float, default=2.0, help="size of the held-out lon/lat cells"),
-            arg("--data-root", metavar="DIR"),
-        ),
+    "results": Group(
+        "results under results/: `index` lists them, `check` which are stale, `diff` a re-run against a reference",
+        {
+            "index": Command(cmd_results_index, "write results/index.md and index.csv: every results folder, runs, best, date, commit",
+                             (arg("--root", metavar="DIR", help="folder of result folders (default: <repo>/results)"),)),
+            "check": Command(cmd_results_check, "say which results were made by a commit older than the last code change",
+                             (arg("results_root", nargs="?", default="results", metavar="RESULTS_ROOT",
+                                  help="folder of result folders (default: results)"),)),
+            "diff": Command(cmd_results_diff, "compare an ablation's runs with a reference's: fold accuracies identical or not",
+                            (arg("new", metavar="NEW_DIR", help="results folder of the re-run, e.g. demo-results/mask_ratio"),
+                             arg("reference", metavar="REFERENCE_DIR", help="the reference, e.g. results/mask_ratio"),
+                             arg("--strict", action="store_true", help="exit code 1 when any run differs"))),
+        },
     ),
-    "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (= python -m eolab benchmark)",
-                         (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of python -m eolab benchmark"),)),
+    "benchmark": Command(cmd_benchmark, "embedding benchmark of checkpoints on every task (python -m eolab benchmark --help lists its options)",
+                         (arg("benchmark_args", nargs="*", metavar="OPTION", help="options of the embedding benchmark"),)),
     "launch": Command(cmd_launch, "one pre-training run from a JSON/YAML parameters file (what srun starts per task)",
                       (arg("launch_args", nargs="*", metavar="OPTION", help="PARAMS [--output-dir DIR], as python -m eolab.launch"),)),
 }
 
 
+def _add_command(subparsers, name: str, command: Command) -> None:
+    description = inspect.getdoc(command.handler) or command.help
+    sub = subparsers.add_parser(name, help=command.help, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.set_defaults(handler=command.handler)
+    for flags, kwargs in command.arguments:
+        sub.add_argument(*flags, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser, generated from COMMANDS."""
-    parser = argparse.ArgumentParser(prog="python -m eolab", description=__doc__.split("\n\n")[0])
+    """The argparse parser, generated from COMMANDS (imports nothing heavy)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m eolab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\nEvery command explains its options: python -m eolab COMMAND --help",
+        epilog="Exit codes: 0 success, 1 some runs (or the summary) failed, 2 invalid input (spec, paths, usage).")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=command.help, description=command.help)
-        for flags, kwargs in command.arguments:
-            sub.add_argument(*flags, **kwargs)
+        if isinstance(command, Group):
+            group = subparsers.add_parser(name, help=command.help, description=command.help)
+            actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+            for action, sub in command.actions.items():
+                _add_command(actions, action, sub)
+        else:
+            _add_command(subparsers, name, command)
     return parser
 
 
@@ -350,19 +493,19 @@ FORWARDING = ("benchmark", "launch")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into `error: ...` with exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
+        argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
+    args = build_parser().parse_args(argv)  # --help ends here, before anything heavy is imported
     from eolab.runner.execute import ExecutorError
     from eolab.runner.faults import BatchStopped
     from eolab.runner.notebook import KernelError
     from eolab.runner.spec import SpecError
     from eolab.secrets import install_redacting_excepthook, known_secrets, redact
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
-        argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
-    args = build_parser().parse_args(argv)
     install_redacting_excepthook()  # an unexpected traceback may quote a storage URL
     try:
-        return COMMANDS[args.command].handler(args)
+        return args.handler(args)
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:
         print(f"error: {redact(str(exc), known_secrets())}", file=sys.stderr)
         return EXIT_USAGE
@@ -373,7 +516,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-
 
 
 if __name__ == "__main__":

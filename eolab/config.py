@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,10 @@ from .data.pretraining import DATASET_BANDS, TIME_SERIES
 from .data.sampling import parse_spec
 from .data.scenes import READERS
 from .models.vit import POOLS, SIZES, TOKENIZERS
+from .progress import PROGRESS_MODES
 from .tasks import AUGMENTATIONS, MASKS, TaskParams, parse_objective
 from .text import split_names
+from .tracking import LOGGERS, loggable_params, redact_uri
 
 STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
 """Lightning strategies a run may name (multi-GPU training is Lightning's). Inside a Jupyter kernel
@@ -105,6 +108,9 @@ class PretrainConfig:
     probe_repeats: int = param(5, "repeats of the k-fold split (folds x repeats scores)")
     probe_baselines: bool = param(True, "also probe a random-init encoder and band statistics")
     benchmark: str = param("", "embedding benchmark tasks after the probe: \"\" (none), all, or names (eurosat,slovenia_landcover,...)")
+    progress: str = param("auto", "auto | bar (Lightning progress bar and run.log) | log (run.log only) | none; auto: log under the ablation runner or CI, else bar", section="progress and tracking")
+    logger: str = param("none", "experiment tracking: none | csv | tensorboard | mlflow (experiment: the ablation name; run name: the run id)")
+    tracking_uri: str = param("", "mlflow: tracking server URI (empty: $MLFLOW_TRACKING_URI); tensorboard: a log folder (empty: the run folder)")
     output_dir: str = param(".", "run folder: record.json, history.csv, encoder.pt", section="output", notebook="../results/scratch")
 
     def __post_init__(self):
@@ -169,6 +175,10 @@ class PretrainConfig:
             ("accumulate", lambda: self.accumulate >= 1, ">= 1"),
             ("num_workers", lambda: self.num_workers >= 0, ">= 0"),
             ("checkpoint_every", lambda: self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
+            ("progress", lambda: self.progress in PROGRESS_MODES, f"one of {PROGRESS_MODES}"),
+            ("logger", lambda: self.logger in LOGGERS, f"one of {LOGGERS}"),
+            ("tracking_uri", lambda: self.logger != "mlflow" or bool(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
+             "the MLflow tracking server's URI when logger is 'mlflow' (or set $MLFLOW_TRACKING_URI)"),
             ("img_size", lambda: self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
             ("sources", lambda: all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
             ("val_sources", lambda: all(s in READERS for s in self.val_source_list),
@@ -194,11 +204,20 @@ class PretrainConfig:
             try:
                 ok = check()
             except (ValueError, ZeroDivisionError) as exc:  # e.g. weights that are not numbers
-                problems.append(f"parameter {name!r} must be {what}, got {getattr(self, name)!r} ({exc})")
+                problems.append(f"parameter {name!r} must be {what}, got {self._shown(name)!r} ({exc})")
                 continue
             if not ok:
-                problems.append(f"parameter {name!r} must be {what}, got {getattr(self, name)!r}")
+                problems.append(f"parameter {name!r} must be {what}, got {self._shown(name)!r}")
         return problems
+
+    def _shown(self, name: str):
+        """A parameter's value as messages show it: a tracking URI without its password."""
+        value = getattr(self, name)
+        return redact_uri(value) if name == "tracking_uri" else value
+
+    def __repr__(self) -> str:  # the notebook shows the config: never a tracking password
+        values = ", ".join(f"{k}={v!r}" for k, v in loggable_params(dataclasses.asdict(self) | {"output_dir": None}).items())
+        return f"PretrainConfig({values}, output_dir={self.output_dir!r})"
 
     def problems(self) -> list[str]:
         """Every bad value of this config (empty: valid); building a config raises them all at once."""

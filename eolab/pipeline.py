@@ -59,9 +59,11 @@ from .evaluate.leakage import tile_footprints
 from .history import ends
 from .io import write_json_atomic
 from .models.vit import build_encoder, encoder_config
+from .progress import RUN_LOG_NAME, log_line, resolve_progress
 from .provenance import git_commit
 from .run_folder import HISTORY_NAME, RECORD_NAME, SAMPLE_NAME
 from .tasks import build_task, parse_objective
+from .tracking import log_final, log_params, loggable_params, make_loggers
 from .train import KnnProbe, fit
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class PretrainResult:
     # how training came about when it did not run in one go: the checkpoint it resumed from, its
     # step, the earlier attempts' training seconds, checkpoints set aside as unloadable ({} otherwise)
     resume: dict = dataclasses.field(default_factory=dict)
+    loggers: list = dataclasses.field(default_factory=list)  # Lightning loggers (``logger``), closed by write_record
 
 
 def _cross_views(cfg: PretrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -208,6 +211,11 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     if cfg.batch_sampling == "diverse" and data.tiles is not None:
         sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
     knn = _knn_probe(cfg, data)
+    progress = resolve_progress(cfg.progress)
+    run_log = out / RUN_LOG_NAME if progress != "none" else None
+    log_line(run_log, f"data: {len(data.pretrain)} pre-training samples; {len(data.eurosat['label'])} labelled EuroSAT patches")
+    loggers = make_loggers(cfg.logger, cfg.tracking_uri, out)
+    log_params(loggers, dataclasses.asdict(cfg))
     t0 = time.perf_counter()
     checkpoints = out / "checkpoints"
     history = fit(task, data.pretrain, data.normalization, epochs=cfg.epochs, max_steps=max_steps,
@@ -217,7 +225,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
                   checkpoint_every=cfg.checkpoint_every or 1, history_path=out / HISTORY_NAME,
-                  compile=cfg.torch_compile)
+                  compile=cfg.torch_compile, progress=progress, log_path=run_log, loggers=loggers)
     resume = dict(history.attrs.get("resume", {}))
     # training time over all attempts: this one, plus the earlier ones up to the checkpoint resumed from
     train_time = time.perf_counter() - t0 + resume.get("train_time_before_resume_s", 0.0)
@@ -240,7 +248,8 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     ckpt = out / "encoder.pt"
     if rank0:
         save_encoder(ckpt, encoder, encoder_config(spec.pop("size"), **spec), data.normalization)
-    return PretrainResult(encoder, history, train_time, ckpt, compute, validation, resume)
+    log_line(run_log, f"encoder saved: {ckpt.name}; evaluating")
+    return PretrainResult(encoder, history, train_time, ckpt, compute, validation, resume, loggers)
 
 
 @dataclass
@@ -341,7 +350,8 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "task": cfg.objective,
         "evaluation": {"not_applicable": evaluation.not_applicable} if evaluation.not_applicable else {},
         # output_dir is where this record lies; keeping it out makes records relocatable
-        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"},
+        # and a tracking URI is kept without its password
+        "params": loggable_params(dataclasses.asdict(cfg)),
         "metrics": metrics,
         "folds": scores.to_dict(orient="records"),
         "seed": cfg.seed,
@@ -362,6 +372,9 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     if data.sample is not None:
         data.sample.selection.write(Path(cfg.output_dir) / SAMPLE_FILE)
     write_json_atomic(Path(cfg.output_dir) / RECORD_NAME, record)
+    log_final(run.loggers, metrics, step=metrics["train_steps"])
+    if resolve_progress(cfg.progress) != "none":
+        log_line(Path(cfg.output_dir) / RUN_LOG_NAME, f"record written: {RECORD_NAME}")
     return record
 
 

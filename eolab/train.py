@@ -29,6 +29,7 @@ from .data.stats import Normalization
 from .models.vit import ViTEncoder
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
+from .train_progress import StepProgressBar, progress_callbacks
 
 
 def dihedral_augment(image: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -99,9 +100,11 @@ class PretrainModule(L.LightningModule):
             self._plain_task[0].load_state_dict({k: v.detach().cpu() for k, v in full.items()})
 
     def log_health(self, values: dict[str, float]) -> None:
-        """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter)."""
+        """Log health values (``health/<name>``, visible to callbacks such as Optuna's reporter).
+        Loggers get them from ``HealthToLoggers`` at the step they were computed only (Lightning
+        would repeat a value logged once at every later step)."""
         self.fresh_health.update(values)
-        self.log_dict({f"health/{k}": v for k, v in values.items()}, on_step=True, batch_size=1)
+        self.log_dict({f"health/{k}": v for k, v in values.items()}, on_step=True, batch_size=1, logger=False)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image = self.normalization(batch["image"], batch["bands"], batch["unit"], where="training batch")
@@ -193,6 +196,24 @@ class KnnProbe(L.Callback):
         self._last_step = step
         if step == 1 or step % self.every == 0 or step == trainer.estimated_stepping_batches:
             pl_module.log_health({"knn_accuracy": self.accuracy(pl_module.task.encoder)})
+
+
+class HealthToLoggers(L.Callback):
+    """Sends the health values computed at an optimiser step (``PretrainModule.fresh_health``) to
+    the trainer's loggers, at the step index of that step's ``train/*`` values. Runs before
+    ``History``, which clears them."""
+
+    def __init__(self):
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self._last_step or not trainer.loggers:
+            return
+        self._last_step = trainer.global_step
+        if pl_module.fresh_health:
+            values = {f"health/{k}": float(v) for k, v in pl_module.fresh_health.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step - 1)
 
 
 class ResumeState(L.Callback):
@@ -416,6 +437,9 @@ def fit(
     precision: str = "32-true",
     compile: bool = False,
     history_path: Path | None = None,
+    progress: str = "none",
+    log_path: Path | None = None,
+    loggers: list | tuple = (),
 ) -> pd.DataFrame:
     """Train ``task`` on ``dataset``; returns the per-step history (losses, health, lr, time).
 
@@ -436,6 +460,10 @@ def fit(
     ``checkpoint_every``, the learning-rate schedule and the history's rows count optimiser steps.
     ``compile``: the transformer blocks run through ``torch.compile`` (``compile_blocks``); a
     machine without the C++ compiler inductor needs trains uncompiled, with a warning.
+
+    ``progress``: ``bar`` (Lightning's progress bar over steps, with loss and images/s, plus the run
+    log), ``log`` (the run log at ``log_path`` only) or ``none`` (``eolab.progress``). ``loggers``:
+    Lightning loggers (``eolab.tracking``) that receive every step's ``train/*`` and ``health/*``.
     """
     layout = slurm_layout()
     if layout is not None:
@@ -462,7 +490,8 @@ def fit(
     module = PretrainModule(task, normalization, lr=lr, weight_decay=weight_decay, augment=augment,
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
-    extra: list[L.Callback] = [ResumeState(batch_sampler)]
+    shown = progress_callbacks(progress, log_path)
+    extra: list[L.Callback] = [ResumeState(batch_sampler), *shown, *([HealthToLoggers()] if loggers else [])]
     resume_from, set_aside = None, []
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
@@ -474,7 +503,8 @@ def fit(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes or 1, precision=precision,
         strategy=FSDPStrategy() if strategy == "fsdp" else SrunDDPStrategy() if layout and strategy == "ddp" else strategy,
         accumulate_grad_batches=accumulate, use_distributed_sampler=False,  # the batch sampler shards
-        logger=False, enable_checkpointing=checkpoint_dir is not None, enable_progress_bar=False,
+        logger=list(loggers) or False, enable_checkpointing=checkpoint_dir is not None,
+        enable_progress_bar=any(isinstance(c, StepProgressBar) for c in shown),
         enable_model_summary=False, callbacks=[*callbacks, *extra, history], log_every_n_steps=1, deterministic=False,
     )
     # weights_only: a checkpoint is tensors and plain containers; nothing in it can run code on load.

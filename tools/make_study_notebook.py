@@ -1,6 +1,6 @@
 """Write notebooks/study_summary.ipynb (kept as a script so the notebook's source is reviewable in diffs).
 
-The loading and plotting code lives in eolab/runner/study_report.py; the notebook only calls it.
+The loading and plotting code lives in eolab/reports/study.py; the notebook only calls it.
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ cells = [
         "Executed by `python -m eolab ablate SPEC` after an Optuna study (a spec with a `study:` section; "
         "`results_dir` points at `results/<name>/`) and rendered to `results/<name>/summary.html`. It reads "
         "only the runner's files: `spec.json`, `trials.json` (every trial, exported from the study's storage) "
-        "and `runs.csv`; the helpers live in `eolab/runner/study_report.py`."
+        "and `runs.csv`; the helpers live in `eolab/reports/study.py`."
     ),
     new_code_cell(
         'results_dir: str = "../results/study_mask"  # folder of an executed study',

@@ -66,8 +66,20 @@ class Normalization:
             )
         return idx
 
-    def __call__(self, image: Tensor, bands, unit: str, where: str = "data") -> Tensor:
-        """Normalise a (..., C, H, W) tensor given with its band names and unit."""
+    def __call__(self, image: Tensor | np.ndarray, bands, unit: str, where: str = "data") -> Tensor | np.ndarray:
+        """Normalise a (..., C, H, W) torch tensor or numpy array given with its band names and unit;
+        returns the same kind (a numpy array in, a numpy array out). Integer data (e.g. digital
+        numbers read from a GeoTIFF) are converted to float32 first."""
+        if isinstance(image, np.ndarray):
+            return self(torch.from_numpy(np.ascontiguousarray(image)), bands, unit, where).numpy()
+        if not isinstance(image, Tensor):
+            raise TypeError(f"{where}: image must be a torch.Tensor or a numpy.ndarray of shape (..., C, H, W), "
+                            f"got {type(image).__name__}")
+        if image.ndim < 3 or image.shape[-3] != len(tuple(bands)):
+            raise ValueError(f"{where}: image must have shape (..., C, H, W) with C = {len(tuple(bands))} bands "
+                             f"{list(bands)}, got {tuple(image.shape)}")
+        if not image.is_floating_point():
+            image = image.float()
         idx = self.band_indices(bands, unit, where)
         if idx != list(range(image.shape[-3])):
             image = image[..., idx, :, :]

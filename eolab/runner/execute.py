@@ -29,6 +29,7 @@ from eolab.runner.faults import EXIT_FAULT, BatchStopped, Interrupted, ResultsFo
 from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
 from eolab.runner.pool import PoolExecutor
 from eolab.runner.preflight import preflight
+from eolab.runner.progress import AblationProgress, run_dirs_of
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
     OUTPUT_DIR_PARAM,
@@ -41,6 +42,7 @@ from eolab.runner.spec import (
 )
 from eolab.runner.store import DONE, FAILED, RUNNING, RunStore, rebuild_table, utc_now
 from eolab.runner.types import SKIPPED, Executor, Log, RunOutcome, RunTask
+from eolab.secrets import redact, url_secrets
 
 DEFAULT_RESULTS_ROOT = REPO_ROOT / "results"
 SUMMARY_NOTEBOOK_NAME = "summary.ipynb"
@@ -102,24 +104,35 @@ def run_ablation(
     log: Log = print,
     workers: int = 1,
     executor_kind: str = "local",
+    progress: str = "auto",
 ) -> AblationSummary:
     """Validate the spec, execute the runs that are not done yet, rebuild tables, render the summary.
 
     Failed runs do not stop the batch; they are listed in the returned summary (and in runs.csv).
     Unless an `executor` is given, `executor_kind` picks one: "local" runs `workers` notebooks at
     once on this machine (1: sequentially, in this process), "slurm" submits them to SLURM.
+    ``progress`` (``eolab.runner.progress``): "bar" (a line redrawn while runs execute), "lines" (a
+    line per event), "quiet" (a line per finished run) or "auto"; it applies when no ``executor`` is
+    given (a given executor reports through its own ``on_finished``).
     """
     spec = load_spec(spec_path)
     if spec.study is not None:  # its trials are not known up front; `python -m eolab ablate` dispatches
         raise SpecError(f"{spec.path}: has a `study` section; run it with eolab.runner.study.run_study")
     runs = select_runs(spec, only)
+    check_no_secrets(spec, runs)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
     todo = [r for r in runs if force or not store.is_done(r.run_id)]
     for run in todo:  # a run the runner called done, whose record cannot be used: say so, then redo it
         if (store.status(run.run_id) or {}).get("state") == DONE and (problem := store.record_problem(run.run_id)):
             log(f"redo   {run.run_id} ({problem})")
+    tasks = [make_task(spec, store, run, force=force) for run in todo]
+    watch = contextlib.nullcontext()
+    if executor is None:
+        live = AblationProgress(spec.name, run_dirs_of(tasks), workers=workers if executor_kind == "local" else len(tasks),
+                                log=log, mode=progress)
+        watch = live
     executor = executor or make_executor(  # before anything is written: a bad executor is a usage error
-        executor_kind, workers, spec, store, on_finished=Progress(total=len(todo), log=log)
+        executor_kind, workers, spec, store, on_finished=live.on_finished
     )
     # every bad parameter value and missing input of the runs to do, at once, before anything is written
     preflight(spec, [(f"run {r.run_id}", r.params) for r in todo]).raise_if_failed(spec)
@@ -138,7 +151,8 @@ def run_ablation(
         for run_id in skipped:
             log(f"skip   {run_id} (done; --force to re-run)")
         log(f"{spec.name}: {len(todo)} to run, {len(skipped)} already done -> {store.results_dir}")
-        outcomes = executor.submit(tasks)
+        with watch:
+            outcomes = executor.submit(tasks)
         try:
             tables = rebuild_table(store.results_dir)
         except OSError as exc:
@@ -191,6 +205,19 @@ def _stopped(store: RunStore, tasks: Sequence[RunTask], exc: BaseException, batc
 
 EXECUTOR_KINDS = ("local", "slurm")
 
+
+
+def check_no_secrets(spec: AblationSpec, runs: Sequence[Run]) -> None:
+    """Refuse a spec whose tracking URI carries a password: spec.json and every run's notebook would
+    keep it (papermill writes parameters into the notebook)."""
+    for run in runs:
+        uri = run.params.get("tracking_uri")
+        if isinstance(uri, str) and redact(uri, url_secrets(uri)) != uri:
+            raise SpecError(
+                f"{spec.path}: `tracking_uri` {redact(uri, url_secrets(uri))} carries credentials, which would be written "
+                "into spec.json and each run's notebook; give the URI without them and set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment"
+            )
 
 
 def check_executor(kind: str, workers: int) -> None:

@@ -21,6 +21,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
 
 from eolab.io import environment
+from eolab.progress import PROGRESS_ENV, RUN_LOG_NAME
 from eolab.runner.claim import Claim, claim_holder, try_claim
 from eolab.runner.faults import ResultsFolderError, is_storage_fault, kernel_storage_fault
 from eolab.runner.spec import OUTPUT_DIR_PARAM, REPO_ROOT
@@ -83,6 +84,7 @@ def execute_task(task: RunTask) -> RunOutcome:
     a results folder that refuses writes (full, read-only) raises ResultsFolderError, after
     recording the run as failed where the folder still allows it."""
     store = RunStore(task.results_dir)
+    (task.run_dir / RUN_LOG_NAME).unlink(missing_ok=True)  # the log of an earlier attempt
     try:
         status = store.mark_running(task.run_id, {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM})
     except OSError as exc:
@@ -164,9 +166,12 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> str:
 @contextlib.contextmanager
 def eolab_importable() -> Iterator[None]:
     """Let kernels `import eolab` although their cwd is the notebook's folder: the kernel inherits
-    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration."""
+    os.environ at launch, so prepend the repository root to PYTHONPATH for the duration. Kernels
+    also get EOLAB_PROGRESS=log (unless set): a run's `progress="auto"` then writes its run.log and
+    no progress bar into the executed notebook."""
     previous = os.environ.get("PYTHONPATH")
-    with environment(PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), previous) if p)):
+    with environment(PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), previous) if p),
+                     **{PROGRESS_ENV: os.environ.get(PROGRESS_ENV, "log")}):
         yield
 
 

@@ -172,6 +172,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise UsageError(f"{results_dir} is not an ablation results folder (no {RUNS_DIRNAME}/ inside)")
     tables = rebuild_table(results_dir)
     print(f"{results_dir}: table.csv {len(tables.table)} rows, runs.csv {len(tables.runs)} runs")
+    failed = tables.runs[tables.runs["status"] == "failed"] if len(tables.runs) else tables.runs
+    for row in failed.itertuples():  # not in table.csv: say which and why, never silently
+        print(f"  failed {row.run_id}: {row.error}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -199,13 +202,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         root = data_root(args.data_root)
         labelled = eurosat.load(root)
         cache = build_scene_cache(root)
-    except (FileNotFoundError, RasterError) as exc:
+        tiles = cache.tiles(patch=64, stride=32)
+    except (FileNotFoundError, RasterError, ValueError) as exc:  # RasterError is a ValueError
         raise UsageError(str(exc)) from exc
-    tiles = cache.tiles(patch=64, stride=32)
     print(f"data root {root}: {len(labelled['label'])} labelled EuroSAT patches")
     print(f"scene cache {cache.path}: {len(cache.scenes)} scenes, {len(tiles)} patches of 64 px at stride 32")
     for source, n in tiles.groupby("source").size().items():
         print(f"  {source}: {n}")
+    bad = cache.manifest.get("bad_bands") or ["none"]
+    print(f"pixel checks: {cache.manifest.get('masked_pixels', 0)} pixels masked as no data (NaN, infinite or out "
+          f"of range); bands without data (runs reading them leave the scene out): {'; '.join(bad)}")
     return EXIT_OK
 
 

@@ -61,7 +61,7 @@ from .io import write_json_atomic
 from .models.vit import build_encoder, encoder_config
 from .progress import RUN_LOG_NAME, log_line, resolve_progress
 from .provenance import git_commit
-from .run_folder import HISTORY_NAME, RECORD_NAME, SAMPLE_NAME
+from .run_folder import BENCHMARK_NAME, HISTORY_NAME, RECORD_NAME, SAMPLE_NAME
 from .tasks import build_task, parse_objective
 from .tracking import log_final, log_params, loggable_params, make_loggers
 from .train import KnnProbe, fit
@@ -321,7 +321,8 @@ def _cost(cfg: PretrainConfig, run: PretrainResult) -> dict[str, float]:
 def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, evaluation: Evaluation,
                  started: float | None = None, benchmark: pd.DataFrame | None = None) -> dict:
     """Write ``record.json`` into the run folder and return it. ``benchmark`` is the embedding
-    benchmark's table when that step ran: the record names ``benchmark.csv`` only then."""
+    benchmark's table when that step ran: the record names ``benchmark.csv`` only when the step
+    wrote it."""
     scores = evaluation.scores
     h = run.history
     first, last = ends(h, "loss")
@@ -364,7 +365,9 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
         "checkpoint": run.checkpoint.name,  # relative to the run folder, so results can move
         # resumed from a training checkpoint, or checkpoints set aside as unloadable: said, with names
         "resume": run.resume or None,
-        "benchmark": "benchmark.csv" if benchmark is not None else None,
+        # named only when the embedding benchmark step wrote it (given here, or found in the run folder)
+        "benchmark": BENCHMARK_NAME if benchmark is not None or (
+            cfg.benchmark_list and (Path(cfg.output_dir) / BENCHMARK_NAME).is_file()) else None,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
                  "world_size": torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
                  "device": "cuda" if torch.cuda.is_available() else "cpu"},

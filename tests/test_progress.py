@@ -17,9 +17,9 @@ import torch
 from eolab.data.stats import Normalization
 from eolab.models.vit import build_encoder
 from eolab.progress import RUN_LOG_NAME, resolve_progress
-from eolab.runner.execute import RunOutcome
 from eolab.runner.progress import AblationProgress, last_line
 from eolab.runner.store import RunStore
+from eolab.runner.types import RunOutcome
 from eolab.tasks import TaskParams, build_task
 from eolab.train import fit
 from eolab.train_progress import StepProgressBar
@@ -176,11 +176,12 @@ def test_in_a_jupyter_kernel_the_bar_is_a_widget(tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    from eolab.runner.execute import eolab_importable
+    from eolab.runner.notebook import eolab_importable
 
     code = f'''
 import os
 os.environ.pop("EOLAB_PROGRESS", None)
+os.environ.pop("CI", None)  # as in JupyterLab: CI itself would choose the log
 import torch
 from eolab.data.stats import Normalization
 from eolab.models.vit import build_encoder

@@ -27,7 +27,8 @@ def test_quick_preset_runs_logs_and_tracks(tmp_path):
     path = tmp_path / "quick.yaml"
     path.write_text(yaml.safe_dump(spec))
     lines: list[str] = []
-    summary = run_ablation(path, results_root=tmp_path / "results", log=lines.append)
+    # "lines" whatever the environment: under CI, "auto" would print finished runs only
+    summary = run_ablation(path, results_root=tmp_path / "results", log=lines.append, progress="lines")
     assert summary.ok and len(summary.executed) == 1, summary.failed
     run_dir = summary.results_dir / "runs" / summary.executed[0].run_id
     assert any(line.startswith("start ") and line.endswith(str(run_dir / "run.log")) for line in lines)

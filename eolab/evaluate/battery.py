@@ -50,6 +50,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..models import tokenizers as _tokenizers
 from ..models import vit as _vit
 from ..provenance import git_commit
+from ..run_folder import BENCHMARK_NAME
 from ..tasks.augment import AUGMENTATIONS
 from . import diagnostics as _diagnostics
 from . import encoders as _encoders
@@ -511,7 +512,7 @@ def write_outputs(table: pd.DataFrame, output_dir: Path, encoders: list[BenchEnc
     """``benchmark.csv`` (the tidy table) and ``benchmark.json`` (what produced it) in ``output_dir``."""
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output_dir / "benchmark.csv", table.to_csv(index=False))
+    write_text_atomic(output_dir / BENCHMARK_NAME, table.to_csv(index=False))
     record = {"params": {**params, "settings": asdict(settings)}, "seed": settings.seed,
               "encoders": [e.describe() for e in encoders], "git_commit": git_commit(),
               "wall_time_s": table.attrs.get("wall_time_s"), "timing_s": table.attrs.get("timing"),

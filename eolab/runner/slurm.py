@@ -158,8 +158,12 @@ def execute_distributed_task(task: RunTask) -> RunOutcome | None:
     # The training stack runs in a child process: the runner itself never imports it.
     parameters = {k: v for k, v in task.parameters.items() if k != OUTPUT_DIR_PARAM} | {
         "output_dir": task.parameters[OUTPUT_DIR_PARAM]}
-    subprocess.run([sys.executable, "-m", "eolab.launch", "-", "--worker-of", str(task.notebook)],
-                   input=json.dumps(parameters), text=True, check=True)
+    proc = subprocess.run([sys.executable, "-m", "eolab.launch", "-", "--worker-of", str(task.notebook)],
+                          input=json.dumps(parameters), text=True, stderr=subprocess.PIPE)
+    sys.stderr.write(proc.stderr)  # the worker's log stays in the task's SLURM log
+    if proc.returncode:  # raise the worker's own error, so the run's error names it (see _worker_error)
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"training worker exited with code {proc.returncode}")
     return None
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
+from eolab.progress import hms
 from eolab.runner.faults import EXIT_FAULT, BatchStopped, Interrupted, ResultsFolderError, is_storage_fault, os_error_text
 from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
 from eolab.runner.pool import PoolExecutor
@@ -70,7 +71,7 @@ class Progress:
         detail = f"{outcome.error}" if outcome.state == SKIPPED else f"{outcome.seconds:.1f}s"
         self.log(
             f"[{self.finished}/{self.total}] {outcome.state:<6} {outcome.run_id} ({detail})"
-            f" | failed {self.failed} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
+            f" | failed {self.failed} | elapsed {hms(elapsed)} | ETA {hms(eta)}"
         )
 
 
@@ -302,6 +303,3 @@ def render_summary(summary_notebook: Path, results_dir: Path) -> tuple[Path | No
     return html, error
 
 
-def _hms(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

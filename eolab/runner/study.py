@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eolab.io import environment, exclusive_lock
+from eolab.progress import hms
 from eolab.runner.claim import CLAIM_NAME, claim_holder, clear_stale_claim, process_alive
 from eolab.runner.execute import DEFAULT_RESULTS_ROOT, check_executor, render_summary
 from eolab.runner.faults import EXIT_FAULT, ResultsFolderError
@@ -669,7 +670,7 @@ class StudyProgress:
                 f"[{done}/{self.n_trials}] {trial.state.name:<8} trial {trial.number} "
                 f"{trial.user_attrs.get(ATTR_RUN_ID, '')} ({_trial_detail(trial)})"
                 f" | complete {counts[COMPLETE]}, pruned {counts[PRUNED]}, failed {counts[FAIL]}"
-                f" | best {_best_text(self.study)} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
+                f" | best {_best_text(self.study)} | elapsed {hms(elapsed)} | ETA {hms(eta)}"
             )
 
 
@@ -891,9 +892,6 @@ def export_trials(study: Any, spec: AblationSpec, results_dir: Path) -> list[dic
 # --- small helpers ----------------------------------------------------------------------------------------
 
 
-def _hms(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # --- command line (`python -m eolab ablate SPEC` with a `study:` section) ---------------------------------

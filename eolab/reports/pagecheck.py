@@ -18,9 +18,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,31 +149,65 @@ class _Session:
 def browser() -> Iterator[str]:
     """Start headless chromium with an empty profile; yield its DevTools HTTP endpoint."""
     exe = chromium_path()
-    with tempfile.TemporaryDirectory(prefix="eolab-chromium-") as profile:
-        proc = subprocess.Popen(
-            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--remote-debugging-address=127.0.0.1", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+    profile = tempfile.mkdtemp(prefix="eolab-chromium-")
+    # its own session, so that closing it reaches the renderer, GPU and crash-handler children
+    # too: they outlive the browser process for a moment and still write into the profile
+    proc = subprocess.Popen(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-debugging-address=127.0.0.1", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        endpoint = None
+        for line in proc.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+            found = re.search(r"DevTools listening on ws://([^/]+)/", line)
+            if found:
+                endpoint = f"http://{found.group(1)}"
+                break
+        # keep reading chromium's log so that a full pipe never blocks it
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        if endpoint is None:
+            raise BrowserUnavailable(f"{exe} exited ({proc.wait()}) before its DevTools endpoint came up")
+        yield endpoint
+    finally:
+        _stop_group(proc)
+        _remove_profile(Path(profile))
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Terminate chromium and every process of its session; wait until none is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         try:
-            endpoint = None
-            for line in proc.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
-                found = re.search(r"DevTools listening on ws://([^/]+)/", line)
-                if found:
-                    endpoint = f"http://{found.group(1)}"
-                    break
-            # keep reading chromium's log so that a full pipe never blocks it
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            if endpoint is None:
-                raise BrowserUnavailable(f"{exe} exited ({proc.wait()}) before its DevTools endpoint came up")
-            yield endpoint
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            os.killpg(proc.pid, 0)  # is any process of the session still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.wait()
+
+
+def _remove_profile(profile: Path) -> None:
+    """Delete the throwaway profile; a straggling child may still add a file, so try a few times."""
+    for attempt in range(5):
+        shutil.rmtree(profile, ignore_errors=True)
+        if not profile.exists():
+            return
+        time.sleep(0.2 * (attempt + 1))
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def check_page(html: str | Path, screenshot: str | Path | None = None, width: int = 1280,

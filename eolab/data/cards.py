@@ -238,8 +238,13 @@ def is_card_path(ref: str | Path) -> bool:
     return str(ref).endswith((".yaml", ".yml")) or "/" in str(ref)
 
 
-@functools.lru_cache(maxsize=64)
 def _load(path: Path) -> Card:
+    st = path.stat()  # keyed by modification time and size: an edited card is read again
+    return _load_version(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_version(path: Path, mtime_ns: int, size: int) -> Card:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -269,3 +269,13 @@ def test_the_sources_parameter_accepts_source_files_and_names_a_bad_one(tmp_path
         PretrainConfig(sources=f"hydro,{bad}")
     with pytest.raises(ParameterError, match=r"source file nope.yaml does not exist"):
         PretrainConfig(sources="nope.yaml")
+
+
+def test_scenes_by_fsspec_url(root, tmp_path):
+    """A glob given as a URL is listed through fsspec and opened through GDAL (file:// here; s3://, gs://,
+    https:// go the same way)."""
+    reference = _scene_of(root, "sources/bigearthnet_s2.yaml", "bigearthnet_s2", ("B02", "B05"))[0]
+    src = _source(tmp_path, scenes=f"file://{root}/bigearthnet/s2/*", bands={"file": "*_{band}.tif"},
+                  grid={"band": "B02"}, offset={"dn": 0})
+    scenes = list(read_source(load_source(str(src)), root, ("B02", "B05")))
+    assert scenes[0].id == f"file://{root / reference.id}" and np.array_equal(scenes[0].dn, reference.dn)

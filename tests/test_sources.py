@@ -279,3 +279,43 @@ def test_scenes_by_fsspec_url(root, tmp_path):
                   grid={"band": "B02"}, offset={"dn": 0})
     scenes = list(read_source(load_source(str(src)), root, ("B02", "B05")))
     assert scenes[0].id == f"file://{root / reference.id}" and np.array_equal(scenes[0].dn, reference.dn)
+
+
+def test_landsat_digital_numbers_convert_through_the_card(tmp_path):
+    """Collection 2 Level-2: reflectance = DN * 2.75e-5 - 0.2, cached as reflectance x 10000."""
+    _tif(tmp_path / "ls" / "scene.tif", 2, value=10000)
+    src = _source(tmp_path, card="landsat89_oli", scenes="ls/*.tif", bands={"order": ["SR_B4", "SR_B5"]})
+    (scene,) = read_source(load_source(str(src)), tmp_path, ("B4", "B5"))
+    with rasterio.open(tmp_path / "ls" / "scene.tif") as ds:
+        raw = ds.read().astype(np.float64)
+    assert scene.sensor == "landsat89" and scene.bands == ("B4", "B5") and scene.dn.dtype == np.uint16
+    assert np.array_equal(scene.dn, np.rint((raw * 2.75e-5 - 0.2) / 1e-4).astype(np.uint16))
+    with pytest.raises(SourceError, match=r"convert to different units \['kelvin', 'reflectance'\]"):
+        _tif(tmp_path / "ls2" / "scene.tif", 2, value=10000)
+        src = _source(tmp_path, card="landsat89_oli", scenes="ls2/*.tif", bands={"order": ["B4", "B10"]})
+        list(read_source(load_source(str(src)), tmp_path, ("B4", "B10")))
+
+
+def test_quality_band_flags_and_card_nodata_make_pixels_invalid(tmp_path):
+    folder = tmp_path / "s2" / "scene1"
+    _tif(folder / "B02.tif", 1)
+    _tif(folder / "B03.tif", 1)
+    scl = np.full((1, 64, 64), 4, dtype=np.uint16)  # vegetation
+    scl[0, :10] = 9  # cloud, high probability
+    with rasterio.open(folder / "SCL.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as ds:
+        ds.write(scl)
+    src = _source(tmp_path, scenes="s2/*", bands={"file": "{band}.tif"}, quality=True, offset={"dn": 0})
+    (scene,) = read_source(load_source(str(src)), tmp_path, ("B02", "B03"))
+    assert not scene.valid[:10].any() and scene.valid[10:].all()
+    hls = tmp_path / "hls" / "t.tif"
+    _tif(hls, 2)
+    with rasterio.open(hls) as ds:
+        data = ds.read().astype(np.int32)
+    data[:, 0, :5] = -9999
+    with rasterio.open(hls, "w", driver="GTiff", width=64, height=64, count=2, dtype="int16", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 30, 30)) as ds:
+        ds.write(data.astype(np.int16))
+    src = _source(tmp_path, name="hls", card="hls_s30", scenes="hls/*.tif", bands={"order": ["B04", "B8A"]})
+    (scene,) = read_source(load_source(str(src)), tmp_path, ("B04", "B8A"))
+    assert not scene.valid[0, :5].any() and scene.valid[1:].all() and scene.pixels["masked_pixels"] == 0

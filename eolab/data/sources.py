@@ -133,10 +133,11 @@ def source_file(ref: str) -> Path:
                               "(or give the path to a source YAML file)")
         return path
     path = Path(ref).expanduser()
-    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]):
+    candidates = [path] if path.is_absolute() else list(dict.fromkeys([Path.cwd() / path, REPO_ROOT / path]))
+    for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise SourceError(f"source file {ref} does not exist (looked in {Path.cwd()} and {REPO_ROOT})")
+    raise SourceError(f"source file {ref} does not exist (looked for {', '.join(map(str, candidates))})")
 
 
 def load_source(ref: str | Path) -> SourceSpec:
@@ -186,7 +187,7 @@ def _is_url(p: str) -> bool:
     return "://" in p
 
 
-def _resolve(pattern: str, root: Path, base: Path | None = None) -> str:
+def _resolve(pattern: str, root: Path) -> str:
     """A pattern from a source file: URLs and absolute paths as they are, others under the data root."""
     if _is_url(pattern) or Path(pattern).is_absolute():
         return pattern
@@ -463,6 +464,8 @@ def _scene(product: Product, sf: _SceneFiles, raw: np.ndarray, bands: tuple[str,
            notes: list[str]) -> Scene:
     card = product.card
     if card.to == "reflectance" and card.unit == "dn":
+        if card.nodata not in (None, 0):  # eolab's integer form marks no data as 0 (HLS: -9999)
+            raw = np.where(raw == card.nodata, 0, raw)
         raw, check = screen_pixels(raw, bands, sf.rel)
         offset, how = _offset_dn(product, sf, raw)
         dn, unit, scale = _convert(product, raw, bands, offset)

@@ -1,12 +1,15 @@
 """Packed on-disk cache of pre-training scenes, and the patch index over it.
 
 Decoding and resampling per-band GeoTIFFs costs far more than a training step, so scenes are decoded
-once into memory-mappable ``.npy`` arrays (uint16, reflectance x 10000, C x H x W on the 10 m grid)
-plus a JSON manifest. Patches are windows into those arrays: a patch read is a slice of a memmap.
+once into memory-mappable ``.npy`` arrays (uint16, reflectance x 10000, C x H x W on the 10 m grid;
+float32 for sources in other units, such as dB) plus a JSON manifest. The scenes come from data
+sources (``sources.py``): built-in names or source YAML files. Patches are windows into those
+arrays: a patch read is a slice of a memmap.
 
-The cache key hashes the source files (path, size, mtime), the band set and the cache format
-version, so changed inputs rebuild it. A build writes into a temporary folder and renames it into
-place, so a killed build never leaves a half-written cache that a later run would trust.
+The cache key hashes the source files' text, their input files (path, size, mtime), the band set
+and the cache format version, so changed inputs rebuild it. A build writes into a temporary folder
+and renames it into place, so a killed build never leaves a half-written cache that a later run
+would trust.
 """
 
 from __future__ import annotations

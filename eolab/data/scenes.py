@@ -40,7 +40,7 @@ class Scene:
     id: str  # path relative to the data root
     source: str
     bands: tuple[str, ...]
-    dn: np.ndarray  # (C, H, W) uint16, reflectance x 10000, offset removed
+    dn: np.ndarray  # (C, H, W): uint16 reflectance x 10000, offset removed (float32 for other units, e.g. dB)
     valid: np.ndarray  # (H, W) bool: has data and is not flagged as cloud
     crs: str
     transform: tuple[float, ...]  # affine (a, b, c, d, e, f) of the 10 m grid

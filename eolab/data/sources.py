@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .bands import S2_L2A
 from .cards import Card, CardError, load_card
 from .paths import REPO_ROOT
 from .raster import RasterError, check_pixels
@@ -729,6 +730,18 @@ def input_files(spec: SourceSpec, checked: dict[str, list[_SceneFiles]], root: P
                 p = Path(_resolve(str(product.get(key)), root))
                 files.update([p] if p.is_file() else (f for f in p.rglob("*") if f.is_file()))
     return sorted(files)
+
+
+def reader(ref: str):
+    """``reader(ref)(root, bands)``: the scenes of a source, the call shape of the former hard-coded readers."""
+    def read(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
+        return read_source(load_source(ref), root, bands)
+
+    return read
+
+
+READERS = {name: reader(name) for name in builtin_sources()}
+"""Built-in source name -> its reader (every one a source file in ``sources/``)."""
 
 
 def source_globs(ref: str) -> tuple[str, ...]:

@@ -141,6 +141,9 @@ def test_xarray_cube_with_and_without_time(root, tmp_path):
     scenes = list(read_source(load_source(str(tmp_path / "cube.yaml")), root, S2_L2A))
     assert [s.time for s in scenes] == ["2021-05-01", "2021-06-01"]
     assert np.array_equal(scenes[1].dn, reference.dn) and scenes[1].transform == reference.transform
+    (tmp_path / "cube.yaml").write_text(yaml.safe_dump({**spec, "dims": {}}))
+    with pytest.raises(SourceError, match=r"cube.nc: dimension\(s\) \['time'\] are not declared in .*cube.yaml field 'dims'"):
+        list(read_source(load_source(str(tmp_path / "cube.yaml")), root, S2_L2A))
     cube.isel(time=0).drop_vars("time").to_dataset().to_zarr(tmp_path / "cube.zarr")
     spec.update(path=str(tmp_path / "cube.zarr"), dims={})
     (tmp_path / "cube.yaml").write_text(yaml.safe_dump(spec))

@@ -638,6 +638,10 @@ def _read_xarray(product: Product, root: Path, bands: tuple[str, ...]) -> Iterat
         if lacking:
             raise SourceError(f"{path}: variable {var!r} lacks band(s) {lacking} that the run needs (has {names})")
         da = da.isel({dims["band"]: [names.index(b) for b in bands]})
+    undeclared = sorted(set(da.dims) - {dims["band"], dims["y"], dims["x"], dims["time"]})
+    if undeclared:
+        raise SourceError(f"{path}: dimension(s) {undeclared} are not declared in {product.where} field 'dims' "
+                          f"(band, y, x and an optional time; it has {list(da.dims)})")
     crs = product.get("crs") or da.attrs.get("crs") or (ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds else None)
     if not crs:
         raise SourceError(f"{path}: no CRS in the file; set {product.where} field 'crs' (e.g. EPSG:32633)")

@@ -322,3 +322,14 @@ def test_quality_band_flags_and_card_nodata_make_pixels_invalid(tmp_path):
     src = _source(tmp_path, name="hls", card="hls_s30", scenes="hls/*.tif", bands={"order": ["B04", "B8A"]})
     (scene,) = read_source(load_source(str(src)), tmp_path, ("B04", "B8A"))
     assert not scene.valid[0, :5].any() and scene.valid[1:].all() and scene.pixels["masked_pixels"] == 0
+
+
+def test_sources_of_different_units_are_refused_before_decoding(root, tmp_path):
+    card = yaml.safe_load((ROOT / "eolab" / "data" / "sensors" / "sentinel2_l2a.yaml").read_text())
+    card.update(name="s2_in_db", unit="db", to="db", scale=1.0)
+    (tmp_path / "s2_in_db.yaml").write_text(yaml.safe_dump(card))
+    src = _source(tmp_path, name="other", card="s2_in_db.yaml", scenes="hydro/*.tif",
+                  bands={"order": list(load_source("hydro").products[0].fields["bands"]["order"])})
+    with pytest.raises(ValueError, match=r"different units, and one cache holds one unit: .*hydro.yaml \(hydro\)"):
+        build_scene_cache(root, ("hydro", str(src)), bands=("B02",), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

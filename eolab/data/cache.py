@@ -135,6 +135,10 @@ def build_scene_cache(
             specs.append(load_source(s))
         except SourceError as exc:
             raise ValueError(f"pre-training source {s!r}: {exc}") from exc
+    units = {f"{p.where} ({p.name})": sorted({p.card.band(b).to for b in bands if b in p.card.band_names})
+             for spec in specs for p in spec.products}
+    if len({tuple(u) for u in units.values()}) > 1:  # one cache holds one unit: refuse before decoding anything
+        raise ValueError(f"sources convert bands {list(bands)} to different units, and one cache holds one unit: {units}")
     checked = []
     for spec in specs:  # an empty cache would be saved and trusted by every later run
         try:
@@ -163,7 +167,8 @@ def build_scene_cache(
                 for note in scene.notes:
                     log.info("%s: %s", scene.id, note)
                 scenes.append({
-                    "id": scene.id, "source": scene.source, "shape": list(scene.dn.shape), "crs": scene.crs,
+                    "id": scene.id, "source": scene.source, "sensor": scene.sensor, "shape": list(scene.dn.shape),
+                    "crs": scene.crs,
                     "transform": list(scene.transform), "time": scene.time, "level": scene.level,
                     "notes": scene.notes, "pixels": scene.pixels,
                 })

@@ -21,7 +21,7 @@ from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.pretraining import DATASET_BANDS, TIME_SERIES
 from .data.sampling import parse_spec
-from .data.scenes import READERS
+from .data.sources import SourceError, builtin_sources, load_source
 from .models.vit import POOLS, SIZES, TOKENIZERS
 from .progress import PROGRESS_MODES
 from .tasks import AUGMENTATIONS, MASKS, TaskParams, parse_objective
@@ -57,13 +57,25 @@ class ParameterError(ValueError, TypeError):
         super().__init__(text)
 
 
+def source_problems(sources: tuple[str, ...]) -> list[str]:
+    """Why each entry of a ``sources`` list cannot be used (a built-in name or a source YAML file whose
+    fields and card load; the error names the file and field); empty: all usable."""
+    problems = []
+    for s in sources:
+        try:
+            load_source(s)
+        except SourceError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
 
     data_root: str = param("", "empty: $EOLAB_DATA, else ../shared/data beside the repository", section="data")
     dataset: str = param("scenes", "scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series")
-    sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled Sentinel-2 scenes to pre-train on (comma-separated)")
+    sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled scenes to pre-train on (comma-separated built-in names or paths to source YAML files, docs/data.md)")
     val_sources: str = param("", "scenes only: scenes held out for the proxy task's validation loss (empty: none)")
     bands: str = param("B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12", "input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)")
     n_pretrain: int = param(0, "scenes only: number of pre-training patches drawn (0 means all)")
@@ -180,9 +192,12 @@ class PretrainConfig:
             ("tracking_uri", lambda: self.logger != "mlflow" or bool(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
              "the MLflow tracking server's URI when logger is 'mlflow' (or set $MLFLOW_TRACKING_URI)"),
             ("img_size", lambda: self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
-            ("sources", lambda: all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
-            ("val_sources", lambda: all(s in READERS for s in self.val_source_list),
-             f"empty or comma-separated names from {sorted(READERS)}"),
+            ("sources", lambda: not source_problems(self.source_list),
+             f"comma-separated built-in names from {builtin_sources()} or paths to source YAML files"
+             + "".join(f"; {p}" for p in source_problems(self.source_list))),
+            ("val_sources", lambda: not source_problems(self.val_source_list),
+             f"empty or comma-separated built-in names from {builtin_sources()} or paths to source YAML files"
+             + "".join(f"; {p}" for p in source_problems(self.val_source_list))),
             ("val_sources", lambda: not set(self.val_source_list) & set(self.source_list),
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
             ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),

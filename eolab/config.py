@@ -21,7 +21,7 @@ from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.pretraining import DATASET_BANDS, TIME_SERIES
 from .data.sampling import parse_spec
-from .data.sources import SourceError, builtin_sources, load_source
+from .data.sources import SourceError, builtin_sources, load_source, source_bands
 from .models.vit import POOLS, SIZES, TOKENIZERS
 from .progress import PROGRESS_MODES
 from .tasks import AUGMENTATIONS, MASKS, TaskParams, parse_objective
@@ -156,6 +156,10 @@ class PretrainConfig:
         except ValueError as exc:
             problems.append(str(exc))
         dataset_bands = DATASET_BANDS.get(self.dataset, ())
+        if self.dataset == "scenes" and self.source_list and not source_problems(self.source_list):
+            # scene sources say which bands they have (their cards): what all of them have can be read
+            provided = [source_bands(s) for s in self.source_list]
+            dataset_bands = tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
         # are not numbers, patch_size 0) is reported without hiding the others.
         checks = [
@@ -202,7 +206,8 @@ class PretrainConfig:
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
             ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
             ("bands", lambda: bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
-             f"comma-separated band names of dataset {self.dataset!r}: from {list(dataset_bands)}"),
+             f"comma-separated band names of dataset {self.dataset!r}"
+             + (f" with sources {self.sources!r}" if self.dataset == "scenes" else "") + f": from {list(dataset_bands)}"),
             ("eurosat", lambda: self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", lambda: self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", lambda: self.epochs >= 1, ">= 1"),

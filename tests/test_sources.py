@@ -333,3 +333,15 @@ def test_sources_of_different_units_are_refused_before_decoding(root, tmp_path):
     with pytest.raises(ValueError, match=r"different units, and one cache holds one unit: .*hydro.yaml \(hydro\)"):
         build_scene_cache(root, ("hydro", str(src)), bands=("B02",), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_bands_parameter_follows_the_sources_cards() -> None:
+    """The notebook's `bands` are checked against what the chosen sources have, not Sentinel-2 names only."""
+    from eolab.config import ParameterError, PretrainConfig
+
+    s1 = "sources/ssl4eo_s1.yaml"
+    assert PretrainConfig.from_params({"sources": s1, "bands": "VV,VH"}).band_list == ("VV", "VH")
+    with pytest.raises(ParameterError, match=r"parameter 'bands'.*ssl4eo_s1\.yaml.*'VV', 'VH'"):
+        PretrainConfig.from_params({"sources": s1})  # the default bands are Sentinel-2's
+    with pytest.raises(ParameterError, match="parameter 'bands'"):
+        PretrainConfig.from_params({"sources": f"hydro,{s1}", "bands": "VV"})  # hydro has no VV

@@ -762,3 +762,17 @@ def source_globs(ref: str) -> tuple[str, ...]:
         elif p.kind == "xarray":
             out.append(str(p.get("path")))
     return tuple(out)
+
+
+def source_bands(ref: str) -> tuple[str, ...]:
+    """The bands a source can provide, by name: the file's band order where the source declares one,
+    else its card's bands; for a source of several products, the bands every product has."""
+    spec = load_source(ref)
+    per_product = []
+    for p in spec.products:
+        how = p.get("bands")
+        order = how.get("order") if isinstance(how, dict) else None
+        names = [p.card.canonical(str(b)) for b in order] if isinstance(order, list) and order else list(p.card.band_names)
+        per_product.append(names)
+    first = per_product[0] if per_product else []
+    return tuple(b for b in first if all(b in names for names in per_product[1:]))

@@ -27,8 +27,14 @@ Every task's docstring says how its samples, its blocked split and its documente
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
+import inspect
 import json
+import logging
+import os
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +60,8 @@ from .timeseries import (
     eopatch_grid,
     load_npy,
 )
+
+log = logging.getLogger(__name__)
 
 KINDS = ("classification", "multilabel", "regression", "segmentation")
 SAMPLE_KEYS = ("image", "target", "id", "lonlat", "group", "time", "doy", "is_test", "pixel")
@@ -93,21 +101,103 @@ class Task:
         return "+".join(dict.fromkeys(units))
 
     def load(self, root: str | Path | None = None) -> dict:
+        """The loader's batch, checked against the declaration and normalised (``normalise_batch``:
+        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit)."""
         batch = self.loader(data_root(root))
         _check_batch(self, batch)
-        return batch
+        return normalise_batch(self, batch)
 
-    def fingerprint(self, root: str | Path | None = None) -> str:
-        """Hash of the task definition and of its input files (path, size, mtime): a changed input
-        gives a new key, so embeddings cached for the old one are not reused."""
+    def fingerprint(self, root: str | Path | None = None, batch: Callable[[], dict] | None = None) -> str:
+        """Hash of the task definition and of its content: a changed input or label set gives a new
+        key, so embeddings and results cached for the old one are never reused.
+
+        A task that declares the ``files`` its loader reads, with a loader whose identity can be
+        hashed (a module-level function: its module's source; a ``functools.partial`` of one: also
+        its arguments), is keyed by those files (content of files under ``HASH_CONTENT_BYTES``, size
+        and modification time of larger ones) - cheap, no image is read. Any other task (a lambda, a
+        closure, no ``files``) is keyed by the loaded batch itself: images, targets, ids,
+        coordinates, groups and split (``batch``: a function returning it, so a caller that needs the
+        batch anyway loads it once)."""
         root = data_root(root)
-        h = hashlib.sha1(json.dumps([TASK_VERSION, _LOADER_CODE, self.name, self.kind, self.bands, self.num_dates]).encode())
-        for pattern in self.files:
-            for f in sorted(root.glob(pattern)):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+        h = hashlib.sha1(json.dumps([TASK_VERSION, _LOADER_CODE, self.name, self.kind, self.bands, self.units,
+                                     self.modality, self.num_dates, self.size, self.gsd_m, self.dated]).encode())
+        identity = loader_identity(self.loader)
+        if self.files and identity is not None:
+            h.update(identity.encode())
+            h.update(files_digest(self.files, root, self.name).encode())
+        else:
+            h.update(batch_digest(batch() if batch is not None else self.load(root)).encode())
         return h.hexdigest()[:16]
+
+
+HASH_CONTENT_BYTES = 8 << 20
+"""Input files up to this size are keyed by their content, larger ones by size and modification time."""
+
+
+def resolve_files(patterns: tuple[str, ...], root: Path, task: str) -> list[Path]:
+    """Every file the ``patterns`` match: relative globs under ``root``, absolute ones as they are
+    (``**`` recurses). A pattern that matches no file is an error naming it."""
+    out = []
+    for pattern in patterns:
+        full = os.path.join(str(root), os.path.expanduser(pattern))  # an absolute pattern stays absolute
+        matches = sorted(Path(f) for f in glob.glob(full, recursive=True) if os.path.isfile(f))
+        if not matches:
+            raise FileNotFoundError(f"task {task}: files pattern {pattern!r} matches no file (looked for {full})")
+        out += matches
+    return out
+
+
+def files_digest(patterns: tuple[str, ...], root: Path, task: str) -> str:
+    h = hashlib.sha1()
+    for f in resolve_files(patterns, root, task):
+        st = f.stat()
+        h.update(f"{f}:{st.st_size}".encode())
+        if st.st_size <= HASH_CONTENT_BYTES:
+            h.update(hashlib.sha1(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def loader_identity(loader) -> str | None:
+    """A hash of what a loader is, or None when it cannot be told from its code (a lambda or a
+    closure may capture data: such a task is keyed by its loaded content instead)."""
+    if isinstance(loader, functools.partial):
+        inner = loader_identity(loader.func)
+        if inner is None:
+            return None
+        try:
+            args = pickle.dumps((loader.args, sorted(loader.keywords.items())))
+        except Exception:  # unpicklable arguments: say nothing rather than guess
+            return None
+        return hashlib.sha1(inner.encode() + args).hexdigest()
+    code = getattr(loader, "__code__", None)
+    module = inspect.getmodule(loader)
+    if code is None or code.co_freevars or module is None or getattr(loader, "__name__", "") == "<lambda>":
+        return None
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha1(f"{module.__name__}.{loader.__qualname__}\n{source}".encode()).hexdigest()
+
+
+def batch_digest(batch: dict) -> str:
+    """Hash of a loaded batch: every per-sample array, the bands and the class names."""
+    h = hashlib.sha1()
+    for key in (*SAMPLE_KEYS, "bands", "classes", "valid"):
+        value = batch.get(key)
+        h.update(key.encode())
+        if value is None:
+            continue
+        if torch.is_tensor(value):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            h.update(str((value.dtype, value.shape)).encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            h.update(json.dumps([str(v) for v in value]).encode())
+    return h.hexdigest()
 
 
 def _check_batch(task: Task, batch: dict) -> None:
@@ -120,14 +210,84 @@ def _check_batch(task: Task, batch: dict) -> None:
         raise ValueError(f"task {task.name}: loader bands {batch['bands']} differ from the declared {task.bands}")
     n = len(batch["target"])
     for key in ("id", "lonlat", "group"):
-        if len(batch[key]) != n:
+        if batch.get(key) is not None and len(batch[key]) != n:
             raise ValueError(f"task {task.name}: {key} has {len(batch[key])} entries for {n} samples")
-    values = image.numpy() if torch.is_tensor(image) else np.asarray(image)
-    bad = ~np.isfinite(values)
-    if bad.any():  # sklearn would fail after the embedding with "Input X contains NaN." and no file named
-        sample, _, band = (int(i[0]) for i in np.nonzero(bad.any(axis=(3, 4))))
-        raise ValueError(f"task {task.name}: {int(bad.sum())} NaN or infinite input values, e.g. in sample "
-                         f"{batch['id'][sample]} band {task.bands[band]}; fix or remove that file")
+    if task.kind != "segmentation" and image.shape[0] != n:
+        raise ValueError(f"task {task.name}: {image.shape[0]} images for {n} targets")
+    target = np.asarray(batch["target"])
+    if target.dtype.kind == "f" and not np.isfinite(target).all():
+        raise ValueError(f"task {task.name}: {int((~np.isfinite(target)).sum())} missing (NaN) targets; "
+                         "drop those samples in the loader or the task file")
+
+
+def normalise_batch(task: Task, batch: dict) -> dict:
+    """The conditions a benchmark must survive, made explicit and recorded in ``notes``:
+
+    - labels that are not 0..K-1 (any values, or class names with classes absent) are mapped to
+      contiguous classes named by ``classes`` (or by the values themselves);
+    - NaN or infinite input values (no data) are filled with the band's mean over the task and
+      counted (a band with no finite value at all is an error naming it);
+    - missing coordinates become NaN (leakage and coordinate blocks do not apply), missing groups -1.
+    """
+    batch = dict(batch)
+    notes = list(batch.get("notes") or ())
+    n = len(batch["target"])
+    if batch.get("lonlat") is None:
+        batch["lonlat"] = np.full((n, 2), np.nan)
+    batch["lonlat"] = np.asarray(batch["lonlat"], dtype=np.float64).reshape(n, 2)
+    if batch.get("group") is None:
+        batch["group"] = np.full(n, -1, dtype=np.int64)
+    batch["group"] = np.asarray(batch["group"], dtype=np.int64)
+    missing = int((~np.isfinite(batch["lonlat"]).all(1)).sum())
+    if missing:
+        notes.append(f"{missing} of {n} samples without coordinates")
+    if task.kind in ("classification", "segmentation"):
+        batch["target"], batch["classes"], note = contiguous_labels(batch["target"], batch.get("classes"))
+        if note:
+            notes.append(note)
+    image = batch["image"]
+    values = image if torch.is_tensor(image) else torch.as_tensor(np.asarray(image))
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        values = values.clone()
+        for c, band in enumerate(task.bands):
+            channel = values[:, :, c]  # (N, T, H, W)
+            ok = torch.isfinite(channel)
+            if not ok.any():
+                raise ValueError(f"task {task.name}: band {band} has no finite value (all no-data)")
+            channel[~ok] = channel[ok].mean()
+        count = int(bad.sum())
+        notes.append(f"{count} no-data input values ({count / bad.numel():.1%}) filled with the band mean")
+        log.warning("task %s: %s", task.name, notes[-1])
+        batch["image"] = values
+    batch["notes"] = tuple(notes)
+    return batch
+
+
+def contiguous_labels(target, classes=None) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """Class labels as 0..K-1 and their K names, and a note when they were remapped.
+
+    ``target`` may hold any values (integers, strings); integer values that index ``classes`` take
+    their names from it, other values name themselves. Classes without samples are dropped."""
+    target = np.asarray(target)
+    values, index = np.unique(target, return_inverse=True)
+    classes = tuple(classes) if classes is not None else None
+    if target.dtype.kind in "iu" and classes is not None and values.min() >= 0 and values.max() < len(classes):
+        names = tuple(str(classes[int(v)]) for v in values)
+    else:
+        names = tuple(str(v) for v in values)
+    if target.dtype.kind in "iu" and np.array_equal(values, np.arange(len(values))) and \
+            (classes is None or len(classes) == len(values)):
+        return target.astype(np.int64), classes or names, ""
+    dropped = [] if classes is None else [c for c in classes if c not in names]
+    note = f"labels {_short([str(v) for v in values])} mapped to classes 0..{len(values) - 1}"
+    if dropped:
+        note += f"; classes without samples dropped: {_short(dropped)}"
+    return index.reshape(target.shape).astype(np.int64), names, note
+
+
+def _short(items: list[str], k: int = 6) -> str:
+    return "[" + ", ".join(items[:k]) + (f", ... ({len(items)} in all)" if len(items) > k else "") + "]"
 
 
 def _batch(task_bands, units, modality, image, target, ids, lonlat, group, **extra) -> dict:
@@ -316,7 +476,8 @@ def _presto_arrays(root: Path, task: str) -> dict[str, np.ndarray]:
 
 def _presto_batch(root: Path, task: str, target: np.ndarray, arrays: dict, **extra) -> dict:
     x = arrays["s1_s2_era5_srtm"].astype(np.float32)  # (N, T, 18)
-    x[..., _PRESTO_S2] *= REFLECTANCE_SCALE  # Earth Engine S2 digital numbers -> reflectance
+    # Earth Engine S2 digital numbers -> reflectance, divided (exact in float32, as a task file's scale)
+    x[..., _PRESTO_S2] /= np.float32(round(1 / REFLECTANCE_SCALE))
     lonlat = arrays["latlon"][:, ::-1].astype(np.float64)  # presto stores (lat, lon)
     # Presto's month index (0 = January) of every step; the year is not stored, so the day of year
     # of a step is taken as the 15th of its month (an approximation a temporal encoder can use).
@@ -438,9 +599,64 @@ TASKS: dict[str, Task] = _tasks()
 """Every benchmark task by name."""
 
 
-def get_task(name: str | Task) -> Task:
+REGISTERED: dict[str, Task] = {}
+"""Tasks added with ``register_task`` (beside the built-in ``TASKS``)."""
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+class UnknownTaskError(ValueError):
+    """A task name that is neither built in, registered, nor a task file."""
+
+
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Make ``task`` available by name to ``evaluate``, the command line and the notebooks of this
+    process (``get_task(task.name)``). A built-in name cannot be taken; re-registering a name needs
+    ``replace=True`` (so two different tasks never share a name, and so a cache key)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task takes a Task, got {type(task).__name__}")
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is built in; give your task another name")
+    if task.name in REGISTERED and not replace and REGISTERED[task.name] is not task:
+        raise ValueError(f"task {task.name!r} is already registered; pass replace=True to replace it")
+    REGISTERED[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    REGISTERED.pop(name, None)
+
+
+def task_names() -> list[str]:
+    """Every task that can be named: built in, then registered."""
+    return [*TASKS, *REGISTERED]
+
+
+def is_task_file(name: str) -> bool:
+    return str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
+
+def get_task(name: str | Path | Task) -> Task:
+    """A task by name (built in or registered), a task file (``.yaml``: ``eolab.data.taskfile``),
+    or a ``Task`` as it is. An unknown name raises ``UnknownTaskError`` listing the valid ones."""
     if isinstance(name, Task):
         return name
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
-    return TASKS[name]
+    text = str(name).strip()
+    if is_task_file(text):
+        from .taskfile import load_task_file  # the task-file reader builds on this module
+
+        return load_task_file(text)
+    if text in TASKS:
+        return TASKS[text]
+    if text in REGISTERED:
+        return REGISTERED[text]
+    raise UnknownTaskError(f"unknown task {text!r}; choose from {task_names()} or give a task file (*.yaml)")
+
+
+def check_task_names(names) -> None:
+    """Raise ``UnknownTaskError`` for the first name that is no task (task files must exist)."""
+    for name in names:
+        if is_task_file(str(name)):
+            if not Path(str(name).strip()).expanduser().is_file():
+                raise UnknownTaskError(f"task file {str(name).strip()!r} does not exist")
+        else:
+            get_task(name)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 TEXT_COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "ci_method",
-                "not_applicable")
+                "not_applicable", "note")
 SPLIT_ORDER = ("random", "blocked", "official")
 
 
@@ -21,6 +21,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """A ``benchmark.csv`` as ``evaluate`` returned it (empty text cells stay empty strings)."""
     table = pd.read_csv(path)
     for col in TEXT_COLUMNS:
+        if col not in table:  # a table written before the column existed
+            table[col] = ""
         table[col] = table[col].fillna("").astype(str)
     return table
 
@@ -39,9 +41,13 @@ def headline(table: pd.DataFrame, protocol: str = "linear") -> pd.DataFrame:
     """One row per task and encoder: the task's headline metric under ``protocol`` for every split as
     'value [low, high]', and why an encoder could not be run where it could not."""
     rows = table[table["protocol"] == protocol]
+    index = ["task", "encoder", "pool", "block"]
+    if rows.empty:  # e.g. a diagnostics-only table: no headline to show, an empty frame of the usual shape
+        columns = ["metric", *SPLIT_ORDER, "not_applicable"]
+        return pd.DataFrame(columns=columns, index=pd.MultiIndex.from_tuples([], names=index))
     metric = _first_metric(rows)
     out = {}
-    for key, part in rows.groupby(["task", "encoder", "pool", "block"], sort=False):
+    for key, part in rows.groupby(index, sort=False):
         line = {"metric": metric.get(key[0], "")}
         for split in SPLIT_ORDER:
             hit = part[(part["split"] == split) & (part["metric"] == line["metric"])]
@@ -49,7 +55,7 @@ def headline(table: pd.DataFrame, protocol: str = "linear") -> pd.DataFrame:
         reasons = part.loc[(part["not_applicable"] != "") & (part["split"] == ""), "not_applicable"]
         line["not_applicable"] = reasons.iloc[0] if len(reasons) else ""
         out[key] = line
-    return pd.DataFrame.from_dict(out, orient="index").rename_axis(["task", "encoder", "pool", "block"])
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis(index)
 
 
 def spatial_gap(table: pd.DataFrame, task: str = "eurosat", protocol: str = "linear") -> pd.DataFrame:
@@ -205,10 +211,11 @@ def plot_robustness(table: pd.DataFrame):
                         "test inputs", "linear probe with bands missing at test time (95% intervals)")
 
 
-def tasks_overview() -> pd.DataFrame:
-    """What every task declares: kind, inputs (bands, steps, size), and its splits."""
-    from eolab.data.downstream import TASKS
+def tasks_overview(tasks=None) -> pd.DataFrame:
+    """What every task declares (``tasks``: names, task files or ``Task``s; default every built-in and
+    registered one): kind, inputs (bands, steps, size), and its splits."""
+    from eolab.data.downstream import get_task, task_names
 
     return pd.DataFrame([{"task": t.name, "kind": t.kind, "bands": ",".join(t.bands), "modalities": ",".join(dict.fromkeys(t.modality)),
                           "steps": t.num_dates, "dated": t.dated, "size_px": t.size, "gsd_m": t.gsd_m,
-                          "splits": t.split, "smoke": t.smoke} for t in TASKS.values()]).set_index("task")
+                          "splits": t.split, "smoke": t.smoke} for t in map(get_task, tasks or task_names())]).set_index("task")

@@ -27,17 +27,7 @@ Every task's docstring says how its samples, its blocked split and its documente
 
 from __future__ import annotations
 
-import functools
-import glob
-import hashlib
-import inspect
-import json
-import logging
-import os
-import pickle
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -48,9 +38,22 @@ from rasterio.warp import transform as warp_transform
 from . import eurosat
 from .bands import S2_L1C, S2_L2A
 from .pairs import bigearthnet_metadata, read_bigearthnet_s2
-from .paths import data_root
 from .raster import centre_lonlat
 from .splits import spatial_blocks
+from .taskdef import (  # noqa: F401 - the task contract, re-exported where the tasks are
+    KINDS,
+    SAMPLE_KEYS,
+    TASK_VERSION,
+    Task,
+    batch_digest,
+    contiguous_labels,
+    files_digest,
+    loader_identity,
+    make_batch,
+    normalise_batch,
+    resolve_files,
+)
+from .taskfile import load_task_file
 from .timeseries import (
     NDVI_FILL,
     REFLECTANCE_SCALE,
@@ -60,241 +63,6 @@ from .timeseries import (
     eopatch_grid,
     load_npy,
 )
-
-log = logging.getLogger(__name__)
-
-KINDS = ("classification", "multilabel", "regression", "segmentation")
-SAMPLE_KEYS = ("image", "target", "id", "lonlat", "group", "time", "doy", "is_test", "pixel")
-"""Batch entries with one item per sample (``image``: except for segmentation, whose samples are pixels)."""
-TASK_VERSION = 1  # bump when a loader changes what it returns, so cached embeddings are not reused
-_LOADER_CODE = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]  # and an edited loader, too
-
-
-@dataclass(frozen=True)
-class Task:
-    """A labelled benchmark task and the inputs it provides (see the module docstring)."""
-
-    name: str
-    kind: str
-    bands: tuple[str, ...]
-    units: tuple[str, ...]  # one per band
-    modality: tuple[str, ...]  # one per band: "s2", "s1", "era5", "srtm", "index"
-    num_dates: int  # time steps per sample
-    size: int  # pixels per side of a sample (1: a pixel time series); segmentation: of its scene
-    gsd_m: float  # ground sampling distance of a pixel, metres
-    dated: bool  # the time steps carry days of year (what a temporal encoder needs)
-    loader: Callable[[Path], dict] = field(repr=False, compare=False)
-    files: tuple[str, ...] = ()  # globs under the data root that the task reads (for the cache key)
-    split: str = ""  # the blocked and the documented split, in words
-    smoke: bool = False  # too few samples for a figure: a check that the path runs
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if not len(self.bands) == len(self.units) == len(self.modality):
-            raise ValueError(f"task {self.name}: bands, units and modality must have one entry per band")
-
-    def unit_of(self, bands) -> str:
-        """The unit string of ``bands`` as eolab writes it: units in order of first appearance,
-        joined by '+' ("reflectance", "reflectance+dB")."""
-        units = [self.units[self.bands.index(b)] for b in bands]
-        return "+".join(dict.fromkeys(units))
-
-    def load(self, root: str | Path | None = None) -> dict:
-        """The loader's batch, checked against the declaration and normalised (``normalise_batch``:
-        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit)."""
-        batch = self.loader(data_root(root))
-        _check_batch(self, batch)
-        return normalise_batch(self, batch)
-
-    def fingerprint(self, root: str | Path | None = None, batch: Callable[[], dict] | None = None) -> str:
-        """Hash of the task definition and of its content: a changed input or label set gives a new
-        key, so embeddings and results cached for the old one are never reused.
-
-        A task that declares the ``files`` its loader reads, with a loader whose identity can be
-        hashed (a module-level function: its module's source; a ``functools.partial`` of one: also
-        its arguments), is keyed by those files (content of files under ``HASH_CONTENT_BYTES``, size
-        and modification time of larger ones) - cheap, no image is read. Any other task (a lambda, a
-        closure, no ``files``) is keyed by the loaded batch itself: images, targets, ids,
-        coordinates, groups and split (``batch``: a function returning it, so a caller that needs the
-        batch anyway loads it once)."""
-        root = data_root(root)
-        h = hashlib.sha1(json.dumps([TASK_VERSION, _LOADER_CODE, self.name, self.kind, self.bands, self.units,
-                                     self.modality, self.num_dates, self.size, self.gsd_m, self.dated]).encode())
-        identity = loader_identity(self.loader)
-        if self.files and identity is not None:
-            h.update(identity.encode())
-            h.update(files_digest(self.files, root, self.name).encode())
-        else:
-            h.update(batch_digest(batch() if batch is not None else self.load(root)).encode())
-        return h.hexdigest()[:16]
-
-
-HASH_CONTENT_BYTES = 8 << 20
-"""Input files up to this size are keyed by their content, larger ones by size and modification time."""
-
-
-def resolve_files(patterns: tuple[str, ...], root: Path, task: str) -> list[Path]:
-    """Every file the ``patterns`` match: relative globs under ``root``, absolute ones as they are
-    (``**`` recurses). A pattern that matches no file is an error naming it."""
-    out = []
-    for pattern in patterns:
-        full = os.path.join(str(root), os.path.expanduser(pattern))  # an absolute pattern stays absolute
-        matches = sorted(Path(f) for f in glob.glob(full, recursive=True) if os.path.isfile(f))
-        if not matches:
-            raise FileNotFoundError(f"task {task}: files pattern {pattern!r} matches no file (looked for {full})")
-        out += matches
-    return out
-
-
-def files_digest(patterns: tuple[str, ...], root: Path, task: str) -> str:
-    h = hashlib.sha1()
-    for f in resolve_files(patterns, root, task):
-        st = f.stat()
-        h.update(f"{f}:{st.st_size}".encode())
-        if st.st_size <= HASH_CONTENT_BYTES:
-            h.update(hashlib.sha1(f.read_bytes()).digest())
-        else:
-            h.update(str(st.st_mtime_ns).encode())
-    return h.hexdigest()
-
-
-def loader_identity(loader) -> str | None:
-    """A hash of what a loader is, or None when it cannot be told from its code (a lambda or a
-    closure may capture data: such a task is keyed by its loaded content instead)."""
-    if isinstance(loader, functools.partial):
-        inner = loader_identity(loader.func)
-        if inner is None:
-            return None
-        try:
-            args = pickle.dumps((loader.args, sorted(loader.keywords.items())))
-        except Exception:  # unpicklable arguments: say nothing rather than guess
-            return None
-        return hashlib.sha1(inner.encode() + args).hexdigest()
-    code = getattr(loader, "__code__", None)
-    module = inspect.getmodule(loader)
-    if code is None or code.co_freevars or module is None or getattr(loader, "__name__", "") == "<lambda>":
-        return None
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha1(f"{module.__name__}.{loader.__qualname__}\n{source}".encode()).hexdigest()
-
-
-def batch_digest(batch: dict) -> str:
-    """Hash of a loaded batch: every per-sample array, the bands and the class names."""
-    h = hashlib.sha1()
-    for key in (*SAMPLE_KEYS, "bands", "classes", "valid"):
-        value = batch.get(key)
-        h.update(key.encode())
-        if value is None:
-            continue
-        if torch.is_tensor(value):
-            value = value.detach().cpu().numpy()
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            h.update(str((value.dtype, value.shape)).encode())
-            h.update(np.ascontiguousarray(value).tobytes())
-        else:
-            h.update(json.dumps([str(v) for v in value]).encode())
-    return h.hexdigest()
-
-
-def _check_batch(task: Task, batch: dict) -> None:
-    """The loader returned what the task declares (shape, bands, one entry per sample)."""
-    image = batch["image"]
-    if image.ndim != 5 or image.shape[1] != task.num_dates or image.shape[2] != len(task.bands):
-        raise ValueError(f"task {task.name}: image {tuple(image.shape)} disagrees with its declaration "
-                         f"(N, {task.num_dates}, {len(task.bands)}, H, W)")
-    if tuple(batch["bands"]) != task.bands:
-        raise ValueError(f"task {task.name}: loader bands {batch['bands']} differ from the declared {task.bands}")
-    n = len(batch["target"])
-    for key in ("id", "lonlat", "group"):
-        if batch.get(key) is not None and len(batch[key]) != n:
-            raise ValueError(f"task {task.name}: {key} has {len(batch[key])} entries for {n} samples")
-    if task.kind != "segmentation" and image.shape[0] != n:
-        raise ValueError(f"task {task.name}: {image.shape[0]} images for {n} targets")
-    target = np.asarray(batch["target"])
-    if target.dtype.kind == "f" and not np.isfinite(target).all():
-        raise ValueError(f"task {task.name}: {int((~np.isfinite(target)).sum())} missing (NaN) targets; "
-                         "drop those samples in the loader or the task file")
-
-
-def normalise_batch(task: Task, batch: dict) -> dict:
-    """The conditions a benchmark must survive, made explicit and recorded in ``notes``:
-
-    - labels that are not 0..K-1 (any values, or class names with classes absent) are mapped to
-      contiguous classes named by ``classes`` (or by the values themselves);
-    - NaN or infinite input values (no data) are filled with the band's mean over the task and
-      counted (a band with no finite value at all is an error naming it);
-    - missing coordinates become NaN (leakage and coordinate blocks do not apply), missing groups -1.
-    """
-    batch = dict(batch)
-    notes = list(batch.get("notes") or ())
-    n = len(batch["target"])
-    if batch.get("lonlat") is None:
-        batch["lonlat"] = np.full((n, 2), np.nan)
-    batch["lonlat"] = np.asarray(batch["lonlat"], dtype=np.float64).reshape(n, 2)
-    if batch.get("group") is None:
-        batch["group"] = np.full(n, -1, dtype=np.int64)
-    batch["group"] = np.asarray(batch["group"], dtype=np.int64)
-    missing = int((~np.isfinite(batch["lonlat"]).all(1)).sum())
-    if missing:
-        notes.append(f"{missing} of {n} samples without coordinates")
-    if task.kind in ("classification", "segmentation"):
-        batch["target"], batch["classes"], note = contiguous_labels(batch["target"], batch.get("classes"))
-        if note:
-            notes.append(note)
-    image = batch["image"]
-    values = image if torch.is_tensor(image) else torch.as_tensor(np.asarray(image))
-    bad = ~torch.isfinite(values)
-    if bad.any():
-        values = values.clone()
-        for c, band in enumerate(task.bands):
-            channel = values[:, :, c]  # (N, T, H, W)
-            ok = torch.isfinite(channel)
-            if not ok.any():
-                raise ValueError(f"task {task.name}: band {band} has no finite value (all no-data)")
-            channel[~ok] = channel[ok].mean()
-        count = int(bad.sum())
-        notes.append(f"{count} no-data input values ({count / bad.numel():.1%}) filled with the band mean")
-        log.warning("task %s: %s", task.name, notes[-1])
-        batch["image"] = values
-    batch["notes"] = tuple(notes)
-    return batch
-
-
-def contiguous_labels(target, classes=None) -> tuple[np.ndarray, tuple[str, ...], str]:
-    """Class labels as 0..K-1 and their K names, and a note when they were remapped.
-
-    ``target`` may hold any values (integers, strings); integer values that index ``classes`` take
-    their names from it, other values name themselves. Classes without samples are dropped."""
-    target = np.asarray(target)
-    values, index = np.unique(target, return_inverse=True)
-    classes = tuple(classes) if classes is not None else None
-    if target.dtype.kind in "iu" and classes is not None and values.min() >= 0 and values.max() < len(classes):
-        names = tuple(str(classes[int(v)]) for v in values)
-    else:
-        names = tuple(str(v) for v in values)
-    if target.dtype.kind in "iu" and np.array_equal(values, np.arange(len(values))) and \
-            (classes is None or len(classes) == len(values)):
-        return target.astype(np.int64), classes or names, ""
-    dropped = [] if classes is None else [c for c in classes if c not in names]
-    note = f"labels {_short([str(v) for v in values])} mapped to classes 0..{len(values) - 1}"
-    if dropped:
-        note += f"; classes without samples dropped: {_short(dropped)}"
-    return index.reshape(target.shape).astype(np.int64), names, note
-
-
-def _short(items: list[str], k: int = 6) -> str:
-    return "[" + ", ".join(items[:k]) + (f", ... ({len(items)} in all)" if len(items) > k else "") + "]"
-
-
-def _batch(task_bands, units, modality, image, target, ids, lonlat, group, **extra) -> dict:
-    return {"image": image, "bands": tuple(task_bands), "units": tuple(units), "modality": tuple(modality),
-            "target": np.asarray(target), "id": list(ids), "lonlat": np.asarray(lonlat, dtype=np.float64),
-            "group": np.asarray(group, dtype=np.int64), "time": None, "doy": None, "is_test": None, **extra}
-
 
 # ----------------------------------------------------------------------------------------------
 # EuroSAT-MS
@@ -310,7 +78,7 @@ def load_eurosat(root: Path) -> dict:
     d = eurosat.load(root)
     n = len(d["label"])
     lonlat = d["lonlat"].double().numpy()
-    return _batch(d["bands"], ("reflectance",) * len(d["bands"]), ("s2",) * len(d["bands"]),
+    return make_batch(d["bands"], ("reflectance",) * len(d["bands"]), ("s2",) * len(d["bands"]),
                   d["image"][:, None], d["label"].numpy(), d["id"], lonlat, spatial_blocks(lonlat, 2.0),
                   is_test=np.array([s == "test" for s in d["split"]]), classes=d["classes"], n=n)
 
@@ -349,7 +117,7 @@ def load_bigearthnet(root: Path) -> dict:
     multi_hot = np.array([[name in ls for name in names] for ls in labels], dtype=np.int64)  # (N, L)
     usable = (multi_hot.sum(0) >= 2) & ((1 - multi_hot).sum(0) >= 2)
     _, group = np.unique(products, return_inverse=True)
-    return _batch(S2_L2A, ("reflectance",) * len(S2_L2A), ("s2",) * len(S2_L2A),
+    return make_batch(S2_L2A, ("reflectance",) * len(S2_L2A), ("s2",) * len(S2_L2A),
                   torch.stack(images)[:, None], multi_hot[:, usable],
                   [str(f.relative_to(root)) for f in folders], lonlat, group,
                   time=times, doy=np.array([[day_of_year(t)] for t in times]),
@@ -416,7 +184,7 @@ def load_slovenia_landcover(root: Path) -> dict:
         raise ValueError(f"{path}: shape {scenes.shape}, expected (T, H, W, {len(S2_L1C)})")
     labels = _slovenia_labels(root, *scenes.shape[1:3])
     image = torch.from_numpy(np.ascontiguousarray(scenes.transpose(0, 3, 1, 2)))[None]  # (T,H,W,C) -> (1,T,C,H,W)
-    return _batch(S2_L1C, ("reflectance",) * len(S2_L1C), ("s2",) * len(S2_L1C), image, labels.pop("target"),
+    return make_batch(S2_L1C, ("reflectance",) * len(S2_L1C), ("s2",) * len(S2_L1C), image, labels.pop("target"),
                   labels.pop("id"), labels.pop("lonlat"), labels.pop("group"), **labels)
 
 
@@ -441,7 +209,7 @@ def load_slovenia_ndvi_landcover(root: Path) -> dict:
     labels = _slovenia_labels(root, height, width)
     image = torch.from_numpy(values)[None, :, None]  # (T, H, W) -> (1, T, 1, H, W)
     doy = np.array([[day_of_year(d) for d in dates]] * len(labels["target"]))  # every pixel sees every date
-    return _batch(("NDVI",), ("index",), ("index",), image, labels.pop("target"), labels.pop("id"),
+    return make_batch(("NDVI",), ("index",), ("index",), image, labels.pop("target"), labels.pop("id"),
                   labels.pop("lonlat"), labels.pop("group"), doy=doy, dates=dates, valid=valid[None],
                   date_clear=valid.mean((1, 2)), **labels)
 
@@ -483,7 +251,7 @@ def _presto_batch(root: Path, task: str, target: np.ndarray, arrays: dict, **ext
     # of a step is taken as the 15th of its month (an approximation a temporal encoder can use).
     doy = np.array([[date(2021, m + 1, 15).timetuple().tm_yday for m in row] for row in arrays["month"]])
     ids = extra.pop("ids", [f"presto/{task}/{i}" for i in range(len(x))])
-    return _batch(PRESTO_BANDS, PRESTO_UNITS, PRESTO_MODALITY, torch.from_numpy(x)[..., None, None], target,
+    return make_batch(PRESTO_BANDS, PRESTO_UNITS, PRESTO_MODALITY, torch.from_numpy(x)[..., None, None], target,
                   ids, lonlat, spatial_blocks(lonlat, PRESTO_BLOCK_DEG), doy=doy,
                   is_test=arrays["is_test"].astype(bool), **extra)  # image (N, T, C) -> (N, T, C, 1, 1)
 
@@ -556,7 +324,7 @@ def load_era5_next_day(root: Path) -> dict:
     n_days = cube.shape[0] - 1
     day_index = np.repeat(np.arange(n_days), len(lat0) * len(lon0))
     image = torch.from_numpy(np.stack(images))[:, :, None]  # (N, 24, 8, 8) -> (N, 24, 1, 8, 8)
-    return _batch(("t2m",), ("K",), ("era5",), image, np.asarray(target), ids, lonlat, group, time=times,
+    return make_batch(("t2m",), ("K",), ("era5",), image, np.asarray(target), ids, lonlat, group, time=times,
                   is_test=day_index >= n_days - ERA5_TEST_DAYS)
 
 
@@ -642,8 +410,6 @@ def get_task(name: str | Path | Task) -> Task:
         return name
     text = str(name).strip()
     if is_task_file(text):
-        from .taskfile import load_task_file  # the task-file reader builds on this module
-
         return load_task_file(text)
     if text in TASKS:
         return TASKS[text]

@@ -426,7 +426,7 @@ class Footprints:
     def __init__(self, enc: BenchEncoder, pretraining):
         self.enc, self.pretraining = enc, pretraining
         self.record = None
-        if pretraining == "auto" and getattr(enc, "checkpoint", ""):
+        if isinstance(pretraining, str) and pretraining == "auto" and getattr(enc, "checkpoint", ""):
             self.record = Path(enc.checkpoint).parent / "record.json"
 
     @cached_property

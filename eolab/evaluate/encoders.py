@@ -382,7 +382,8 @@ class BandStats(BenchEncoder):
         return hashlib.sha1(json.dumps(["band_stats-v1", self.restrict]).encode()).hexdigest()
 
     def plan(self, task: Task) -> Plan:
-        bands = tuple(b for b in task.bands if self.restrict is None or b in self.restrict)
+        # In the encoder's band order where restricted (the same features whatever order a task stores them in)
+        bands = tuple(b for b in (self.restrict or task.bands) if b in task.bands)
         note = f"the encoder's {len(bands)} bands" if bands and self.restrict else f"all {len(task.bands)} task bands"
         return Plan(bands or task.bands, "", "mean", "as_is", note)
 

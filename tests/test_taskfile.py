@@ -1,0 +1,289 @@
+"""Tasks for the embedding benchmark from anyone's data: task files, the registry, content-keyed
+caches, and the data conditions that must become rows with a reason instead of an aborted call."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from eolab.cli.benchmark import main
+from eolab.config import PretrainConfig
+from eolab.data.downstream import TASKS, Task, UnknownTaskError, get_task, register_task, unregister_task
+from eolab.data.taskfile import TaskFileError, load_task_file
+from eolab.evaluate.battery import Settings, evaluate
+from eolab.evaluate.encoders import FunctionEncoder
+from eolab.reports.benchmark import headline
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+BANDS = ("B02", "B03", "B04", "B08")
+UNITS, MODALITY = ("reflectance",) * 4, ("s2",) * 4
+FAST = Settings(folds=3, repeats=1, shots=(1,), draws=2, subsamples=3)
+
+
+def _means(x: torch.Tensor) -> torch.Tensor:
+    """Per-band spatial mean and std of (B, C, H, W) images: a small, fast, deterministic encoder."""
+    return torch.cat([x.flatten(2).mean(-1), x.flatten(2).std(-1, correction=0)], 1)
+
+
+MEANS = FunctionEncoder(_means, bands=BANDS, unit="reflectance", name="means")
+
+
+def toy_batch(n=48, classes=3, seed=0, shuffle=False, labels=None, lonlat=True, nan=0):
+    """n 8 x 8 px images whose brightness depends on the class; 12 places of 4 samples."""
+    rng = np.random.default_rng(seed)
+    target = np.arange(n) % classes
+    image = rng.normal(0.1, 0.02, (n, 1, 4, 8, 8)).astype(np.float32) + target[:, None, None, None, None] * 0.05
+    if nan:
+        image.reshape(-1)[rng.choice(image.size, nan, replace=False)] = np.nan
+    if shuffle:
+        target = rng.permutation(target)
+    place = np.arange(n) // 4
+    return {"image": torch.from_numpy(image), "bands": BANDS, "units": UNITS, "modality": MODALITY,
+            "target": target if labels is None else np.asarray(labels)[target], "id": [f"toy/{i}" for i in range(n)],
+            "lonlat": np.c_[place % 4 * 3.0, place // 4 * 3.0] if lonlat else None,
+            "group": place if lonlat else None, "time": None, "doy": None, "is_test": None}
+
+
+def toy(name="toy", **kwargs) -> Task:
+    return Task(name, "classification", BANDS, UNITS, MODALITY, num_dates=1, size=8, gsd_m=10.0, dated=False,
+                loader=lambda root: toy_batch(**kwargs))
+
+
+def run(tasks, tmp_path, protocols=("linear",), **kwargs):
+    kwargs = {"baselines": (), "settings": FAST, "pretraining": None, "cache_dir": tmp_path / "cache", **kwargs}
+    return evaluate(MEANS, tasks=tasks, protocols=protocols, **kwargs)
+
+
+def accuracy(table, task="toy", split="random"):
+    rows = table[(table["task"] == task) & (table["split"] == split) & (table["metric"] == "accuracy")]
+    return float(rows["value"].iloc[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Caches keyed by content
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_shuffled_labels_under_the_same_name_give_chance_not_the_cached_score(tmp_path, reuse):
+    first = run([toy()], tmp_path, reuse_results=reuse)
+    assert accuracy(first) > 0.9
+    shuffled = run([toy(shuffle=True)], tmp_path, reuse_results=reuse)
+    assert shuffled.attrs["cache"]["misses"] == 1 and shuffled.attrs["cache"]["result_hits"] == 0
+    assert accuracy(shuffled) < 0.6  # 3 classes: chance is 1/3
+    again = run([toy()], tmp_path, reuse_results=reuse)  # the original labels: the original cached numbers
+    assert accuracy(again) == accuracy(first)
+
+
+def test_a_task_file_is_keyed_by_its_data_files(tmp_path):
+    table = pd.DataFrame({"id": [f"s{i}" for i in range(30)], "label": np.arange(30) % 2,
+                          **{f"{b}_t0": np.arange(30) % 2 * 0.1 + 0.01 * np.arange(30) % 3 for b in BANDS}})
+    table.to_csv(tmp_path / "pixels.csv", index=False)
+    spec = tmp_path / "task.yaml"
+    spec.write_text(f"""name: pixels
+kind: classification
+data: {{format: table, root: {tmp_path}, files: pixels.csv, id_column: id, label_column: label}}
+gsd_m: 10
+bands: [{", ".join(f"{{name: {b}, column: '{b}_t{{t}}'}}" for b in BANDS)}]
+splits: {{blocked: {{by: coordinates}}}}
+""")
+    task = get_task(str(spec))
+    key = task.fingerprint()
+    table.assign(label=np.random.default_rng(0).permutation(table["label"])).to_csv(tmp_path / "pixels.csv", index=False)
+    assert get_task(str(spec)).fingerprint() != key
+
+
+# ----------------------------------------------------------------------------------------------
+# A call never aborts for one task
+
+
+def test_missing_coordinates_leave_leakage_and_blocks_not_applicable(tmp_path):
+    footprints = pd.DataFrame({"lon": [0.0], "lat": [0.0], "dates": [""], "size_m": [640.0]})
+    table = run([toy(lonlat=False)], tmp_path, protocols=("linear", "leakage"), pretraining=footprints)
+    leak = table[table["protocol"] == "leakage"]
+    assert leak["value"].isna().all() and leak["not_applicable"].str.contains("no sample coordinates").all()
+    blocked = table[table["split"] == "blocked"]
+    assert blocked["not_applicable"].str.contains("neither coordinates nor groups").all()
+    assert accuracy(table) > 0.9 and table["note"].str.contains("48 of 48 samples without coordinates").any()
+
+
+def test_one_class_task_is_a_row_with_the_reason(tmp_path):
+    table = run([toy(classes=1), toy("toy2")], tmp_path)
+    one = table[table["task"] == "toy"]
+    assert one["value"].isna().all() and one["not_applicable"].str.contains("single class").all()
+    assert accuracy(table, "toy2") > 0.9
+
+
+def test_labels_of_any_values_are_mapped_to_named_contiguous_classes(tmp_path):
+    task = toy(labels=[10, 20, 40])
+    batch = task.load()
+    assert batch["target"].tolist()[:3] == [0, 1, 2] and batch["classes"] == ("10", "20", "40")
+    table = run([task], tmp_path)
+    assert accuracy(table) > 0.9 and table["note"].str.contains(r"labels \[10, 20, 40\] mapped").all()
+    named = toy(labels=np.array(["water", "forest", "crop"])).load()
+    assert named["classes"] == ("crop", "forest", "water") and set(named["target"]) == {0, 1, 2}
+
+
+def test_too_few_samples_for_five_folds_use_fewer_with_a_note(tmp_path):
+    table = run([toy(n=9)], tmp_path, settings=Settings(folds=5, repeats=1), protocols=("linear", "knn"))
+    random = table[table["split"] == "random"]
+    assert (random["not_applicable"] == "").all() and random["note"].str.contains("3-fold instead of 5-fold").all()
+    tiny = run([toy(n=3)], tmp_path, settings=Settings(folds=5, repeats=1))  # one sample per class
+    assert tiny[tiny["split"] == "random"]["not_applicable"].str.contains("too few for a 5-fold split").all()
+
+
+def test_nan_inputs_are_filled_and_counted_before_embedding(tmp_path):
+    task = toy(nan=50)
+    batch = task.load()
+    assert torch.isfinite(batch["image"]).all()
+    table = run([task], tmp_path)
+    assert accuracy(table) > 0.9 and table["note"].str.contains("50 no-data input values").all()
+    empty = toy_batch()
+    empty["image"][:, :, 2] = float("nan")
+    with pytest.raises(ValueError, match="band B04 has no finite value"):
+        Task("dead", "classification", BANDS, UNITS, MODALITY, 1, 8, 10.0, False, loader=lambda r: empty).load()
+
+
+def test_a_failing_task_is_a_row_and_every_other_row_is_written(tmp_path):
+    def broken(root):
+        raise OSError("disk on fire")
+
+    bad = Task("broken", "classification", BANDS, UNITS, MODALITY, 1, 8, 10.0, False, loader=broken)
+    table = run([bad, toy()], tmp_path, output_dir=tmp_path / "out", baselines=("band_stats",))
+    failed = table[table["task"] == "broken"]
+    assert set(failed["encoder"]) == {"means", "band_stats"}
+    assert failed["not_applicable"].str.contains("error: broken task could not be loaded: OSError: disk on fire").all()
+    assert accuracy(table) > 0.9
+    written = pd.read_csv(tmp_path / "out" / "benchmark.csv")
+    assert len(written) == len(table) and set(written["task"]) == {"broken", "toy"}
+
+
+def test_headline_of_a_diagnostics_only_table_is_empty_not_an_error(tmp_path):
+    table = run([toy()], tmp_path, protocols=("diagnostics",))
+    assert (table["protocol"] == "diagnostics").all()
+    head = headline(table)
+    assert head.empty and list(head.index.names) == ["task", "encoder", "pool", "block"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Naming tasks: the registry, task files, the command line, the pre-training parameter
+
+
+def test_registered_task_is_found_by_name(tmp_path):
+    task = register_task(toy("my_toy"))
+    try:
+        assert get_task("my_toy") is task
+        assert accuracy(run(["my_toy"], tmp_path), "my_toy") > 0.9
+        with pytest.raises(ValueError, match="built in"):
+            register_task(toy("eurosat"))
+    finally:
+        unregister_task("my_toy")
+    with pytest.raises(UnknownTaskError, match="unknown task 'my_toy'.*eurosat"):
+        get_task("my_toy")
+
+
+def test_unknown_task_is_a_usage_error_naming_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", "x.pt", "--tasks", "eurosat,mytask"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: unknown task 'mytask'" in err and "presto_algae" in err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x.pt", "--tasks", "missing/task.yaml"])
+    assert "task file 'missing/task.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_pretraining_benchmark_parameter_takes_task_files():
+    cfg = PretrainConfig(benchmark=f"eurosat, {EXAMPLES / 'presto_algae.yaml'}")
+    assert get_task(cfg.benchmark_list[1]).name == "presto_algae_file"
+
+
+def test_task_file_globs_absolute_and_matching_nothing(tmp_path):
+    task = Task("abs", "classification", BANDS, UNITS, MODALITY, 1, 8, 10.0, False, loader=lambda r: toy_batch(),
+                files=(str(EXAMPLES / "*.yaml"),))
+    assert task.fingerprint()  # an absolute glob, outside the data root
+    nothing = Task("none", "classification", BANDS, UNITS, MODALITY, 1, 8, 10.0, False,
+                   loader=load_task_file, files=("no/such/*.tif",))
+    with pytest.raises(FileNotFoundError, match="'no/such/\\*.tif' matches no file"):
+        nothing.fingerprint()
+
+
+def test_task_file_fields_are_checked_with_the_file_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nkind: classification\ndata: {format: table, files: a.csv}\ngsd_m: 10\n"
+                   "bands: [{name: B02, wavelenght_nm: 490}]\n")
+    with pytest.raises(TaskFileError, match=r"bad.yaml: bands\[0\]: unknown field\(s\) \['wavelenght_nm'\]"):
+        load_task_file(bad)
+    bad.write_text("name: x\nkind: classification\ndata: {format: parquet}\ngsd_m: 10\nbands: [{name: B02}]\n")
+    with pytest.raises(TaskFileError, match="data.format: one of"):
+        load_task_file(bad)
+
+
+def test_task_file_forms_wide_csv_long_parquet_hdf5_zarr(tmp_path):
+    rng = np.random.default_rng(0)
+    n, t = 40, 3
+    label = np.array(["wheat", "maize"])[np.arange(n) % 2]
+    values = rng.normal(1000, 50, (n, t, 2)) + (np.arange(n) % 2)[:, None, None] * 300
+    values[0, 1, 0] = 65535  # no data
+    wide = pd.DataFrame({"pid": [f"p{i}" for i in range(n)], "crop": label, "x": rng.uniform(0, 5, n),
+                         "y": rng.uniform(40, 45, n),
+                         **{f"{b}-ts{k}": values[:, k, j] for j, b in enumerate(("red", "nir")) for k in range(t)}})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    long = pd.DataFrame([{"pid": f"p{i}", "date": f"2021-0{k + 1}-15", "crop": label[i], "red": values[i, k, 0],
+                          "nir": values[i, k, 1]} for i in range(n) for k in range(t)])
+    long.to_parquet(tmp_path / "long.parquet")
+    import h5py
+    import zarr
+
+    x = values.transpose(0, 2, 1)  # stored (sample, band, time)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["x"], f["y"] = x, (np.arange(n) % 2) * 7 + 3  # labels 3 and 10
+    zarr.save(str(tmp_path / "a.zarr"), x=x, y=(np.arange(n) % 2) * 7 + 3)
+    bands = ("bands: [{name: B04, column: 'red-ts{t}', wavelength_nm: 665}, "
+             "{name: B08, column: 'nir-ts{t}', wavelength_nm: 842}]")
+    forms = {
+        "wide": "format: table, files: wide.csv, id_column: pid, label_column: crop, lon_column: x, lat_column: y",
+        "long": "format: table, layout: long, files: long.parquet, id_column: pid, time_column: date, label_column: crop",
+        "h5": "format: arrays, inputs: 'a.h5:x', target: 'a.h5:y', axes: [sample, band, time]",
+        "zarr": "format: arrays, inputs: 'a.zarr:x', target: 'a.zarr:y', axes: [sample, band, time]",
+    }
+    for form, data in forms.items():
+        spec = tmp_path / f"{form}.yaml"
+        b = bands if form == "wide" else bands.replace("'red-ts{t}'", "red").replace("'nir-ts{t}'", "nir")
+        spec.write_text(f"name: {form}\nkind: classification\ndata: {{root: {tmp_path}, {data}}}\nsteps: {t}\n"
+                        f"gsd_m: 10\nscale: 0.0001\nnodata: 65535\n{b}\n")
+        task = get_task(str(spec))
+        batch = task.load()
+        assert batch["image"].shape == (n, t, 2, 1, 1) and task.wavelengths == (665, 842)
+        assert torch.isfinite(batch["image"]).all() and len(batch["classes"]) == 2
+        assert np.isclose(float(batch["image"][1, 0, 1, 0, 0]), values[1, 0, 1] / 1e4, rtol=1e-6)
+        assert any("no-data" in note for note in batch["notes"])
+        assert task.dated == (form == "long") and (batch["doy"] is not None) == (form == "long")
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in tasks rewritten as task files give identical results (real data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("builtin", "file"), [("eurosat", "eurosat.yaml"), ("presto_algae", "presto_algae.yaml")])
+def test_builtin_task_as_a_task_file_gives_identical_numbers(tmp_path, root, builtin, file):
+    task = get_task(str(EXAMPLES / file))
+    assert task.bands == TASKS[builtin].bands or set(task.bands) == set(TASKS[builtin].bands)
+    kwargs = {"protocols": ("linear", "knn"), "baselines": ("band_stats",), "data_root": root,
+              "settings": Settings(folds=3, repeats=1)}
+    a = run([builtin], tmp_path, **kwargs)
+    b = run([task], tmp_path, **kwargs)
+    assert len(a) == len(b) and (a["not_applicable"] == "").all()
+    columns = ["encoder", "protocol", "split", "metric", "value", "ci_low", "ci_high", "n", "n_samples"]
+    pd.testing.assert_frame_equal(a[columns].reset_index(drop=True), b[columns].reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_worldcereal_task_file_runs_on_the_benchmark(tmp_path, root):
+    task = get_task(str(EXAMPLES / "worldcereal_corsica_monthly.yaml"))
+    table = run([task], tmp_path, baselines=("band_stats",), data_root=root, settings=Settings(folds=3, repeats=1))
+    lin = table[(table["metric"] == "accuracy") & (table["split"] == "random")]
+    assert set(lin["encoder"]) == {"means", "band_stats"} and (lin["value"] > 1 / 11).all()
+    assert table["note"].str.contains("no-data input values").all()

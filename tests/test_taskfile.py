@@ -287,3 +287,39 @@ def test_worldcereal_task_file_runs_on_the_benchmark(tmp_path, root):
     lin = table[(table["metric"] == "accuracy") & (table["split"] == "random")]
     assert set(lin["encoder"]) == {"means", "band_stats"} and (lin["value"] > 1 / 11).all()
     assert table["note"].str.contains("no-data input values").all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bands matched by wavelength
+
+
+def test_bands_are_matched_by_wavelength_and_never_cross_by_name_alone(tmp_path):
+    from eolab.data.bands import BANDS
+    from eolab.evaluate.encoders import NotApplicable
+
+    # Landsat OLI surface reflectance, named as Landsat names them: SR_B2 (blue) .. SR_B7 (SWIR 2)
+    oli = {"SR_B2": 482, "SR_B3": 561, "SR_B4": 655, "SR_B5": 865, "SR_B6": 1609, "SR_B7": 2201}
+    rng = np.random.default_rng(0)
+    n = 30
+    np.save(tmp_path / "x.npy", rng.normal(0.2, 0.05, (n, len(oli))) + (np.arange(n) % 2)[:, None] * 0.1)
+    np.save(tmp_path / "y.npy", np.arange(n) % 2)
+    bands = ", ".join(f"{{name: {b}, wavelength_nm: {w}}}" for b, w in oli.items())
+    spec = tmp_path / "landsat.yaml"
+    spec.write_text(f"name: landsat\nkind: classification\ndata: {{format: arrays, root: {tmp_path}, inputs: x.npy, "
+                    f"target: y.npy, axes: [sample, band]}}\ngsd_m: 30\nbands: [{bands}]\n")
+    task = get_task(str(spec))
+    s2 = FunctionEncoder(lambda x: x.flatten(1), bands=[BANDS[b] for b in ("B02", "B03", "B04", "B8A", "B11", "B12")],
+                         unit="reflectance", name="s2")
+    plan = s2.plan(task)
+    assert plan.bands == ("SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7")
+    assert plan.as_bands == ("B02", "B03", "B04", "B8A", "B11", "B12") and "B8A<-SR_B5 (0 nm apart)" in plan.adapter
+    table = evaluate(s2, tasks=[task], protocols=("linear",), splits=("random",), baselines=(), settings=FAST,
+                     pretraining=None, cache_dir=tmp_path / "cache")
+    assert (table["not_applicable"] == "").all() and table["adapter"].str.contains("B11<-SR_B6").all()
+    assert accuracy(table, "landsat") > 0.9
+    # An S2 band with no OLI counterpart (red edge B05, 704 nm) is named in a not-applicable row.
+    red_edge = FunctionEncoder(lambda x: x.flatten(1), bands=[BANDS["B04"], BANDS["B05"]], unit="reflectance")
+    assert isinstance(reason := red_edge.plan(task), NotApplicable) and "['B05']" in reason.reason
+    # A task band called B05 at 865 nm (another sensor's numbering) is not Sentinel-2's B05 (704 nm).
+    spec.write_text(spec.read_text().replace("SR_B5", "B05"))
+    assert isinstance(red_edge.plan(get_task(str(spec))), NotApplicable)

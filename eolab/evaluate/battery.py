@@ -240,6 +240,8 @@ class TaskRun:
                  rows: np.ndarray | None = None, drop: tuple[str, ...] = (),
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
         """Embeddings of the samples (``rows`` of them), from the store or computed and stored."""
+        if plan.encoder_bands:  # bands matched by wavelength: which task band fed which encoder band is part of the key
+            variant += "|" + ",".join(f"{e}<-{t}" for e, t in zip(plan.encoder_bands, plan.bands, strict=True))
         key = EmbeddingKey(enc.fingerprint(), self.task.name, self.fingerprint, pool if enc.has_axes else "-",
                            block_label.replace("/", "of") or "-", variant, EMBED_VERSION)
 
@@ -559,6 +561,8 @@ def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blo
         return _not_applicable(ctx, protocols, plan.reason)
     if run.problem:
         return _not_applicable(ctx, protocols, run.problem)
+    if plan.encoder_bands:
+        log.info("%s / %s: %s", run.task.name, enc.name, plan.adapter)
     rows = []
     if "leakage" in protocols:
         rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n, run.notes), footprints.value)

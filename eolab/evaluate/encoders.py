@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_encoder
+from ..data.bands import BANDS as KNOWN_BANDS
 from ..data.downstream import Task
 from ..data.stats import Normalization
 from ..data.timeseries import one_per_day, spread_pick
@@ -47,6 +48,10 @@ from ..models.tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenize
 from ..models.vit import SIZES, ViTEncoder, build_encoder, encoder_config
 from .probe import embed
 
+WAVELENGTH_TOLERANCE_NM = 25.0
+"""An encoder band reads the task band of nearest centre wavelength when they are at most this far
+apart (Sentinel-2's closest neighbours, B08 and B8A, are 32 nm apart; Landsat OLI's bands lie within
+10 nm of their Sentinel-2 counterparts)."""
 MIN_DATE_CLEAR = 0.9  # a temporal encoder's dates are drawn among those at least this clear over the scene
 BROADCAST_CELLS = 2  # a ViT reads a broadcast pixel through its central 2 x 2 patches (see probe.embed)
 
@@ -60,11 +65,60 @@ class Plan:
     dates: str  # "single" (T = 1) | "mean" (every step embedded, averaged) | "select" (k of T steps)
     spatial: str  # "as_is" | "broadcast" (pixel to image) | "tiles" (scene tiled, dense features)
     adapter: str = ""  # the adapters in words; empty when the encoder reads the task as it is
+    encoder_bands: tuple[str, ...] = ()  # the encoder's name for each of ``bands`` (where matched by wavelength)
+
+    @property
+    def as_bands(self) -> tuple[str, ...]:
+        """The encoder's band names for the channels it reads (``bands`` where no band was mapped)."""
+        return self.encoder_bands or self.bands
 
 
 @dataclass(frozen=True)
 class NotApplicable:
     reason: str
+
+
+def band_wavelength(band) -> float | None:
+    """Centre wavelength (nm) of a band given as an object with ``.wavelength_nm`` (``eolab.data.bands.Band``
+    or a sensor card's band) or as a name eolab knows (Sentinel-2: exact names only, never re-spelled)."""
+    if hasattr(band, "wavelength_nm"):
+        return band.wavelength_nm
+    known = KNOWN_BANDS.get(str(band))
+    return None if known is None else known.wavelength_nm
+
+
+def task_wavelengths(task: Task) -> tuple[float | None, ...]:
+    """The task's declared centre wavelengths, else those of the Sentinel-2 bands it names (optical
+    modalities only: a radar or climate channel has no wavelength)."""
+    if task.wavelengths:
+        return tuple(task.wavelengths)
+    return tuple(band_wavelength(b) if m in ("s2", "") else None for b, m in zip(task.bands, task.modality, strict=True))
+
+
+def match_bands(bands: tuple[str, ...], wavelengths: tuple[float | None, ...], task: Task,
+                tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> dict[str, tuple[str | None, str]]:
+    """For each encoder band: the task band it reads and how it was found.
+
+    By name where the names agree and the wavelengths (where both are known) agree within
+    ``tolerance_nm``; else the task band of nearest centre wavelength within ``tolerance_nm``;
+    else None (the band has no counterpart). A name alone never crosses sensors whose wavelengths
+    disagree (e.g. Landsat B5, 865 nm, is not Sentinel-2 B05, 704 nm)."""
+    task_wl = task_wavelengths(task)
+    out = {}
+    for band, wl in zip(bands, wavelengths, strict=True):
+        if band in task.bands:
+            twl = task_wl[task.bands.index(band)]
+            if wl is None or twl is None or abs(wl - twl) <= tolerance_nm:
+                out[band] = (band, "name")
+                continue
+        candidates = [(abs(wl - t), name) for name, t in zip(task.bands, task_wl, strict=True)
+                      if wl is not None and t is not None]
+        if candidates and min(candidates)[0] <= tolerance_nm:
+            gap, name = min(candidates)
+            out[band] = (name, f"{band}<-{name} ({gap:.0f} nm apart)")
+        else:
+            out[band] = (None, "")
+    return out
 
 
 class BenchEncoder:
@@ -79,6 +133,13 @@ class BenchEncoder:
     group_bands: tuple[tuple[str, ...], ...] = ()
     has_axes: bool = False  # pooling and depth are axes of this encoder (a ViT) or not
     depth: int = 0
+    wavelength_tolerance_nm: float = WAVELENGTH_TOLERANCE_NM
+
+    @property
+    def band_wavelengths(self) -> tuple[float | None, ...]:
+        """Centre wavelength of each of ``bands`` (None where unknown: matched by name only)."""
+        declared = getattr(self, "_wavelengths", None)
+        return tuple(declared) if declared else tuple(band_wavelength(b) for b in self.bands)
 
     def fingerprint(self) -> str:
         raise NotImplementedError
@@ -91,15 +152,20 @@ class BenchEncoder:
     # -- applicability -------------------------------------------------------------------------
 
     def plan(self, task: Task) -> Plan | NotApplicable:
-        absent = [b for b in self.bands if b not in task.bands]
+        match = match_bands(self.bands, self.band_wavelengths, task, self.wavelength_tolerance_nm)
+        absent = [b for b in self.bands if match[b][0] is None]
         adapters = []
+        mapped = [how for _, how in match.values() if how not in ("", "name")]
+        if mapped:
+            adapters.append("bands by wavelength: " + ", ".join(mapped))
         if absent:
             lost = [g for g in self.group_bands if set(g) & set(absent)]
             if not lost or any(not set(g) <= set(absent) for g in lost) or len(lost) == len(self.group_bands):
-                return NotApplicable(f"{task.name} lacks bands {absent} that {self.name} reads "
-                                     f"(task bands: {list(task.bands)})")
+                return NotApplicable(f"{task.name} lacks bands {absent} that {self.name} reads, by name or by "
+                                     f"wavelength within {self.wavelength_tolerance_nm:.0f} nm (task bands: {list(task.bands)})")
             adapters.append(f"no tokens for absent band groups {[list(g) for g in lost]}")
-        bands = tuple(b for b in self.bands if b in task.bands)
+        bands = tuple(match[b][0] for b in self.bands if match[b][0] is not None)  # task names, encoder order
+        encoder_bands = tuple(b for b in self.bands if match[b][0] is not None)
         unit = task.unit_of(bands)
         if unit != self.unit and not (absent and unit in self.unit.split("+")):
             return NotApplicable(f"{task.name} provides {list(bands)} in {unit!r}; {self.name} reads {self.unit!r}")
@@ -110,7 +176,8 @@ class BenchEncoder:
         if isinstance(spatial, NotApplicable):
             return spatial
         adapters += [a for a in (dates[1], spatial[1]) if a]
-        return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters))
+        return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters),
+                    encoder_bands if encoder_bands != bands else ())
 
     def _date_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
         if self.num_dates > 1:
@@ -148,7 +215,9 @@ class BenchEncoder:
         if drop:
             whole = [g for g in self.group_bands if set(g) <= set(drop)]
             if whole and {b for g in whole for b in g} >= set(drop) & set(plan.bands):
-                plan = replace(plan, bands=tuple(b for b in plan.bands if b not in drop))
+                keep = [i for i, b in enumerate(plan.bands) if b not in drop]
+                plan = replace(plan, bands=tuple(plan.bands[i] for i in keep),
+                               encoder_bands=tuple(plan.encoder_bands[i] for i in keep) if plan.encoder_bands else ())
             else:
                 batch = impute(batch, drop)
         channels = [batch["bands"].index(b) for b in plan.bands]
@@ -289,7 +358,7 @@ class EolabEncoder(BenchEncoder):
                 "normalization_corpus": self.normalization.corpus}
 
     def _data(self, images: Tensor, plan: Plan, doy) -> dict:
-        return {"image": images, "bands": plan.bands, "unit": plan.unit, "doy": doy}
+        return {"image": images, "bands": plan.as_bands, "unit": plan.unit, "doy": doy}
 
     def _encode(self, images, plan, pool, block, doy, size):
         cells = min(BROADCAST_CELLS, self.encoder.tokenizer.grid) if size else 0
@@ -326,7 +395,8 @@ class FunctionEncoder(BenchEncoder):
     """A plain function (or a torch module: timm, torchgeo, ...) from images to vectors.
 
     ``fn`` receives float tensors (B, C, H, W) - (B, T, C, H, W) when ``num_dates`` > 1 - holding
-    the declared ``bands`` in that order, in the declared ``unit``, unnormalised (normalise inside
+    the declared ``bands`` in that order (names, or objects with ``.name`` and ``.wavelength_nm``:
+    a task band of another name within the tolerance of a wavelength is read for it), in the declared ``unit``, unnormalised (normalise inside
     ``fn`` as the model expects), and returns (B, D). ``img_size`` None: any image size. Give a
     ``fingerprint`` that changes when the function does, so cached embeddings are not reused
     wrongly (a module's weights are hashed when none is given).
@@ -334,7 +404,9 @@ class FunctionEncoder(BenchEncoder):
 
     def __init__(self, fn: Callable[[Tensor], Tensor | np.ndarray], bands, unit: str, name: str = "function",
                  num_dates: int = 1, img_size: int | None = None, fingerprint: str | None = None, batch_size: int = 256):
-        self.fn, self.bands, self.unit, self.name = fn, tuple(bands), unit, name
+        bands = tuple(bands)  # names, or objects with .name and .wavelength_nm (a Band, a sensor card's band)
+        self._wavelengths = tuple(band_wavelength(b) for b in bands) if any(hasattr(b, "name") for b in bands) else ()
+        self.fn, self.bands, self.unit, self.name = fn, tuple(getattr(b, "name", b) for b in bands), unit, name
         self.num_dates, self.img_size, self.batch_size = num_dates, img_size, batch_size
         self._fingerprint = fingerprint
 

@@ -323,3 +323,59 @@ def test_bands_are_matched_by_wavelength_and_never_cross_by_name_alone(tmp_path)
     # A task band called B05 at 865 nm (another sensor's numbering) is not Sentinel-2's B05 (704 nm).
     spec.write_text(spec.read_text().replace("SR_B5", "B05"))
     assert isinstance(red_edge.plan(get_task(str(spec))), NotApplicable)
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation and the leaderboard
+
+
+def _scores_table() -> pd.DataFrame:
+    """3 tasks x 3 seeds; random_init scores 0.5, band_stats 0.7, the encoder 0.7 + 0.1 * task index."""
+    rows = []
+    for t, task in enumerate(("eurosat", "presto_algae", "slovenia_landcover")):
+        for seed in range(3):
+            for enc, value in (("random_init", 0.5), ("band_stats", 0.7), ("enc", 0.7 + 0.1 * t + 0.01 * seed)):
+                rows.append({"task": task, "encoder": enc, "protocol": "linear", "split": "random", "pool": "",
+                             "block": "", "variant": "", "adapter": "", "metric": "accuracy", "value": value,
+                             "ci_low": value, "ci_high": value, "n": 5, "not_applicable": "", "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def test_scores_normalised_between_baselines_and_their_interquartile_mean():
+    from eolab.reports.benchmark import aggregate, iqm, leaderboard, normalised_scores
+
+    table = _scores_table()
+    norm = normalised_scores(table)
+    enc = norm[norm["encoder"] == "enc"]
+    np.testing.assert_allclose(enc.sort_values(["task", "seed"])["normalised"].to_numpy()[:3], [1.0, 1.05, 1.1])
+    assert set(norm[norm["encoder"] == "random_init"]["normalised"]) == {0.0}
+    assert iqm([0, 1, 2, 3, 100]) == pytest.approx(2.0)  # the outlier does not count
+    agg = aggregate(table, n_boot=200)
+    overall = agg[(agg["encoder"] == "enc") & (agg["group"] == "all")].iloc[0]
+    assert overall["iqm"] == pytest.approx(iqm(enc["normalised"])) and overall["tasks"] == 3 and overall["seeds"] == 3
+    assert overall["ci_low"] <= overall["iqm"] <= overall["ci_high"] and overall["ci_low"] < overall["ci_high"]
+    assert {"image", "time series", "per-pixel", "all"} <= set(agg["group"])
+    board = leaderboard(table)
+    assert list(board.columns[:5]) == ["backbone", "task", "metric", "seed", "protocol"] and len(board) == 27
+
+
+def test_command_line_runs_a_registered_task_and_writes_the_leaderboard(tmp_path, capsys):
+    from eolab.checkpoint import save_encoder
+    from eolab.data.stats import Normalization
+    from eolab.models.vit import build_encoder, encoder_config
+
+    torch.manual_seed(0)
+    vit = build_encoder("vit_nano", BANDS, img_size=8, patch_size=4)
+    norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.1), dict.fromkeys(BANDS, 0.05), "test")
+    checkpoint = save_encoder(tmp_path / "run" / "encoder.pt", vit, encoder_config("vit_nano", BANDS, 8, 4), norm)
+    register_task(toy("cli_toy"))
+    try:
+        code = main(["--checkpoint", str(checkpoint), "--tasks", "cli_toy", "--protocols", "linear", "--splits", "random",
+                     "--folds", "3", "--repeats", "1", "--no-leakage-record", "--output", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache")])
+    finally:
+        unregister_task("cli_toy")
+    assert code == 0
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert set(board["backbone"]) == {"run (mean, 2/2)", "random_init (mean, 2/2)", "band_stats"}
+    assert set(board["seed"]) == {0} and "cli_toy" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -19,7 +20,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..data.downstream import UnknownTaskError, check_task_names, task_names
 from ..evaluate.battery import BASELINES, PROTOCOLS, SPLITS, Settings, evaluate
-from ..reports.benchmark import diagnostics, headline
+from ..reports.benchmark import diagnostics, headline, write_leaderboard
 from ..text import split_names
 
 
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad inputs, named (a task file's field, a file)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.output:  # the long (backbone, task, metric, seed, protocol) form leaderboards collect
+        write_leaderboard(table, Path(args.output) / "leaderboard.csv")
     with pd.option_context("display.max_colwidth", 60):
         head = headline(table)
         print((head if len(head) else diagnostics(table)).to_string())

@@ -215,6 +215,8 @@ def normalise_batch(task: Task, batch: dict) -> dict:
             notes.append(note)
     image = batch["image"]
     values = image if torch.is_tensor(image) else torch.as_tensor(np.asarray(image))
+    values = values.float()  # float32 as every encoder expects, whatever the loader produced (float64, integers)
+    batch["image"] = values
     bad = ~torch.isfinite(values)
     if bad.any():
         values = values.clone()

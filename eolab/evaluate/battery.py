@@ -517,7 +517,7 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
             timing[f"{task.name}/{enc.name}"] = round(time.perf_counter() - t0, 2)
             log.info("%s / %s: %.1f s", task.name, enc.name, timing[f"{task.name}/{enc.name}"])
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing,
+    table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing, seed=settings.seed,
                        cache={"hits": store.hits, "misses": store.misses, "result_hits": store.result_hits,
                               "root": str(store.root)})
     if output_dir:

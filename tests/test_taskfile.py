@@ -379,3 +379,32 @@ def test_command_line_runs_a_registered_task_and_writes_the_leaderboard(tmp_path
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert set(board["backbone"]) == {"run (mean, 2/2)", "random_init (mean, 2/2)", "band_stats"}
     assert set(board["seed"]) == {0} and "cli_toy" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal baselines
+
+
+def test_temporal_baselines_read_the_season_that_band_statistics_average_away(tmp_path):
+    """Two classes with the same values in a different seasonal order: per-band mean and std are
+    identical, the flattened series and the harmonic summary tell them apart."""
+    n, t = 60, 12
+    rng = np.random.default_rng(0)
+    season = np.sin(np.arange(t) / t * 2 * np.pi)  # (T,)
+    cls = np.arange(n) % 2
+    series = np.where(cls[:, None] == 0, season, season[::-1].copy())[..., None] + rng.normal(0, 0.05, (n, t, 1))
+    image = torch.from_numpy(np.repeat(series, 4, -1)[..., None, None].astype(np.float32) * 0.1 + 0.2)  # (N, T, 4, 1, 1)
+    doy = np.tile(np.arange(t) * 30 + 15, (n, 1))
+
+    def load(root):
+        return {**toy_batch(n=n, classes=2), "image": image, "doy": doy, "target": cls}
+
+    task = Task("season", "classification", BANDS, UNITS, MODALITY, num_dates=t, size=1, gsd_m=10.0, dated=True,
+                loader=load)
+    table = evaluate(MEANS, tasks=[task, toy()], protocols=("linear",), splits=("random",),
+                     baselines=("band_stats", "flat_series", "series_summary"), settings=FAST, pretraining=None,
+                     cache_dir=tmp_path / "cache")
+    lin = table[(table["task"] == "season") & (table["metric"] == "accuracy")].set_index("encoder")["value"]
+    assert lin["flat_series"] > 0.9 and lin["series_summary"] > 0.9 and lin["band_stats"] < 0.75
+    single = table[(table["task"] == "toy") & table["encoder"].isin(["flat_series", "series_summary"])]
+    assert single["not_applicable"].str.contains("summarises time series").all()

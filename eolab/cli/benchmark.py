@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated task names or task files (*.yaml, see docs/benchmark.md); default: all")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--splits", default=",".join(SPLITS))
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats or ''")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats (default), flat_series,series_summary (time series), or ''")
     parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
     parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
     parser.add_argument("--data-root", default=None)

@@ -58,7 +58,7 @@ from . import leakage as _leakage
 from . import probe as _probe
 from . import protocols as P
 from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
-from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
+from .encoders import BandStats, BenchEncoder, EolabEncoder, FlatSeries, NotApplicable, Plan, SeriesSummary
 from .leakage import overlaps, pretraining_footprints
 from .store import EmbeddingKey, EmbeddingStore, code_version
 
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("linear", "knn", "few_shot", "robustness", "diagnostics", "leakage")
 SPLITS = ("random", "blocked", "official")
 BASELINES = ("random_init", "band_stats")
+"""The default controls; ``TEMPORAL_BASELINES`` may be asked for as well."""
+TEMPORAL_BASELINES = ("flat_series", "series_summary")
 DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", "VH")}
 """Robustness scenarios: bands missing at test time (a scenario applies when the encoder reads some,
 not all, of its bands)."""
@@ -106,7 +108,7 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
     """The encoders to benchmark: ``encoder`` (a checkpoint path, an ``EolabEncoder`` or other
     ``BenchEncoder``, or a list of them) followed by the requested baselines, derived from the
     first eolab encoder: ``random_init`` (same architecture, seeded) and ``band_stats`` (restricted
-    to its bands)."""
+    to its bands), and on request the temporal ``flat_series`` and ``series_summary`` (time series only)."""
     items = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
     encoders = []
     for item in items:
@@ -125,8 +127,12 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
             encoders.append(first.random_init(seed))
         elif b == "band_stats":
             encoders.append(BandStats(first.bands if first else None))
+        elif b == "flat_series":
+            encoders.append(FlatSeries(first.bands if first else None))
+        elif b == "series_summary":
+            encoders.append(SeriesSummary(first.bands if first else None))
         else:
-            raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES}")
+            raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES + TEMPORAL_BASELINES}")
     return encoders
 
 

@@ -483,3 +483,72 @@ def _pixel_stats(image: Tensor, batch: dict, k: int = 9) -> Tensor:
     per_date = stats[scene, :, :, row, col]  # (N, T, 3C)
     wt = weight[scene, :, row, col][..., None]  # (N, T, 1)
     return ((per_date * wt).sum(1) / wt.sum(1).clamp_min(1)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal baselines: what a series gives without any learned encoder
+
+
+def _series(task: Task, batch: dict, bands: tuple[str, ...]) -> Tensor:
+    """(N, T, C) float64: every sample's series of the ``bands``, the spatial mean of each step (a
+    segmentation sample: its own pixel's values)."""
+    channels = [batch["bands"].index(b) for b in bands]
+    image = batch["image"][:, :, channels].double()  # (N, T, C, H, W)
+    if task.kind == "segmentation":
+        scene, row, col = (torch.as_tensor(a) for a in np.asarray(batch["pixel"]).T)
+        return image[scene, :, :, row, col]  # (N, T, C)
+    return image.mean((-2, -1))
+
+
+class _SeriesBaseline(BenchEncoder):
+    """Shared applicability of the temporal baselines: a task with more than one step, its bands
+    restricted to an encoder's as ``BandStats`` does."""
+
+    version = ""
+
+    def __init__(self, bands: tuple[str, ...] | None = None, name: str | None = None):
+        self.restrict = tuple(bands) if bands else None
+        self.bands, self.unit = self.restrict or (), ""
+        self.name = name or self.name
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps([self.version, self.restrict]).encode()).hexdigest()
+
+    def plan(self, task: Task) -> Plan | NotApplicable:
+        if task.num_dates < 2:
+            return NotApplicable(f"{self.name} summarises time series; {task.name} has {task.num_dates} step")
+        bands = tuple(b for b in (self.restrict or task.bands) if b in task.bands) or task.bands
+        note = f"the encoder's {len(bands)} bands" if self.restrict and bands != task.bands else f"all {len(bands)} task bands"
+        return Plan(bands, "", "series", "as_is", note)
+
+
+class FlatSeries(_SeriesBaseline):
+    """The flattened series: every step's value of every band, (N, T x C) features (a linear probe on
+    it is the plain temporal baseline of crop-type benchmarks)."""
+
+    name, version = "flat_series", "flat_series-v1"
+
+    def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
+        batch = impute(batch, drop) if drop else batch
+        return _series(task, batch, plan.bands).flatten(1).float().numpy()  # (N, T, C) -> (N, T*C)
+
+
+class SeriesSummary(_SeriesBaseline):
+    """Per band: the 10/25/50/75/90th percentiles over the steps and a two-harmonic fit over the
+    year (mean, and cosine and sine amplitudes of the annual and half-year cycles, by day of year
+    where the task is dated, else by step): (N, 10 x C) features whatever the series length."""
+
+    name, version = "series_summary", "series_summary-v1"
+    PERCENTILES = (10, 25, 50, 75, 90)
+
+    def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
+        batch = impute(batch, drop) if drop else batch
+        x = _series(task, batch, plan.bands)  # (N, T, C)
+        n, t, c = x.shape
+        q = torch.quantile(x, torch.tensor(self.PERCENTILES, dtype=x.dtype) / 100, dim=1)  # (5, N, C)
+        doy = batch.get("doy")
+        phase = (torch.as_tensor(np.asarray(doy), dtype=x.dtype) / 365.25 if doy is not None and task.dated
+                 else torch.arange(t, dtype=x.dtype).expand(n, t) / t) * 2 * np.pi  # (N, T) radians
+        design = torch.stack([torch.ones_like(phase), phase.cos(), phase.sin(), (2 * phase).cos(), (2 * phase).sin()], -1)
+        coef = torch.linalg.lstsq(design, x).solution  # (N, 5, C): least squares per sample and band
+        return torch.cat([q.permute(1, 0, 2).reshape(n, -1), coef.reshape(n, -1)], 1).float().numpy()

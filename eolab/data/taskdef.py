@@ -227,7 +227,10 @@ def normalise_batch(task: Task, batch: dict) -> dict:
                 raise ValueError(f"task {task.name}: band {band} has no finite value (all no-data)")
             channel[~ok] = channel[ok].mean()
         count = int(bad.sum())
-        notes.append(f"{count} no-data input values ({count / bad.numel():.1%}) filled with the band mean")
+        first = torch.nonzero(bad.flatten(3).any(-1))[0]  # (sample, step, band) of the first gap, for the reader
+        where = batch["id"][int(first[0])] if task.kind != "segmentation" else f"scene {int(first[0])}"
+        notes.append(f"{count} no-data input values ({count / bad.numel():.1%}) filled with the band mean, "
+                     f"e.g. in sample {where} band {task.bands[int(first[2])]}")
         log.warning("task %s: %s", task.name, notes[-1])
         batch["image"] = values
     batch["notes"] = tuple(notes)

@@ -408,3 +408,27 @@ def test_temporal_baselines_read_the_season_that_band_statistics_average_away(tm
     assert lin["flat_series"] > 0.9 and lin["series_summary"] > 0.9 and lin["band_stats"] < 0.75
     single = table[(table["task"] == "toy") & table["encoder"].isin(["flat_series", "series_summary"])]
     assert single["not_applicable"].str.contains("summarises time series").all()
+
+
+@pytest.mark.slow
+def test_an_s2_vit_reads_worldcereal_bands_of_other_names_by_wavelength(tmp_path, root):
+    """WorldCereal's wide-form Parquet with its own band names (OPTICAL-B02 ...): an eolab ViT on
+    Sentinel-2 names reads it through the wavelength mapping, normalised under its own band names."""
+    from eolab.data.stats import Normalization
+    from eolab.evaluate.encoders import EolabEncoder
+    from eolab.models.vit import build_encoder, encoder_config
+
+    s2 = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+    torch.manual_seed(0)
+    vit = EolabEncoder(build_encoder("vit_nano", s2, img_size=8, patch_size=4),
+                       Normalization(s2, "reflectance", dict.fromkeys(s2, 0.15), dict.fromkeys(s2, 0.1), "test"),
+                       "s2_vit", encoder_config("vit_nano", s2, 8, 4))
+    task = get_task(str(EXAMPLES / "worldcereal_ssd_uga.yaml"))
+    plan = vit.plan(task)
+    assert plan.as_bands == s2 and plan.bands == tuple(f"OPTICAL-{b}" for b in s2)
+    table = evaluate(vit, tasks=[task], protocols=("linear",), splits=("random", "blocked"), settings=FAST,
+                     data_root=root, pretraining=None, cache_dir=tmp_path / "cache")
+    ran = table[table["not_applicable"] == ""]
+    assert set(ran["encoder"]) == {"s2_vit", "random_init", "band_stats"}
+    assert ran[ran["encoder"] == "s2_vit"]["adapter"].str.contains("B8A<-OPTICAL-B8A (0 nm apart)", regex=False).all()
+    assert (ran[ran["metric"] == "accuracy"]["value"] > 0.2).all()  # 5 crop classes

@@ -432,3 +432,13 @@ def test_an_s2_vit_reads_worldcereal_bands_of_other_names_by_wavelength(tmp_path
     assert set(ran["encoder"]) == {"s2_vit", "random_init", "band_stats"}
     assert ran[ran["encoder"] == "s2_vit"]["adapter"].str.contains("B8A<-OPTICAL-B8A (0 nm apart)", regex=False).all()
     assert (ran[ran["metric"] == "accuracy"]["value"] > 0.2).all()  # 5 crop classes
+
+
+def test_function_encoder_key_follows_its_code_and_captured_weights():
+    def make(scale):
+        layer = torch.nn.Linear(4, 2)
+        torch.nn.init.constant_(layer.weight, scale)
+        torch.nn.init.zeros_(layer.bias)
+        return FunctionEncoder(lambda x: layer(x.flatten(2).mean(-1)), bands=BANDS, unit="reflectance", name="f")
+
+    assert make(1.0).fingerprint() == make(1.0).fingerprint() != make(2.0).fingerprint()

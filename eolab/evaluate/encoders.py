@@ -412,9 +412,9 @@ class FunctionEncoder(BenchEncoder):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            what = _sha1_state(self.fn) if isinstance(self.fn, nn.Module) else \
-                f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
-            self._fingerprint = hashlib.sha1(json.dumps([self.name, self.bands, self.unit, what]).encode()).hexdigest()
+            what = _sha1_state(self.fn) if isinstance(self.fn, nn.Module) else _function_identity(self.fn)
+            self._fingerprint = hashlib.sha1(json.dumps([self.name, self.bands, self.unit, self.num_dates,
+                                                         self.img_size, what]).encode()).hexdigest()
         return self._fingerprint
 
     @torch.no_grad()
@@ -429,6 +429,23 @@ class FunctionEncoder(BenchEncoder):
             y = self.fn(chunk)
             out.append(np.asarray(y.detach().float().cpu() if isinstance(y, Tensor) else y, dtype=np.float32))
         return np.concatenate(out)
+
+
+def _function_identity(fn) -> str:
+    """A plain function's name and source, and the torch modules it closes over (their weights): an
+    edited function, or one over other weights, is a different encoder for the cache."""
+    import inspect
+
+    parts = [f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"]
+    try:
+        parts.append(hashlib.sha1(inspect.getsource(fn).encode()).hexdigest())
+    except (OSError, TypeError):  # no source (a builtin, an interactive definition): the name alone
+        pass
+    for cell in getattr(fn, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, nn.Module):
+            parts.append(_sha1_state(value))
+    return ":".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------

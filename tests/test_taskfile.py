@@ -442,3 +442,10 @@ def test_function_encoder_key_follows_its_code_and_captured_weights():
         return FunctionEncoder(lambda x: layer(x.flatten(2).mean(-1)), bands=BANDS, unit="reflectance", name="f")
 
     assert make(1.0).fingerprint() == make(1.0).fingerprint() != make(2.0).fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_task_files_declare_their_bands_with_wavelengths(path):
+    task = load_task_file(path)
+    assert task.source == str(path.resolve()) and len(task.wavelengths) == len(task.bands)
+    assert any(w is not None for w in task.wavelengths) and task.files

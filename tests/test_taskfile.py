@@ -449,3 +449,18 @@ def test_example_task_files_declare_their_bands_with_wavelengths(path):
     task = load_task_file(path)
     assert task.source == str(path.resolve()) and len(task.wavelengths) == len(task.bands)
     assert any(w is not None for w in task.wavelengths) and task.files
+
+
+def test_aggregate_leaves_smoke_tasks_out_and_counts_dense_rows_for_each_pooling():
+    from eolab.reports.benchmark import aggregate
+
+    table = _scores_table()
+    table["smoke"] = False
+    table.loc[table["encoder"] == "enc", "pool"] = "mean"
+    seg = table["task"] == "slovenia_landcover"
+    table.loc[seg & (table["encoder"] == "enc"), "pool"] = "patch"  # a dense encoder's per-pixel rows
+    smoke = table[table["task"] == "eurosat"].assign(task="bigearthnet", smoke=True, value=0.0)
+    agg = aggregate(pd.concat([table, smoke]), n_boot=50)
+    enc = agg[agg["encoder"] == "enc"]
+    assert set(enc["pool"]) == {"mean"} and enc[enc["group"] == "all"]["tasks"].iloc[0] == 3
+    assert "multilabel" not in set(agg["group"])

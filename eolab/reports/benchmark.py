@@ -232,11 +232,19 @@ def _seeded(table: pd.DataFrame) -> pd.DataFrame:
 
 def headline_scores(table: pd.DataFrame, protocol: str = "linear", split: str = "random") -> pd.DataFrame:
     """One score per (task, encoder, pool, block, seed): the task's headline metric under
-    ``protocol`` and ``split``, rows that ran only."""
+    ``protocol`` and ``split``, rows that ran only, smoke tasks left out (too few samples to rank).
+    A dense encoder's per-pixel rows (pool 'patch') count for each pooling it was run with, so that
+    an encoder's aggregate covers its segmentation tasks too."""
     rows = _seeded(table)
     rows = rows[(rows["protocol"] == protocol) & (rows["split"] == split) & (rows["not_applicable"] == "")]
+    if "smoke" in rows:
+        rows = rows[~rows["smoke"].astype(str).str.lower().isin(["true", "1"])]
     metric = _first_metric(rows)
     rows = rows[rows["metric"] == rows["task"].map(metric)]
+    pooled = rows[~rows["pool"].isin(["", "patch"])].groupby("encoder")["pool"].unique()
+    dense = rows[rows["pool"] == "patch"]
+    copies = [dense[dense["encoder"] == enc].assign(pool=p) for enc, pools in pooled.items() for p in pools]
+    rows = pd.concat([rows[rows["pool"] != "patch"], *copies, dense[~dense["encoder"].isin(pooled.index)]])
     return rows[["task", "encoder", "pool", "block", "seed", "metric", "value"]].reset_index(drop=True)
 
 

@@ -464,3 +464,14 @@ def test_aggregate_leaves_smoke_tasks_out_and_counts_dense_rows_for_each_pooling
     enc = agg[agg["encoder"] == "enc"]
     assert set(enc["pool"]) == {"mean"} and enc[enc["group"] == "all"]["tasks"].iloc[0] == 3
     assert "multilabel" not in set(agg["group"])
+
+
+def test_digital_numbers_declared_as_reflectance_are_flagged(tmp_path):
+    def dn(root):
+        batch = toy_batch()
+        return {**batch, "image": batch["image"] * 10_000}
+
+    task = Task("dn", "classification", BANDS, UNITS, MODALITY, 1, 8, 10.0, False, loader=dn)
+    notes = task.load()["notes"]
+    assert any("declared as reflectance hold larger values: B02 (median" in n for n in notes), notes
+    assert not any("digital numbers" in n for n in toy().load()["notes"])

@@ -233,8 +233,34 @@ def normalise_batch(task: Task, batch: dict) -> dict:
                      f"e.g. in sample {where} band {task.bands[int(first[2])]}")
         log.warning("task %s: %s", task.name, notes[-1])
         batch["image"] = values
+    suspect = _unit_mismatch(task, batch["image"])
+    if suspect:
+        notes.append(suspect)
+        log.warning("task %s: %s", task.name, suspect)
     batch["notes"] = tuple(notes)
     return batch
+
+
+REFLECTANCE_MEDIAN_MAX = 1.5
+"""A band declared as reflectance whose median exceeds this holds digital numbers, most likely."""
+
+
+def _unit_mismatch(task: Task, image: torch.Tensor) -> str:
+    """A note when bands declared as reflectance hold values of another scale (e.g. digital numbers,
+    10,000 x reflectance: an encoder would read them 10,000 x off without a word)."""
+    off = []
+    for c, (band, unit) in enumerate(zip(task.bands, task.units, strict=True)):
+        if unit != "reflectance":
+            continue
+        values = image[:, :, c]
+        sample = values.flatten()[:: max(1, values.numel() // 100_000)]  # a strided sample: enough for a median
+        median = float(sample.median())
+        if median > REFLECTANCE_MEDIAN_MAX:
+            off.append(f"{band} (median {median:.4g})")
+    if not off:
+        return ""
+    return (f"bands declared as reflectance hold larger values: {', '.join(off[:4])}" + (" ..." if len(off) > 4 else "")
+            + "; digital numbers? declare the unit, or a scale (e.g. 0.0001) in the task file")
 
 
 def contiguous_labels(target, classes=None) -> tuple[np.ndarray, tuple[str, ...], str]:

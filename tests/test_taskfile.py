@@ -475,3 +475,33 @@ def test_digital_numbers_declared_as_reflectance_are_flagged(tmp_path):
     notes = task.load()["notes"]
     assert any("declared as reflectance hold larger values: B02 (median" in n for n in notes), notes
     assert not any("digital numbers" in n for n in toy().load()["notes"])
+
+
+def test_geotiff_chips_with_a_label_table_and_a_chip_without_crs(tmp_path):
+    import rasterio
+    from rasterio.transform import Affine
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        crop = ("wheat", "maize")[i % 2]
+        data = (rng.normal(1000, 30, (2, 4, 4)) + (i % 2) * 400).astype(np.uint16)
+        crs = None if i == 0 else "EPSG:32633"
+        with rasterio.open(tmp_path / f"chip{i:02d}.tif", "w", driver="GTiff", height=4, width=4, count=2, dtype="uint16",
+                           crs=crs, transform=Affine(10, 0, 500_000 + i * 1000, 0, -10, 5_000_000)) as dst:
+            dst.write(data)
+        rows.append({"file": f"chip{i:02d}.tif", "crop": crop})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "chips.yaml").write_text(f"""name: chips
+kind: classification
+data: {{format: geotiff, root: {tmp_path}, files: "chip*.tif", label: {{table: labels.csv, id_column: file, column: crop}}}}
+size: 4
+gsd_m: 10
+scale: 0.0001
+bands: [{{name: B04, wavelength_nm: 665}}, {{name: B08, wavelength_nm: 842}}]
+""")
+    batch = get_task(str(tmp_path / "chips.yaml")).load()
+    assert batch["image"].shape == (12, 1, 2, 4, 4) and batch["classes"] == ("maize", "wheat")
+    assert batch["target"].tolist()[:2] == [1, 0] and np.isnan(batch["lonlat"][0]).all()
+    assert np.isfinite(batch["lonlat"][1:]).all() and "1 of 12 samples without coordinates" in batch["notes"]
+    assert batch["group"][0] == -1 and (batch["group"][1:] >= 0).all()  # blocks for the located chips

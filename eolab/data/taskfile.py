@@ -209,8 +209,10 @@ def load_from_spec(spec_text: str, path: str, root: Path) -> dict:
     blocked = (spec.get("splits") or {}).get("blocked") or {"by": "coordinates"}
     if blocked["by"] == "coordinates":
         group = None
-        if lonlat is not None and np.isfinite(lonlat).all():
-            group = spatial_blocks(lonlat, float(blocked.get("cell_deg", 1.0)))
+        located = np.zeros(0, dtype=bool) if lonlat is None else np.isfinite(lonlat).all(1)
+        if located.any():  # samples without coordinates share block -1 (the note counts them)
+            group = np.full(len(lonlat), -1, dtype=np.int64)
+            group[located] = spatial_blocks(lonlat[located], float(blocked.get("cell_deg", 1.0)))
     elif group is None:
         _fail(path, "splits.blocked", "by: group needs a group column or array in data")
     else:

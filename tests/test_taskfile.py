@@ -505,3 +505,24 @@ bands: [{{name: B04, wavelength_nm: 665}}, {{name: B08, wavelength_nm: 842}}]
     assert batch["target"].tolist()[:2] == [1, 0] and np.isnan(batch["lonlat"][0]).all()
     assert np.isfinite(batch["lonlat"][1:]).all() and "1 of 12 samples without coordinates" in batch["notes"]
     assert batch["group"][0] == -1 and (batch["group"][1:] >= 0).all()  # blocks for the located chips
+
+
+@pytest.mark.slow
+def test_terramesh_per_pixel_task_file_runs_with_a_dense_encoder(tmp_path, root):
+    """A scene raster plus a label raster per tile (format: scenes): a ViT tiles each scene and every
+    sampled pixel gets its patch features; band statistics read the pixel and its neighbourhood."""
+    from eolab.data.stats import Normalization
+    from eolab.evaluate.encoders import EolabEncoder
+    from eolab.models.vit import build_encoder, encoder_config
+
+    task = get_task(str(EXAMPLES / "terramesh_lulc.yaml"))
+    bands = task.bands
+    torch.manual_seed(0)
+    vit = EolabEncoder(build_encoder("vit_nano", bands, img_size=32, patch_size=16),
+                       Normalization(bands, "reflectance", dict.fromkeys(bands, 0.15), dict.fromkeys(bands, 0.1), "test"),
+                       "vit32", encoder_config("vit_nano", bands, 32, 16))
+    table = evaluate(vit, tasks=[task], protocols=("linear",), splits=("random", "blocked"), baselines=("band_stats",),
+                     settings=FAST, data_root=root, pretraining=None, cache_dir=tmp_path / "cache")
+    acc = table[table["metric"] == "accuracy"]
+    assert (table["not_applicable"] == "").all() and set(acc["encoder"]) == {"vit32", "band_stats"}
+    assert (acc["value"] > 1 / 8).all() and acc["adapter"].str.contains("scene tiled").any()

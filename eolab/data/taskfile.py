@@ -14,6 +14,8 @@ and the field). Three kinds of data:
     table     CSV or Parquet pixel time series: ``layout: long`` (one row per sample and date:
               ``id_column``, ``time_column``) or ``wide`` (one row per sample, a band's columns named
               by a ``{t}`` pattern); label, coordinates, groups and the documented split from columns
+    scenes    per-pixel (segmentation) tasks: scene rasters with a label raster each (``labels:
+              LULC/{stem}.tif``), labelled pixels sampled per class, blocks of ``block_px`` squares
     arrays    npy, HDF5 (``file.h5:dataset``) or zarr (``store.zarr:array``) arrays with declared
               ``axes`` (any of sample, time, band, y, x); targets, coordinates, groups, test flags,
               months or days of year from arrays of the same samples
@@ -43,7 +45,7 @@ from .splits import spatial_blocks
 from .taskdef import KINDS, Task, make_batch, resolve_files
 from .timeseries import day_of_year
 
-FORMATS = ("geotiff", "table", "arrays")
+FORMATS = ("geotiff", "table", "arrays", "scenes")
 TOP_FIELDS = {"name", "kind", "description", "data", "bands", "unit", "scale", "offset", "nodata", "modality",
               "steps", "size", "gsd_m", "labels", "splits", "smoke"}
 BAND_FIELDS = {"name", "wavelength_nm", "bandwidth_nm", "unit", "scale", "offset", "nodata", "modality", "column"}
@@ -53,6 +55,7 @@ DATA_FIELDS = {
               "lat_column", "group_column", "test_column", "test_values", "filter"},
     "arrays": {"format", "root", "inputs", "axes", "target", "lonlat", "latlon", "group", "is_test", "ids", "months",
                "doy"},
+    "scenes": {"format", "root", "files", "labels", "pixels_per_class", "ignore", "block_px", "seed"},
 }
 AXES = ("sample", "time", "band", "y", "x")
 
@@ -88,11 +91,17 @@ def read_task_file(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise TaskFileError(f"{path}: not valid YAML ({exc})") from exc
     _fields(path, "", spec, TOP_FIELDS, ("name", "kind", "data", "bands", "gsd_m"))
-    if spec["kind"] not in ("classification", "regression"):
-        _fail(path, "kind", f"task files support 'classification' and 'regression' (of {KINDS}), got {spec['kind']!r}")
+    if spec["kind"] not in ("classification", "regression", "segmentation"):
+        _fail(path, "kind", f"task files support 'classification', 'regression' and 'segmentation' (of {KINDS}), "
+              f"got {spec['kind']!r}")
     data = spec["data"]
     if not isinstance(data, dict) or data.get("format") not in FORMATS:
         _fail(path, "data.format", f"one of {FORMATS}, got {data.get('format') if isinstance(data, dict) else data!r}")
+    if (spec["kind"] == "segmentation") != (data["format"] == "scenes"):
+        _fail(path, "kind", "a per-pixel (segmentation) task reads format: scenes (a scene raster and a label raster), "
+              "and format: scenes is a segmentation task")
+    if data["format"] == "scenes" and "labels" not in data:
+        _fail(path, "data.labels", "missing (required): the label raster of each scene, e.g. LULC/{stem}.tif")
     _fields(path, "data", data, DATA_FIELDS[data["format"]], ("files",) if data["format"] != "arrays" else ("inputs", "axes", "target"))
     bands = spec["bands"]
     if isinstance(bands, dict) and "card" in bands:
@@ -196,7 +205,7 @@ def load_from_spec(spec_text: str, path: str, root: Path) -> dict:
     key hashes that content, this module and the data files)."""
     spec = json.loads(spec_text)
     data = spec["data"]
-    reader = {"geotiff": _read_geotiffs, "table": _read_table, "arrays": _read_arrays}[data["format"]]
+    reader = {"geotiff": _read_geotiffs, "table": _read_table, "arrays": _read_arrays, "scenes": _read_scenes}[data["format"]]
     out = reader(spec, path, Path(root))
     image = out.pop("raw")  # (N, T, C, H, W) raw values
     bands = spec["bands"]
@@ -206,7 +215,8 @@ def load_from_spec(spec_text: str, path: str, root: Path) -> dict:
     target, keep, classes, notes = _labels(spec, path, out.pop("target"))
     lonlat = out.pop("lonlat")
     group = out.pop("group", None)
-    blocked = (spec.get("splits") or {}).get("blocked") or {"by": "coordinates"}
+    default = {"by": "group"} if data["format"] == "scenes" else {"by": "coordinates"}  # scenes: pixel squares
+    blocked = (spec.get("splits") or {}).get("blocked") or default
     if blocked["by"] == "coordinates":
         group = None
         located = np.zeros(0, dtype=bool) if lonlat is None else np.isfinite(lonlat).all(1)
@@ -224,11 +234,12 @@ def load_from_spec(spec_text: str, path: str, root: Path) -> dict:
             return None
         return value[keep] if isinstance(value, np.ndarray) else [value[i] for i in np.flatnonzero(keep)]
 
-    extra = {k: take(v) if k in ("doy", "is_test", "time") else v for k, v in out.items()}  # per sample, or per step
+    extra = {k: take(v) if k in ("doy", "is_test", "time", "pixel") else v for k, v in out.items()}  # per sample, or not
+    per_pixel = spec["kind"] == "segmentation"  # the image holds whole scenes; the samples are pixels of them
     names = tuple(b["name"] for b in bands)
     return make_batch(names, tuple(_band(spec, b, "unit", "reflectance") for b in bands),
                   tuple(_band(spec, b, "modality", "") or "" for b in bands),
-                  torch.from_numpy(np.ascontiguousarray(scaled[keep])), target, take(ids),
+                  torch.from_numpy(np.ascontiguousarray(scaled if per_pixel else scaled[keep])), target, take(ids),
                   None if lonlat is None else lonlat[keep], None if group is None else group[keep],
                   **({"classes": classes} if classes is not None else {}), notes=tuple(notes),
                   **{k: v for k, v in extra.items() if v is not None})
@@ -337,6 +348,56 @@ def _read_geotiffs(spec: dict, path: str, root: Path) -> dict:
     if is_test:
         out["is_test"] = np.asarray(is_test)
     return out
+
+
+def _read_scenes(spec: dict, path: str, root: Path) -> dict:
+    """Scene rasters and their label rasters (``labels``: a path pattern with ``{stem}``, the scene
+    file's name without suffix); up to ``pixels_per_class`` labelled pixels per class over all scenes
+    (seeded), ``ignore`` label values (no data) left out; blocks are ``block_px`` squares of a scene."""
+    from rasterio.warp import transform as warp_transform
+
+    from .raster import read_raster
+
+    data = spec["data"]
+    base = root / data.get("root", "")
+    files = data["files"] if isinstance(data["files"], list) else [data["files"]]
+    scenes = resolve_files(tuple(files), base, spec["name"])
+    size = int(spec.get("size", 1))
+    images, labels, metas = [], [], []
+    for f in scenes:
+        dn, meta = read_raster(f, expected_count=len(spec["bands"]))
+        label_file = base / data["labels"].format(stem=f.stem, name=f.name)
+        if not label_file.is_file():
+            _fail(path, "data.labels", f"no label raster {label_file} for scene {f}")
+        lab, _ = read_raster(label_file, expected_count=1)
+        if dn.shape[1:] != (size, size) or lab.shape[1:] != dn.shape[1:]:
+            _fail(path, "size", f"{f} is {dn.shape[1:]} px and its labels {lab.shape[1:]}, the task file declares {size}")
+        images.append(dn[None])  # (1, C, H, W): one date
+        labels.append(lab[0])
+        metas.append(meta)
+    stack = np.stack(labels)  # (S, H, W)
+    ignore = set(data.get("ignore", []))
+    rng = np.random.default_rng(int(data.get("seed", 0)))
+    per_class = int(data.get("pixels_per_class", 150))
+    picked = []
+    for value in sorted(set(np.unique(stack)) - ignore):
+        where = np.argwhere(stack == value)  # (M, 3) scene, row, col
+        take = rng.choice(len(where), min(len(where), per_class), replace=False)
+        picked.append(where[np.sort(take)])
+    pixel = np.concatenate(picked)  # (N, 3)
+    lonlat = np.full((len(pixel), 2), np.nan)
+    for s, meta in enumerate(metas):
+        mine = pixel[:, 0] == s
+        if meta["crs"] is None or not mine.any():
+            continue
+        xs, ys = meta["transform"] @ (pixel[mine, 2] + 0.5, pixel[mine, 1] + 0.5)  # pixel centres in the scene's CRS
+        lon, lat = warp_transform(meta["crs"], "EPSG:4326", list(xs), list(ys))
+        lonlat[mine] = np.c_[lon, lat]
+    block = int(data.get("block_px", 32))
+    _, group = np.unique(np.c_[pixel[:, 0], pixel[:, 1:] // block], axis=0, return_inverse=True)
+    rel = [str(f.relative_to(base)) for f in scenes]
+    return {"raw": np.stack(images), "target": stack[pixel[:, 0], pixel[:, 1], pixel[:, 2]], "pixel": pixel,
+            "id": [f"{rel[s]}@{r},{c}" for s, r, c in pixel], "lonlat": lonlat, "group": group.ravel()}
 
 
 def _read_frame(file: Path) -> pd.DataFrame:

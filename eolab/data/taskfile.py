@@ -5,7 +5,7 @@
 A task file says where the data are, what each band is, how values become the declared unit,
 what the labels are and how the task is split; the format is in ``docs/benchmark.md`` and every
 field is checked before anything is read (an unknown or missing field is an error naming the file
-and the field). Three kinds of data:
+and the field). Four kinds of data:
 
     geotiff   one GeoTIFF chip per sample (``files``: globs, read in the order given, each sorted);
               label from a folder of the path (``label: {path_part: -2}``) or a column of a table

@@ -19,6 +19,7 @@ from typing import Any
 
 from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
+from .data.downstream import is_task_file
 from .data.pretraining import DATASET_BANDS, TIME_SERIES
 from .data.sampling import parse_spec
 from .data.sources import SourceError, builtin_sources, load_source, source_bands
@@ -240,8 +241,8 @@ class PretrainConfig:
             ("sampling", lambda: self.sampling == "pandas_uniform" or self.n_pretrain > 0,
              "left at its default unless n_pretrain (the budget it samples) is set"),
             ("probe_folds", lambda: self.probe_folds >= 2, ">= 2"),
-            ("benchmark", lambda: all(t in DOWNSTREAM_TASKS for t in self.benchmark_list),
-             f"empty, 'all' or comma-separated task names from {list(DOWNSTREAM_TASKS)}"),
+            ("benchmark", lambda: all(t in DOWNSTREAM_TASKS or is_task_file(t) for t in self.benchmark_list),
+             f"empty, 'all' or comma-separated task names from {list(DOWNSTREAM_TASKS)} or task files (*.yaml)"),
         ]
         for name, check, what in checks:
             try:

@@ -143,7 +143,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path, root, capsys):
     bad.write_bytes(b"not a checkpoint" * 10)
     with pytest.raises(CheckpointError, match=str(bad)):
         evaluate(bad, tasks=[TOY], data_root=root)
-    assert main(["--checkpoint", str(bad), "--tasks", "toy"]) == 2
+    assert main(["--checkpoint", str(bad), "--tasks", "eurosat"]) == 2
     assert str(bad) in capsys.readouterr().err
 
 

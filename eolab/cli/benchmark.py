@@ -2,6 +2,7 @@
 
     python -m eolab benchmark --checkpoint results/.../encoder.pt --output results/benchmark
     python -m eolab benchmark --checkpoint results/.../encoder.pt --timing
+    python -m eolab benchmark --checkpoint results/.../encoder.pt --tasks eurosat,path/to/my_task.yaml
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ..checkpoint import CheckpointError
-from ..data.downstream import TASKS
+from ..data.downstream import UnknownTaskError, check_task_names, task_names
 from ..evaluate.battery import BASELINES, PROTOCOLS, SPLITS, Settings, evaluate
-from ..reports.benchmark import headline
+from ..reports.benchmark import diagnostics, headline, write_leaderboard
 from ..text import split_names
 
 
@@ -26,10 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eolab benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, action="append", help="eolab encoder checkpoint (repeatable)")
     parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated task names or task files (*.yaml, see docs/benchmark.md); default: all")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--splits", default=",".join(SPLITS))
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats or ''")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats (default), flat_series,series_summary (time series), or ''")
     parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
     parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
     parser.add_argument("--data-root", default=None)
@@ -43,8 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
                              "(probes refitted), with cached results; print the wall times")
     args = parser.parse_args(argv)
+    tasks = split_names(args.tasks) if args.tasks else task_names()
+    try:  # an unknown name or a missing task file is a usage error, before any work
+        check_task_names(tasks)
+    except UnknownTaskError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    kwargs = {"tasks": split_names(args.tasks), "protocols": split_names(args.protocols), "splits": split_names(args.splits),
+    kwargs = {"tasks": tasks, "protocols": split_names(args.protocols), "splits": split_names(args.splits),
               "baselines": split_names(args.baselines), "pools": split_names(args.pools),
               "blocks": [int(b) for b in split_names(args.blocks)], "data_root": args.data_root,
               "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
@@ -66,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = calls[-1][1]
         else:
             table = evaluate(encoder, cache_dir=args.cache_dir, output_dir=args.output, **kwargs)
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad inputs, named (a task file's field, a file)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.output:  # the long (backbone, task, metric, seed, protocol) form leaderboards collect
+        write_leaderboard(table, Path(args.output) / "leaderboard.csv")
     with pd.option_context("display.max_colwidth", 60):
-        print(headline(table).to_string())
+        head = headline(table)
+        print((head if len(head) else diagnostics(table)).to_string())
     return 0
 
 

@@ -27,11 +27,7 @@ Every task's docstring says how its samples, its blocked split and its documente
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -42,9 +38,22 @@ from rasterio.warp import transform as warp_transform
 from . import eurosat
 from .bands import S2_L1C, S2_L2A
 from .pairs import bigearthnet_metadata, read_bigearthnet_s2
-from .paths import data_root
 from .raster import centre_lonlat
 from .splits import spatial_blocks
+from .taskdef import (  # noqa: F401 - the task contract, re-exported where the tasks are
+    KINDS,
+    SAMPLE_KEYS,
+    TASK_VERSION,
+    Task,
+    batch_digest,
+    contiguous_labels,
+    files_digest,
+    loader_identity,
+    make_batch,
+    normalise_batch,
+    resolve_files,
+)
+from .taskfile import load_task_file
 from .timeseries import (
     NDVI_FILL,
     REFLECTANCE_SCALE,
@@ -54,87 +63,6 @@ from .timeseries import (
     eopatch_grid,
     load_npy,
 )
-
-KINDS = ("classification", "multilabel", "regression", "segmentation")
-SAMPLE_KEYS = ("image", "target", "id", "lonlat", "group", "time", "doy", "is_test", "pixel")
-"""Batch entries with one item per sample (``image``: except for segmentation, whose samples are pixels)."""
-TASK_VERSION = 1  # bump when a loader changes what it returns, so cached embeddings are not reused
-_LOADER_CODE = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]  # and an edited loader, too
-
-
-@dataclass(frozen=True)
-class Task:
-    """A labelled benchmark task and the inputs it provides (see the module docstring)."""
-
-    name: str
-    kind: str
-    bands: tuple[str, ...]
-    units: tuple[str, ...]  # one per band
-    modality: tuple[str, ...]  # one per band: "s2", "s1", "era5", "srtm", "index"
-    num_dates: int  # time steps per sample
-    size: int  # pixels per side of a sample (1: a pixel time series); segmentation: of its scene
-    gsd_m: float  # ground sampling distance of a pixel, metres
-    dated: bool  # the time steps carry days of year (what a temporal encoder needs)
-    loader: Callable[[Path], dict] = field(repr=False, compare=False)
-    files: tuple[str, ...] = ()  # globs under the data root that the task reads (for the cache key)
-    split: str = ""  # the blocked and the documented split, in words
-    smoke: bool = False  # too few samples for a figure: a check that the path runs
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if not len(self.bands) == len(self.units) == len(self.modality):
-            raise ValueError(f"task {self.name}: bands, units and modality must have one entry per band")
-
-    def unit_of(self, bands) -> str:
-        """The unit string of ``bands`` as eolab writes it: units in order of first appearance,
-        joined by '+' ("reflectance", "reflectance+dB")."""
-        units = [self.units[self.bands.index(b)] for b in bands]
-        return "+".join(dict.fromkeys(units))
-
-    def load(self, root: str | Path | None = None) -> dict:
-        batch = self.loader(data_root(root))
-        _check_batch(self, batch)
-        return batch
-
-    def fingerprint(self, root: str | Path | None = None) -> str:
-        """Hash of the task definition and of its input files (path, size, mtime): a changed input
-        gives a new key, so embeddings cached for the old one are not reused."""
-        root = data_root(root)
-        h = hashlib.sha1(json.dumps([TASK_VERSION, _LOADER_CODE, self.name, self.kind, self.bands, self.num_dates]).encode())
-        for pattern in self.files:
-            for f in sorted(root.glob(pattern)):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
-        return h.hexdigest()[:16]
-
-
-def _check_batch(task: Task, batch: dict) -> None:
-    """The loader returned what the task declares (shape, bands, one entry per sample)."""
-    image = batch["image"]
-    if image.ndim != 5 or image.shape[1] != task.num_dates or image.shape[2] != len(task.bands):
-        raise ValueError(f"task {task.name}: image {tuple(image.shape)} disagrees with its declaration "
-                         f"(N, {task.num_dates}, {len(task.bands)}, H, W)")
-    if tuple(batch["bands"]) != task.bands:
-        raise ValueError(f"task {task.name}: loader bands {batch['bands']} differ from the declared {task.bands}")
-    n = len(batch["target"])
-    for key in ("id", "lonlat", "group"):
-        if len(batch[key]) != n:
-            raise ValueError(f"task {task.name}: {key} has {len(batch[key])} entries for {n} samples")
-    values = image.numpy() if torch.is_tensor(image) else np.asarray(image)
-    bad = ~np.isfinite(values)
-    if bad.any():  # sklearn would fail after the embedding with "Input X contains NaN." and no file named
-        sample, _, band = (int(i[0]) for i in np.nonzero(bad.any(axis=(3, 4))))
-        raise ValueError(f"task {task.name}: {int(bad.sum())} NaN or infinite input values, e.g. in sample "
-                         f"{batch['id'][sample]} band {task.bands[band]}; fix or remove that file")
-
-
-def _batch(task_bands, units, modality, image, target, ids, lonlat, group, **extra) -> dict:
-    return {"image": image, "bands": tuple(task_bands), "units": tuple(units), "modality": tuple(modality),
-            "target": np.asarray(target), "id": list(ids), "lonlat": np.asarray(lonlat, dtype=np.float64),
-            "group": np.asarray(group, dtype=np.int64), "time": None, "doy": None, "is_test": None, **extra}
-
 
 # ----------------------------------------------------------------------------------------------
 # EuroSAT-MS
@@ -150,7 +78,7 @@ def load_eurosat(root: Path) -> dict:
     d = eurosat.load(root)
     n = len(d["label"])
     lonlat = d["lonlat"].double().numpy()
-    return _batch(d["bands"], ("reflectance",) * len(d["bands"]), ("s2",) * len(d["bands"]),
+    return make_batch(d["bands"], ("reflectance",) * len(d["bands"]), ("s2",) * len(d["bands"]),
                   d["image"][:, None], d["label"].numpy(), d["id"], lonlat, spatial_blocks(lonlat, 2.0),
                   is_test=np.array([s == "test" for s in d["split"]]), classes=d["classes"], n=n)
 
@@ -189,7 +117,7 @@ def load_bigearthnet(root: Path) -> dict:
     multi_hot = np.array([[name in ls for name in names] for ls in labels], dtype=np.int64)  # (N, L)
     usable = (multi_hot.sum(0) >= 2) & ((1 - multi_hot).sum(0) >= 2)
     _, group = np.unique(products, return_inverse=True)
-    return _batch(S2_L2A, ("reflectance",) * len(S2_L2A), ("s2",) * len(S2_L2A),
+    return make_batch(S2_L2A, ("reflectance",) * len(S2_L2A), ("s2",) * len(S2_L2A),
                   torch.stack(images)[:, None], multi_hot[:, usable],
                   [str(f.relative_to(root)) for f in folders], lonlat, group,
                   time=times, doy=np.array([[day_of_year(t)] for t in times]),
@@ -256,7 +184,7 @@ def load_slovenia_landcover(root: Path) -> dict:
         raise ValueError(f"{path}: shape {scenes.shape}, expected (T, H, W, {len(S2_L1C)})")
     labels = _slovenia_labels(root, *scenes.shape[1:3])
     image = torch.from_numpy(np.ascontiguousarray(scenes.transpose(0, 3, 1, 2)))[None]  # (T,H,W,C) -> (1,T,C,H,W)
-    return _batch(S2_L1C, ("reflectance",) * len(S2_L1C), ("s2",) * len(S2_L1C), image, labels.pop("target"),
+    return make_batch(S2_L1C, ("reflectance",) * len(S2_L1C), ("s2",) * len(S2_L1C), image, labels.pop("target"),
                   labels.pop("id"), labels.pop("lonlat"), labels.pop("group"), **labels)
 
 
@@ -281,7 +209,7 @@ def load_slovenia_ndvi_landcover(root: Path) -> dict:
     labels = _slovenia_labels(root, height, width)
     image = torch.from_numpy(values)[None, :, None]  # (T, H, W) -> (1, T, 1, H, W)
     doy = np.array([[day_of_year(d) for d in dates]] * len(labels["target"]))  # every pixel sees every date
-    return _batch(("NDVI",), ("index",), ("index",), image, labels.pop("target"), labels.pop("id"),
+    return make_batch(("NDVI",), ("index",), ("index",), image, labels.pop("target"), labels.pop("id"),
                   labels.pop("lonlat"), labels.pop("group"), doy=doy, dates=dates, valid=valid[None],
                   date_clear=valid.mean((1, 2)), **labels)
 
@@ -316,13 +244,14 @@ def _presto_arrays(root: Path, task: str) -> dict[str, np.ndarray]:
 
 def _presto_batch(root: Path, task: str, target: np.ndarray, arrays: dict, **extra) -> dict:
     x = arrays["s1_s2_era5_srtm"].astype(np.float32)  # (N, T, 18)
-    x[..., _PRESTO_S2] *= REFLECTANCE_SCALE  # Earth Engine S2 digital numbers -> reflectance
+    # Earth Engine S2 digital numbers -> reflectance, divided (exact in float32, as a task file's scale)
+    x[..., _PRESTO_S2] /= np.float32(round(1 / REFLECTANCE_SCALE))
     lonlat = arrays["latlon"][:, ::-1].astype(np.float64)  # presto stores (lat, lon)
     # Presto's month index (0 = January) of every step; the year is not stored, so the day of year
     # of a step is taken as the 15th of its month (an approximation a temporal encoder can use).
     doy = np.array([[date(2021, m + 1, 15).timetuple().tm_yday for m in row] for row in arrays["month"]])
     ids = extra.pop("ids", [f"presto/{task}/{i}" for i in range(len(x))])
-    return _batch(PRESTO_BANDS, PRESTO_UNITS, PRESTO_MODALITY, torch.from_numpy(x)[..., None, None], target,
+    return make_batch(PRESTO_BANDS, PRESTO_UNITS, PRESTO_MODALITY, torch.from_numpy(x)[..., None, None], target,
                   ids, lonlat, spatial_blocks(lonlat, PRESTO_BLOCK_DEG), doy=doy,
                   is_test=arrays["is_test"].astype(bool), **extra)  # image (N, T, C) -> (N, T, C, 1, 1)
 
@@ -395,7 +324,7 @@ def load_era5_next_day(root: Path) -> dict:
     n_days = cube.shape[0] - 1
     day_index = np.repeat(np.arange(n_days), len(lat0) * len(lon0))
     image = torch.from_numpy(np.stack(images))[:, :, None]  # (N, 24, 8, 8) -> (N, 24, 1, 8, 8)
-    return _batch(("t2m",), ("K",), ("era5",), image, np.asarray(target), ids, lonlat, group, time=times,
+    return make_batch(("t2m",), ("K",), ("era5",), image, np.asarray(target), ids, lonlat, group, time=times,
                   is_test=day_index >= n_days - ERA5_TEST_DAYS)
 
 
@@ -438,9 +367,62 @@ TASKS: dict[str, Task] = _tasks()
 """Every benchmark task by name."""
 
 
-def get_task(name: str | Task) -> Task:
+REGISTERED: dict[str, Task] = {}
+"""Tasks added with ``register_task`` (beside the built-in ``TASKS``)."""
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+class UnknownTaskError(ValueError):
+    """A task name that is neither built in, registered, nor a task file."""
+
+
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Make ``task`` available by name to ``evaluate``, the command line and the notebooks of this
+    process (``get_task(task.name)``). A built-in name cannot be taken; re-registering a name needs
+    ``replace=True`` (so two different tasks never share a name, and so a cache key)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task takes a Task, got {type(task).__name__}")
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is built in; give your task another name")
+    if task.name in REGISTERED and not replace and REGISTERED[task.name] is not task:
+        raise ValueError(f"task {task.name!r} is already registered; pass replace=True to replace it")
+    REGISTERED[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    REGISTERED.pop(name, None)
+
+
+def task_names() -> list[str]:
+    """Every task that can be named: built in, then registered."""
+    return [*TASKS, *REGISTERED]
+
+
+def is_task_file(name: str) -> bool:
+    return str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
+
+def get_task(name: str | Path | Task) -> Task:
+    """A task by name (built in or registered), a task file (``.yaml``: ``eolab.data.taskfile``),
+    or a ``Task`` as it is. An unknown name raises ``UnknownTaskError`` listing the valid ones."""
     if isinstance(name, Task):
         return name
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
-    return TASKS[name]
+    text = str(name).strip()
+    if is_task_file(text):
+        return load_task_file(text)
+    if text in TASKS:
+        return TASKS[text]
+    if text in REGISTERED:
+        return REGISTERED[text]
+    raise UnknownTaskError(f"unknown task {text!r}; choose from {task_names()} or give a task file (*.yaml)")
+
+
+def check_task_names(names) -> None:
+    """Raise ``UnknownTaskError`` for the first name that is no task (task files must exist)."""
+    for name in names:
+        if is_task_file(str(name)):
+            if not Path(str(name).strip()).expanduser().is_file():
+                raise UnknownTaskError(f"task file {str(name).strip()!r} does not exist")
+        else:
+            get_task(name)

@@ -43,7 +43,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .. import intervals as _intervals
-from ..data.downstream import SAMPLE_KEYS, TASKS, Task, get_task
+from ..data.downstream import SAMPLE_KEYS, Task, get_task, task_names
 from ..data.paths import data_root as resolve_data_root
 from ..intervals import bootstrap_ci
 from ..io import write_json_atomic, write_text_atomic
@@ -58,7 +58,7 @@ from . import leakage as _leakage
 from . import probe as _probe
 from . import protocols as P
 from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
-from .encoders import BandStats, BenchEncoder, EolabEncoder, NotApplicable, Plan
+from .encoders import BandStats, BenchEncoder, EolabEncoder, FlatSeries, NotApplicable, Plan, SeriesSummary
 from .leakage import overlaps, pretraining_footprints
 from .store import EmbeddingKey, EmbeddingStore, code_version
 
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("linear", "knn", "few_shot", "robustness", "diagnostics", "leakage")
 SPLITS = ("random", "blocked", "official")
 BASELINES = ("random_init", "band_stats")
+"""The default controls; ``TEMPORAL_BASELINES`` may be asked for as well."""
+TEMPORAL_BASELINES = ("flat_series", "series_summary")
 DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", "VH")}
 """Robustness scenarios: bands missing at test time (a scenario applies when the encoder reads some,
 not all, of its bands)."""
@@ -75,7 +77,9 @@ EMBED_VERSION = code_version(_encoders, _probe, _vit, _tokenizers)
 CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _probe, _intervals)
 """Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
 COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
-           "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke")
+           "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke", "note")
+"""``note``: what the row's numbers rest on beyond the protocol (fewer folds than asked, labels
+remapped, no-data filled, samples without coordinates)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
     """The encoders to benchmark: ``encoder`` (a checkpoint path, an ``EolabEncoder`` or other
     ``BenchEncoder``, or a list of them) followed by the requested baselines, derived from the
     first eolab encoder: ``random_init`` (same architecture, seeded) and ``band_stats`` (restricted
-    to its bands)."""
+    to its bands), and on request the temporal ``flat_series`` and ``series_summary`` (time series only)."""
     items = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
     encoders = []
     for item in items:
@@ -123,8 +127,12 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
             encoders.append(first.random_init(seed))
         elif b == "band_stats":
             encoders.append(BandStats(first.bands if first else None))
+        elif b == "flat_series":
+            encoders.append(FlatSeries(first.bands if first else None))
+        elif b == "series_summary":
+            encoders.append(SeriesSummary(first.bands if first else None))
         else:
-            raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES}")
+            raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES + TEMPORAL_BASELINES}")
     return encoders
 
 
@@ -146,8 +154,8 @@ class TaskRun:
 
     def __init__(self, task: Task, root: Path, store: EmbeddingStore, settings: Settings):
         self.task, self.root, self.store, self.settings = task, root, store, settings
-        self.fingerprint = task.fingerprint(root)
         self._batch: dict | None = None
+        self.fingerprint = task.fingerprint(root, self.batch)
         self.samples = store.samples(task.name, self.fingerprint, self.batch)
 
     def batch(self) -> dict:
@@ -160,6 +168,24 @@ class TaskRun:
     @property
     def n(self) -> int:
         return len(self.samples["target"])
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the loaded task needed (labels remapped, no-data filled, coordinates missing)."""
+        return tuple(self.samples.get("notes") or ())
+
+    @cached_property
+    def problem(self) -> str:
+        """Why no probe can run on this task at all (one class, a constant target), or ''."""
+        y, kind = self.samples["target"], self.task.kind
+        if self.n < 2:
+            return f"{self.task.name} has {self.n} sample(s)"
+        if kind in P.CLASSIFICATION and len(np.unique(y)) < 2:
+            names = self.samples.get("classes") or ()
+            return f"{self.task.name} has a single class ({names[0] if names else y[0]}): nothing to tell apart"
+        if kind == "regression" and np.nanstd(np.asarray(y, dtype=float)) == 0:
+            return f"{self.task.name} has a constant target: nothing to regress"
+        return ""
 
     @cached_property
     def folds(self) -> dict[str, list[P.Fold] | str]:
@@ -175,6 +201,26 @@ class TaskRun:
             except ValueError as exc:
                 out[split] = str(exc)
         return out
+
+    @cached_property
+    def fold_notes(self) -> dict[str, str]:
+        """Per split, a note when it has fewer folds than asked (a rare class, few blocks or samples)."""
+        s, y, kind = self.settings, self.samples["target"], self.task.kind
+        notes = {}
+        for split in ("random", "blocked"):
+            folds = self.folds[split]
+            if not isinstance(folds, list):
+                continue
+            k = sum(f.repeat == 0 for f in folds)
+            if k < s.folds:
+                if split == "blocked":
+                    why = f"{len(np.unique(self.samples['group']))} spatial blocks"
+                elif kind in P.CLASSIFICATION:
+                    why = f"the smallest class has {int(np.bincount(y).min())} samples"
+                else:
+                    why = f"{len(y)} samples"
+                notes[split] = f"{k}-fold instead of {s.folds}-fold: {why}"
+        return notes
 
     def robustness_split(self, splits: Sequence[str]) -> str | None:
         """The split whose probe is tested with bands missing: the documented one where the task has
@@ -200,6 +246,8 @@ class TaskRun:
                  rows: np.ndarray | None = None, drop: tuple[str, ...] = (),
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
         """Embeddings of the samples (``rows`` of them), from the store or computed and stored."""
+        if plan.encoder_bands:  # bands matched by wavelength: which task band fed which encoder band is part of the key
+            variant += "|" + ",".join(f"{e}<-{t}" for e, t in zip(plan.encoder_bands, plan.bands, strict=True))
         key = EmbeddingKey(enc.fingerprint(), self.task.name, self.fingerprint, pool if enc.has_axes else "-",
                            block_label.replace("/", "of") or "-", variant, EMBED_VERSION)
 
@@ -231,13 +279,17 @@ class RowContext:
     block: str
     adapter: str
     n_samples: int
+    notes: tuple[str, ...] = ()
+    split_notes: dict[str, str] = field(default_factory=dict)
 
     def row(self, protocol: str, split: str, metric: str, value: float, ci=(np.nan, np.nan), ci_method: str = "",
-            n: int = 0, variant: str = "", not_applicable: str = "") -> dict:
+            n: int = 0, variant: str = "", not_applicable: str = "", note: str = "") -> dict:
+        note = "; ".join(x for x in (*self.notes, self.split_notes.get(split, ""), note) if x)
         return {"task": self.task.name, "encoder": self.encoder, "protocol": protocol, "split": split,
                 "pool": self.pool, "block": self.block, "variant": variant, "adapter": self.adapter, "metric": metric,
                 "value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "ci_method": ci_method,
-                "n": int(n), "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke}
+                "n": int(n), "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke,
+                "note": note}
 
 
 def _summary_rows(ctx: RowContext, protocol: str, split: str, y: np.ndarray, results: list[P.FoldResult],
@@ -283,13 +335,13 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
             continue
         robust = variants if split == run.robustness_split(splits) else {}
         if "linear" in protocols or robust:
-            results = P.run_probe(lambda: P.linear_model(kind, s.seed), x, y, folds, robust)
+            results = P.run_probe(lambda yt: P.linear_model(kind, s.seed, y_train=yt), x, y, folds, robust)
             if "linear" in protocols:
                 rows += _summary_rows(ctx, "linear", split, y, results)
             for name in robust:
                 rows += _summary_rows(ctx, "robustness", split, y, results, name, name)
         if "knn" in protocols:
-            rows += _summary_rows(ctx, "knn", split, y, P.run_probe(lambda: P.knn_model(kind, s.k), x, y, folds))
+            rows += _summary_rows(ctx, "knn", split, y, P.run_probe(lambda yt: P.knn_model(kind, s.k, len(yt)), x, y, folds))
     if "few_shot" in protocols:
         if kind not in P.CLASSIFICATION:
             return rows + _not_applicable(ctx, ["few_shot"], f"few-shot needs classes; {run.task.name} is {kind}")
@@ -299,7 +351,7 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
             except ValueError as exc:
                 rows.append(ctx.row("few_shot", "few_shot", "", np.nan, variant=f"shots={shots}", not_applicable=str(exc)))
                 continue
-            results = P.run_probe(lambda: P.linear_model(kind, s.seed, fixed_c=P.FEW_SHOT_C), x, y, folds)
+            results = P.run_probe(lambda yt: P.linear_model(kind, s.seed, fixed_c=P.FEW_SHOT_C), x, y, folds)
             rows += _summary_rows(ctx, "few_shot", "few_shot", y, results, variant=f"shots={shots}", over="draws")
     return rows
 
@@ -349,6 +401,9 @@ def _leakage_rows(run: TaskRun, ctx: RowContext, footprints: pd.DataFrame | str)
     if not isinstance(footprints, pd.DataFrame):
         return _not_applicable(ctx, ["leakage"], footprints)
     size_m = run.task.gsd_m * (1 if run.task.kind == "segmentation" else run.task.size)
+    located = np.isfinite(run.samples["lonlat"]).all(1)
+    if not located.any():
+        return _not_applicable(ctx, ["leakage"], f"{run.task.name} gives no sample coordinates: leakage cannot be checked")
     table = leakage_table(run, footprints)
     rows = [ctx.row("leakage", "all", "overlap_fraction", table["overlaps"].mean(), ci_method="census of every sample",
                     n=len(table), variant=f"footprint {size_m:.0f} m")]
@@ -360,11 +415,15 @@ def _leakage_rows(run: TaskRun, ctx: RowContext, footprints: pd.DataFrame | str)
 
 
 def leakage_table(run: TaskRun, footprints: pd.DataFrame, margin_m: float | None = None) -> pd.DataFrame:
-    """Per sample of a task: id, distance to the nearest pre-training footprint, overlap, same date."""
+    """Per sample of a task with coordinates: id, distance to the nearest pre-training footprint,
+    overlap, same date (samples without coordinates are left out: the check does not apply to them)."""
     size_m = run.task.gsd_m * (1 if run.task.kind == "segmentation" else run.task.size)
     margin = run.settings.leakage_margin_m if margin_m is None else margin_m
-    table = overlaps(run.samples["lonlat"], run.samples["time"], size_m, footprints, margin)
-    return table.assign(id=run.samples["id"])
+    located = np.flatnonzero(np.isfinite(run.samples["lonlat"]).all(1))
+    times = run.samples["time"]
+    table = overlaps(run.samples["lonlat"][located], None if times is None else [times[i] for i in located], size_m,
+                     footprints, margin)
+    return table.assign(id=[run.samples["id"][i] for i in located])
 
 
 class Footprints:
@@ -375,7 +434,7 @@ class Footprints:
     def __init__(self, enc: BenchEncoder, pretraining):
         self.enc, self.pretraining = enc, pretraining
         self.record = None
-        if pretraining == "auto" and getattr(enc, "checkpoint", ""):
+        if isinstance(pretraining, str) and pretraining == "auto" and getattr(enc, "checkpoint", ""):
             self.record = Path(enc.checkpoint).parent / "record.json"
 
     @cached_property
@@ -435,31 +494,48 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
     store = EmbeddingStore(Path(cache_dir)) if cache_dir else EmbeddingStore()
     footprints = {e.name: Footprints(e, pretraining) for e in encoders}
     rows, timing = [], {}
-    for task in [get_task(t) for t in (tasks or TASKS)]:
-        run = TaskRun(task, root, store, settings)
+    # Every task is resolved before any work: an unknown name or a bad task file fails now, named.
+    for task in [get_task(t) for t in (tasks or task_names())]:
+        try:
+            run = TaskRun(task, root, store, settings)
+        except Exception as exc:  # one task's data must not abort the call: a row per encoder says why
+            log.exception("%s: could not be loaded", task.name)
+            rows += [row for enc in encoders for row in _error_rows(task, enc, protocols, "task could not be loaded", exc)]
+            continue
         for enc in encoders:
             t0 = time.perf_counter()
 
             def compute(run=run, enc=enc) -> list[dict]:
                 return _encoder_rows(run, enc, protocols, splits, pools, blocks, footprints[enc.name])
 
-            if reuse_results:
-                key = {"task": run.fingerprint, "protocols": list(protocols), "splits": list(splits),
-                       "pools": list(pools), "blocks": list(blocks), "settings": asdict(settings), "name": enc.name,
-                       "footprints": footprints[enc.name].key if "leakage" in protocols else "", "code": CODE_VERSION}
-                rows += store.rows(enc.fingerprint(), task.name, key, compute)
-            else:
-                rows += compute()
+            try:
+                if reuse_results:
+                    key = {"task": run.fingerprint, "protocols": list(protocols), "splits": list(splits),
+                           "pools": list(pools), "blocks": list(blocks), "settings": asdict(settings), "name": enc.name,
+                           "footprints": footprints[enc.name].key if "leakage" in protocols else "",
+                           "code": CODE_VERSION}
+                    rows += store.rows(enc.fingerprint(), task.name, key, compute)
+                else:
+                    rows += compute()
+            except Exception as exc:  # an error is a row (never cached), and the other encoders and tasks run
+                log.exception("%s / %s failed", task.name, enc.name)
+                rows += _error_rows(task, enc, protocols, "failed", exc, run.n)
             timing[f"{task.name}/{enc.name}"] = round(time.perf_counter() - t0, 2)
             log.info("%s / %s: %.1f s", task.name, enc.name, timing[f"{task.name}/{enc.name}"])
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing,
+    table.attrs.update(wall_time_s=time.perf_counter() - t_start, timing=timing, seed=settings.seed,
                        cache={"hits": store.hits, "misses": store.misses, "result_hits": store.result_hits,
                               "root": str(store.root)})
     if output_dir:
         write_outputs(table, Path(output_dir), encoders, settings, protocols=list(protocols), splits=list(splits),
                       pools=list(pools), blocks=list(blocks))
     return table
+
+
+def _error_rows(task: Task, enc: BenchEncoder, protocols, what: str, exc: Exception, n: int = 0) -> list[dict]:
+    """Rows saying that a task (or an encoder on it) raised, with the error, one per protocol."""
+    reason = f"error: {task.name} {what}: {type(exc).__name__}: {exc}"
+    return _not_applicable(RowContext(task, enc.name, "", "", "", n), protocols, reason)
 
 
 def _robustness_features(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Plan, axes, splits,
@@ -486,14 +562,18 @@ def _robustness_features(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan:
 def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blocks,
                   footprints: Footprints) -> list[dict]:
     plan = enc.plan(run.task)
-    ctx = RowContext(run.task, enc.name, "", "", "", run.n)
+    ctx = RowContext(run.task, enc.name, "", "", "", run.n, run.notes)
     if isinstance(plan, NotApplicable):
         return _not_applicable(ctx, protocols, plan.reason)
+    if run.problem:
+        return _not_applicable(ctx, protocols, run.problem)
+    if plan.encoder_bands:
+        log.info("%s / %s: %s", run.task.name, enc.name, plan.adapter)
     rows = []
     if "leakage" in protocols:
-        rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n), footprints.value)
+        rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n, run.notes), footprints.value)
     for pool, block, pool_label, block_label in _axes(enc, plan, pools, blocks):
-        ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n)
+        ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n, run.notes, run.fold_notes)
         axes = (pool, block, block_label)
         x = run.features(enc, plan, *axes)
         variants = _robustness_features(run, ctx, enc, plan, axes, splits, rows) if "robustness" in protocols else {}

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_encoder
+from ..data.bands import BANDS as KNOWN_BANDS
 from ..data.downstream import Task
 from ..data.stats import Normalization
 from ..data.timeseries import one_per_day, spread_pick
@@ -47,6 +48,10 @@ from ..models.tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenize
 from ..models.vit import SIZES, ViTEncoder, build_encoder, encoder_config
 from .probe import embed
 
+WAVELENGTH_TOLERANCE_NM = 25.0
+"""An encoder band reads the task band of nearest centre wavelength when they are at most this far
+apart (Sentinel-2's closest neighbours, B08 and B8A, are 32 nm apart; Landsat OLI's bands lie within
+10 nm of their Sentinel-2 counterparts)."""
 MIN_DATE_CLEAR = 0.9  # a temporal encoder's dates are drawn among those at least this clear over the scene
 BROADCAST_CELLS = 2  # a ViT reads a broadcast pixel through its central 2 x 2 patches (see probe.embed)
 
@@ -60,11 +65,60 @@ class Plan:
     dates: str  # "single" (T = 1) | "mean" (every step embedded, averaged) | "select" (k of T steps)
     spatial: str  # "as_is" | "broadcast" (pixel to image) | "tiles" (scene tiled, dense features)
     adapter: str = ""  # the adapters in words; empty when the encoder reads the task as it is
+    encoder_bands: tuple[str, ...] = ()  # the encoder's name for each of ``bands`` (where matched by wavelength)
+
+    @property
+    def as_bands(self) -> tuple[str, ...]:
+        """The encoder's band names for the channels it reads (``bands`` where no band was mapped)."""
+        return self.encoder_bands or self.bands
 
 
 @dataclass(frozen=True)
 class NotApplicable:
     reason: str
+
+
+def band_wavelength(band) -> float | None:
+    """Centre wavelength (nm) of a band given as an object with ``.wavelength_nm`` (``eolab.data.bands.Band``
+    or a sensor card's band) or as a name eolab knows (Sentinel-2: exact names only, never re-spelled)."""
+    if hasattr(band, "wavelength_nm"):
+        return band.wavelength_nm
+    known = KNOWN_BANDS.get(str(band))
+    return None if known is None else known.wavelength_nm
+
+
+def task_wavelengths(task: Task) -> tuple[float | None, ...]:
+    """The task's declared centre wavelengths, else those of the Sentinel-2 bands it names (optical
+    modalities only: a radar or climate channel has no wavelength)."""
+    if task.wavelengths:
+        return tuple(task.wavelengths)
+    return tuple(band_wavelength(b) if m in ("s2", "") else None for b, m in zip(task.bands, task.modality, strict=True))
+
+
+def match_bands(bands: tuple[str, ...], wavelengths: tuple[float | None, ...], task: Task,
+                tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> dict[str, tuple[str | None, str]]:
+    """For each encoder band: the task band it reads and how it was found.
+
+    By name where the names agree and the wavelengths (where both are known) agree within
+    ``tolerance_nm``; else the task band of nearest centre wavelength within ``tolerance_nm``;
+    else None (the band has no counterpart). A name alone never crosses sensors whose wavelengths
+    disagree (e.g. Landsat B5, 865 nm, is not Sentinel-2 B05, 704 nm)."""
+    task_wl = task_wavelengths(task)
+    out = {}
+    for band, wl in zip(bands, wavelengths, strict=True):
+        if band in task.bands:
+            twl = task_wl[task.bands.index(band)]
+            if wl is None or twl is None or abs(wl - twl) <= tolerance_nm:
+                out[band] = (band, "name")
+                continue
+        candidates = [(abs(wl - t), name) for name, t in zip(task.bands, task_wl, strict=True)
+                      if wl is not None and t is not None]
+        if candidates and min(candidates)[0] <= tolerance_nm:
+            gap, name = min(candidates)
+            out[band] = (name, f"{band}<-{name} ({gap:.0f} nm apart)")
+        else:
+            out[band] = (None, "")
+    return out
 
 
 class BenchEncoder:
@@ -79,6 +133,13 @@ class BenchEncoder:
     group_bands: tuple[tuple[str, ...], ...] = ()
     has_axes: bool = False  # pooling and depth are axes of this encoder (a ViT) or not
     depth: int = 0
+    wavelength_tolerance_nm: float = WAVELENGTH_TOLERANCE_NM
+
+    @property
+    def band_wavelengths(self) -> tuple[float | None, ...]:
+        """Centre wavelength of each of ``bands`` (None where unknown: matched by name only)."""
+        declared = getattr(self, "_wavelengths", None)
+        return tuple(declared) if declared else tuple(band_wavelength(b) for b in self.bands)
 
     def fingerprint(self) -> str:
         raise NotImplementedError
@@ -91,15 +152,20 @@ class BenchEncoder:
     # -- applicability -------------------------------------------------------------------------
 
     def plan(self, task: Task) -> Plan | NotApplicable:
-        absent = [b for b in self.bands if b not in task.bands]
+        match = match_bands(self.bands, self.band_wavelengths, task, self.wavelength_tolerance_nm)
+        absent = [b for b in self.bands if match[b][0] is None]
         adapters = []
+        mapped = [how for _, how in match.values() if how not in ("", "name")]
+        if mapped:
+            adapters.append("bands by wavelength: " + ", ".join(mapped))
         if absent:
             lost = [g for g in self.group_bands if set(g) & set(absent)]
             if not lost or any(not set(g) <= set(absent) for g in lost) or len(lost) == len(self.group_bands):
-                return NotApplicable(f"{task.name} lacks bands {absent} that {self.name} reads "
-                                     f"(task bands: {list(task.bands)})")
+                return NotApplicable(f"{task.name} lacks bands {absent} that {self.name} reads, by name or by "
+                                     f"wavelength within {self.wavelength_tolerance_nm:.0f} nm (task bands: {list(task.bands)})")
             adapters.append(f"no tokens for absent band groups {[list(g) for g in lost]}")
-        bands = tuple(b for b in self.bands if b in task.bands)
+        bands = tuple(match[b][0] for b in self.bands if match[b][0] is not None)  # task names, encoder order
+        encoder_bands = tuple(b for b in self.bands if match[b][0] is not None)
         unit = task.unit_of(bands)
         if unit != self.unit and not (absent and unit in self.unit.split("+")):
             return NotApplicable(f"{task.name} provides {list(bands)} in {unit!r}; {self.name} reads {self.unit!r}")
@@ -110,7 +176,8 @@ class BenchEncoder:
         if isinstance(spatial, NotApplicable):
             return spatial
         adapters += [a for a in (dates[1], spatial[1]) if a]
-        return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters))
+        return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters),
+                    encoder_bands if encoder_bands != bands else ())
 
     def _date_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
         if self.num_dates > 1:
@@ -148,7 +215,9 @@ class BenchEncoder:
         if drop:
             whole = [g for g in self.group_bands if set(g) <= set(drop)]
             if whole and {b for g in whole for b in g} >= set(drop) & set(plan.bands):
-                plan = replace(plan, bands=tuple(b for b in plan.bands if b not in drop))
+                keep = [i for i, b in enumerate(plan.bands) if b not in drop]
+                plan = replace(plan, bands=tuple(plan.bands[i] for i in keep),
+                               encoder_bands=tuple(plan.encoder_bands[i] for i in keep) if plan.encoder_bands else ())
             else:
                 batch = impute(batch, drop)
         channels = [batch["bands"].index(b) for b in plan.bands]
@@ -289,7 +358,7 @@ class EolabEncoder(BenchEncoder):
                 "normalization_corpus": self.normalization.corpus}
 
     def _data(self, images: Tensor, plan: Plan, doy) -> dict:
-        return {"image": images, "bands": plan.bands, "unit": plan.unit, "doy": doy}
+        return {"image": images, "bands": plan.as_bands, "unit": plan.unit, "doy": doy}
 
     def _encode(self, images, plan, pool, block, doy, size):
         cells = min(BROADCAST_CELLS, self.encoder.tokenizer.grid) if size else 0
@@ -326,7 +395,8 @@ class FunctionEncoder(BenchEncoder):
     """A plain function (or a torch module: timm, torchgeo, ...) from images to vectors.
 
     ``fn`` receives float tensors (B, C, H, W) - (B, T, C, H, W) when ``num_dates`` > 1 - holding
-    the declared ``bands`` in that order, in the declared ``unit``, unnormalised (normalise inside
+    the declared ``bands`` in that order (names, or objects with ``.name`` and ``.wavelength_nm``:
+    a task band of another name within the tolerance of a wavelength is read for it), in the declared ``unit``, unnormalised (normalise inside
     ``fn`` as the model expects), and returns (B, D). ``img_size`` None: any image size. Give a
     ``fingerprint`` that changes when the function does, so cached embeddings are not reused
     wrongly (a module's weights are hashed when none is given).
@@ -334,15 +404,17 @@ class FunctionEncoder(BenchEncoder):
 
     def __init__(self, fn: Callable[[Tensor], Tensor | np.ndarray], bands, unit: str, name: str = "function",
                  num_dates: int = 1, img_size: int | None = None, fingerprint: str | None = None, batch_size: int = 256):
-        self.fn, self.bands, self.unit, self.name = fn, tuple(bands), unit, name
+        bands = tuple(bands)  # names, or objects with .name and .wavelength_nm (a Band, a sensor card's band)
+        self._wavelengths = tuple(band_wavelength(b) for b in bands) if any(hasattr(b, "name") for b in bands) else ()
+        self.fn, self.bands, self.unit, self.name = fn, tuple(getattr(b, "name", b) for b in bands), unit, name
         self.num_dates, self.img_size, self.batch_size = num_dates, img_size, batch_size
         self._fingerprint = fingerprint
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            what = _sha1_state(self.fn) if isinstance(self.fn, nn.Module) else \
-                f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
-            self._fingerprint = hashlib.sha1(json.dumps([self.name, self.bands, self.unit, what]).encode()).hexdigest()
+            what = _sha1_state(self.fn) if isinstance(self.fn, nn.Module) else _function_identity(self.fn)
+            self._fingerprint = hashlib.sha1(json.dumps([self.name, self.bands, self.unit, self.num_dates,
+                                                         self.img_size, what]).encode()).hexdigest()
         return self._fingerprint
 
     @torch.no_grad()
@@ -357,6 +429,23 @@ class FunctionEncoder(BenchEncoder):
             y = self.fn(chunk)
             out.append(np.asarray(y.detach().float().cpu() if isinstance(y, Tensor) else y, dtype=np.float32))
         return np.concatenate(out)
+
+
+def _function_identity(fn) -> str:
+    """A plain function's name and source, and the torch modules it closes over (their weights): an
+    edited function, or one over other weights, is a different encoder for the cache."""
+    import inspect
+
+    parts = [f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"]
+    try:
+        parts.append(hashlib.sha1(inspect.getsource(fn).encode()).hexdigest())
+    except (OSError, TypeError):  # no source (a builtin, an interactive definition): the name alone
+        pass
+    for cell in getattr(fn, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, nn.Module):
+            parts.append(_sha1_state(value))
+    return ":".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,7 +471,8 @@ class BandStats(BenchEncoder):
         return hashlib.sha1(json.dumps(["band_stats-v1", self.restrict]).encode()).hexdigest()
 
     def plan(self, task: Task) -> Plan:
-        bands = tuple(b for b in task.bands if self.restrict is None or b in self.restrict)
+        # In the encoder's band order where restricted (the same features whatever order a task stores them in)
+        bands = tuple(b for b in (self.restrict or task.bands) if b in task.bands)
         note = f"the encoder's {len(bands)} bands" if bands and self.restrict else f"all {len(task.bands)} task bands"
         return Plan(bands or task.bands, "", "mean", "as_is", note)
 
@@ -410,3 +500,72 @@ def _pixel_stats(image: Tensor, batch: dict, k: int = 9) -> Tensor:
     per_date = stats[scene, :, :, row, col]  # (N, T, 3C)
     wt = weight[scene, :, row, col][..., None]  # (N, T, 1)
     return ((per_date * wt).sum(1) / wt.sum(1).clamp_min(1)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal baselines: what a series gives without any learned encoder
+
+
+def _series(task: Task, batch: dict, bands: tuple[str, ...]) -> Tensor:
+    """(N, T, C) float64: every sample's series of the ``bands``, the spatial mean of each step (a
+    segmentation sample: its own pixel's values)."""
+    channels = [batch["bands"].index(b) for b in bands]
+    image = batch["image"][:, :, channels].double()  # (N, T, C, H, W)
+    if task.kind == "segmentation":
+        scene, row, col = (torch.as_tensor(a) for a in np.asarray(batch["pixel"]).T)
+        return image[scene, :, :, row, col]  # (N, T, C)
+    return image.mean((-2, -1))
+
+
+class _SeriesBaseline(BenchEncoder):
+    """Shared applicability of the temporal baselines: a task with more than one step, its bands
+    restricted to an encoder's as ``BandStats`` does."""
+
+    version = ""
+
+    def __init__(self, bands: tuple[str, ...] | None = None, name: str | None = None):
+        self.restrict = tuple(bands) if bands else None
+        self.bands, self.unit = self.restrict or (), ""
+        self.name = name or self.name
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps([self.version, self.restrict]).encode()).hexdigest()
+
+    def plan(self, task: Task) -> Plan | NotApplicable:
+        if task.num_dates < 2:
+            return NotApplicable(f"{self.name} summarises time series; {task.name} has {task.num_dates} step")
+        bands = tuple(b for b in (self.restrict or task.bands) if b in task.bands) or task.bands
+        note = f"the encoder's {len(bands)} bands" if self.restrict and bands != task.bands else f"all {len(bands)} task bands"
+        return Plan(bands, "", "series", "as_is", note)
+
+
+class FlatSeries(_SeriesBaseline):
+    """The flattened series: every step's value of every band, (N, T x C) features (a linear probe on
+    it is the plain temporal baseline of crop-type benchmarks)."""
+
+    name, version = "flat_series", "flat_series-v1"
+
+    def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
+        batch = impute(batch, drop) if drop else batch
+        return _series(task, batch, plan.bands).flatten(1).float().numpy()  # (N, T, C) -> (N, T*C)
+
+
+class SeriesSummary(_SeriesBaseline):
+    """Per band: the 10/25/50/75/90th percentiles over the steps and a two-harmonic fit over the
+    year (mean, and cosine and sine amplitudes of the annual and half-year cycles, by day of year
+    where the task is dated, else by step): (N, 10 x C) features whatever the series length."""
+
+    name, version = "series_summary", "series_summary-v1"
+    PERCENTILES = (10, 25, 50, 75, 90)
+
+    def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
+        batch = impute(batch, drop) if drop else batch
+        x = _series(task, batch, plan.bands)  # (N, T, C)
+        n, t, c = x.shape
+        q = torch.quantile(x, torch.tensor(self.PERCENTILES, dtype=x.dtype) / 100, dim=1)  # (5, N, C)
+        doy = batch.get("doy")
+        phase = (torch.as_tensor(np.asarray(doy), dtype=x.dtype) / 365.25 if doy is not None and task.dated
+                 else torch.arange(t, dtype=x.dtype).expand(n, t) / t) * 2 * np.pi  # (N, T) radians
+        design = torch.stack([torch.ones_like(phase), phase.cos(), phase.sin(), (2 * phase).cos(), (2 * phase).sin()], -1)
+        coef = torch.linalg.lstsq(design, x).solution  # (N, 5, C): least squares per sample and band
+        return torch.cat([q.permute(1, 0, 2).reshape(n, -1), coef.reshape(n, -1)], 1).float().numpy()

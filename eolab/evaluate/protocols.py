@@ -104,10 +104,12 @@ def random_splits(y: np.ndarray, kind: str, folds: int = 5, repeats: int = 2, se
     if kind in CLASSIFICATION:
         k = min(folds, int(np.bincount(y).min()) if len(y) else folds)
         if k < 2:
-            raise ValueError(f"a class has {k} sample(s): too few for a {folds}-fold split")
+            raise ValueError(f"the smallest class has {k} sample(s): too few for a {folds}-fold split")
         splitter = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
     else:
         k = min(folds, n)
+        if k < 2:
+            raise ValueError(f"{n} sample(s): too few for a {folds}-fold split")
         splitter = RepeatedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
     return [Fold(i // k, tr, te) for i, (tr, te) in enumerate(splitter.split(np.zeros(n), y))]
 
@@ -117,6 +119,8 @@ def blocked_splits(y: np.ndarray, groups: np.ndarray, kind: str, folds: int = 5,
     """Group k-fold over spatial blocks: no block has samples in both train and test (stratified by
     class as far as the blocks allow, for classification); each repeat reshuffles the blocks."""
     groups = np.asarray(groups)
+    if (groups < 0).all():
+        raise ValueError("the task gives neither coordinates nor groups: no blocked split is possible")
     k = min(folds, len(np.unique(groups)))
     if k < 2:
         raise ValueError("the samples lie in a single spatial block: no blocked split is possible")
@@ -155,20 +159,24 @@ def few_shot_splits(labels: np.ndarray, shots: int, draws: int = 10, seed: int =
     return out
 
 
-def linear_model(kind: str, seed: int = 0, fixed_c: float | None = None):
+def linear_model(kind: str, seed: int = 0, fixed_c: float | None = None, y_train: np.ndarray | None = None):
     """The linear probe of a task kind, on standardised features.
 
     Classification: multinomial logistic regression, C chosen among ``C_GRID`` by an inner stratified
     3-fold CV on the training part (``LogisticRegressionCV``: the same search as ``fit_linear_probe``,
     warm-started along the C path, so several times cheaper), or ``fixed_c`` (few-shot: too few
     examples to cross-validate). Regression: ridge, alpha chosen by efficient leave-one-out CV.
-    Multi-label: one-vs-rest logistic regressions with a fixed C.
+    Multi-label: one-vs-rest logistic regressions with a fixed C. With ``y_train`` given, the inner
+    search uses as many folds as its rarest class allows (2 or 3), and a fixed C when it allows none.
     """
     if kind in CLASSIFICATION:
+        inner = 3 if y_train is None else min(3, int(np.unique(y_train, return_counts=True)[1].min()))
+        if fixed_c is None and inner < 2:
+            fixed_c = FEW_SHOT_C  # a class with one training sample: no C can be cross-validated
         if fixed_c is not None:
             head = LogisticRegression(C=fixed_c, max_iter=500, tol=1e-3)
         else:
-            head = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(3, shuffle=True, random_state=seed),
+            head = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(inner, shuffle=True, random_state=seed),
                                         scoring="accuracy", max_iter=500, tol=1e-3)
     elif kind == "regression":
         head = RidgeCV(alphas=RIDGE_ALPHAS)
@@ -179,8 +187,10 @@ def linear_model(kind: str, seed: int = 0, fixed_c: float | None = None):
     return make_pipeline(StandardScaler(), head)
 
 
-def knn_model(kind: str, k: int = 5):
-    """k-nearest neighbours by cosine similarity of standardised features (classifier or regressor)."""
+def knn_model(kind: str, k: int = 5, n_train: int | None = None):
+    """k-nearest neighbours by cosine similarity of standardised features (classifier or regressor);
+    k capped by the training samples there are."""
+    k = k if n_train is None else max(1, min(k, n_train))
     head = KNeighborsRegressor(k, metric="cosine") if kind == "regression" else KNeighborsClassifier(k, metric="cosine")
     return make_pipeline(StandardScaler(), head)
 
@@ -197,7 +207,7 @@ class FoldResult:
 
 def run_probe(make_model, x: np.ndarray, y: np.ndarray, folds: list[Fold],
               variants: dict[str, np.ndarray] | None = None) -> list[FoldResult]:
-    """Fit ``make_model()`` on every fold's training part; predict its test part, and the same
+    """Fit ``make_model(y_train)`` on every fold's training part; predict its test part, and the same
     test samples in each of ``variants`` (features of the same samples with inputs degraded,
     e.g. bands missing at test time: the probe is not refitted)."""
     out = []
@@ -208,7 +218,7 @@ def run_probe(make_model, x: np.ndarray, y: np.ndarray, folds: list[Fold],
         warnings.simplefilter("ignore", UserWarning)  # rare classes in inner folds of blocked splits
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's announced default changes (set here)
         for fold in folds:
-            model = make_model()
+            model = make_model(y[fold.train])
             model.fit(x[fold.train], y[fold.train])
             outputs = {name: _predict(model, v[fold.test]) for name, v in (variants or {}).items()}
             out.append(FoldResult(fold, *_predict(model, x[fold.test]), outputs))

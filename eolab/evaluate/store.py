@@ -92,7 +92,8 @@ def samples_dataset(samples: dict) -> xr.Dataset:
     if samples.get("pixel") is not None:
         data["pixel"] = (("sample", "axis"), np.asarray(samples["pixel"]))
     return xr.Dataset(data, coords={"sample": np.arange(len(target)), **_coords(samples)},
-                      attrs={"classes": json.dumps(list(samples.get("classes") or ()))})
+                      attrs={"classes": json.dumps(list(samples.get("classes") or ())),
+                             "notes": json.dumps(list(samples.get("notes") or ()))})
 
 
 def samples_from_dataset(ds: xr.Dataset) -> dict:
@@ -103,7 +104,8 @@ def samples_from_dataset(ds: xr.Dataset) -> dict:
             "id": [str(i) for i in ds["id"].values], "lonlat": np.c_[ds["lon"].values, ds["lat"].values],
             "time": [str(t) for t in ds["time"].values] if "time" in ds.coords else None,
             "pixel": ds["pixel"].values if "pixel" in ds else None,
-            "classes": tuple(json.loads(ds.attrs.get("classes", "[]")))}
+            "classes": tuple(json.loads(ds.attrs.get("classes", "[]"))),
+            "notes": tuple(json.loads(ds.attrs.get("notes", "[]")))}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 TEXT_COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "ci_method",
-                "not_applicable")
+                "not_applicable", "note")
 SPLIT_ORDER = ("random", "blocked", "official")
 
 
@@ -21,6 +21,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """A ``benchmark.csv`` as ``evaluate`` returned it (empty text cells stay empty strings)."""
     table = pd.read_csv(path)
     for col in TEXT_COLUMNS:
+        if col not in table:  # a table written before the column existed
+            table[col] = ""
         table[col] = table[col].fillna("").astype(str)
     return table
 
@@ -39,9 +41,13 @@ def headline(table: pd.DataFrame, protocol: str = "linear") -> pd.DataFrame:
     """One row per task and encoder: the task's headline metric under ``protocol`` for every split as
     'value [low, high]', and why an encoder could not be run where it could not."""
     rows = table[table["protocol"] == protocol]
+    index = ["task", "encoder", "pool", "block"]
+    if rows.empty:  # e.g. a diagnostics-only table: no headline to show, an empty frame of the usual shape
+        columns = ["metric", *SPLIT_ORDER, "not_applicable"]
+        return pd.DataFrame(columns=columns, index=pd.MultiIndex.from_tuples([], names=index))
     metric = _first_metric(rows)
     out = {}
-    for key, part in rows.groupby(["task", "encoder", "pool", "block"], sort=False):
+    for key, part in rows.groupby(index, sort=False):
         line = {"metric": metric.get(key[0], "")}
         for split in SPLIT_ORDER:
             hit = part[(part["split"] == split) & (part["metric"] == line["metric"])]
@@ -49,7 +55,7 @@ def headline(table: pd.DataFrame, protocol: str = "linear") -> pd.DataFrame:
         reasons = part.loc[(part["not_applicable"] != "") & (part["split"] == ""), "not_applicable"]
         line["not_applicable"] = reasons.iloc[0] if len(reasons) else ""
         out[key] = line
-    return pd.DataFrame.from_dict(out, orient="index").rename_axis(["task", "encoder", "pool", "block"])
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis(index)
 
 
 def spatial_gap(table: pd.DataFrame, task: str = "eurosat", protocol: str = "linear") -> pd.DataFrame:
@@ -205,10 +211,136 @@ def plot_robustness(table: pd.DataFrame):
                         "test inputs", "linear probe with bands missing at test time (95% intervals)")
 
 
-def tasks_overview() -> pd.DataFrame:
-    """What every task declares: kind, inputs (bands, steps, size), and its splits."""
-    from eolab.data.downstream import TASKS
+def tasks_overview(tasks=None) -> pd.DataFrame:
+    """What every task declares (``tasks``: names, task files or ``Task``s; default every built-in and
+    registered one): kind, inputs (bands, steps, size), and its splits."""
+    from eolab.data.downstream import get_task, task_names
 
     return pd.DataFrame([{"task": t.name, "kind": t.kind, "bands": ",".join(t.bands), "modalities": ",".join(dict.fromkeys(t.modality)),
                           "steps": t.num_dates, "dated": t.dated, "size_px": t.size, "gsd_m": t.gsd_m,
-                          "splits": t.split, "smoke": t.smoke} for t in TASKS.values()]).set_index("task")
+                          "splits": t.split, "smoke": t.smoke} for t in map(get_task, tasks or task_names())]).set_index("task")
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation across tasks and seeds (GEO-Bench practice) and a leaderboard export
+
+
+def _seeded(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with a ``seed`` column (from ``attrs['seed']`` for a single call's table)."""
+    return table if "seed" in table else table.assign(seed=table.attrs.get("seed", 0))
+
+
+def headline_scores(table: pd.DataFrame, protocol: str = "linear", split: str = "random") -> pd.DataFrame:
+    """One score per (task, encoder, pool, block, seed): the task's headline metric under
+    ``protocol`` and ``split``, rows that ran only, smoke tasks left out (too few samples to rank).
+    A dense encoder's per-pixel rows (pool 'patch') count for each pooling it was run with, so that
+    an encoder's aggregate covers its segmentation tasks too."""
+    rows = _seeded(table)
+    rows = rows[(rows["protocol"] == protocol) & (rows["split"] == split) & (rows["not_applicable"] == "")]
+    if "smoke" in rows:
+        rows = rows[~rows["smoke"].astype(str).str.lower().isin(["true", "1"])]
+    metric = _first_metric(rows)
+    rows = rows[rows["metric"] == rows["task"].map(metric)]
+    pooled = rows[~rows["pool"].isin(["", "patch"])].groupby("encoder")["pool"].unique()
+    dense = rows[rows["pool"] == "patch"]
+    copies = [dense[dense["encoder"] == enc].assign(pool=p) for enc, pools in pooled.items() for p in pools]
+    rows = pd.concat([rows[rows["pool"] != "patch"], *copies, dense[~dense["encoder"].isin(pooled.index)]])
+    return rows[["task", "encoder", "pool", "block", "seed", "metric", "value"]].reset_index(drop=True)
+
+
+def normalised_scores(table: pd.DataFrame, low: str = "random_init", high: str = "band_stats",
+                      protocol: str = "linear", split: str = "random") -> pd.DataFrame:
+    """Headline scores rescaled per task (and seed) so that the ``low`` baseline scores 0 and the
+    ``high`` one 1 (GEO-Bench normalises between reference models in the same way): 1.2 means
+    20 % of the baselines' gap beyond ``high``. Where a task lacks either baseline (it could not
+    run), the task's lowest and highest score stand in, and ``reference`` says so; RMSE-like
+    metrics where lower is better are not headline metrics here (accuracy, micro F1, R2 are)."""
+    scores = headline_scores(table, protocol, split)
+    out = []
+    for (_task, _seed), part in scores.groupby(["task", "seed"], sort=False):
+        by_encoder = part.groupby("encoder")["value"].max()
+        lo = by_encoder.get(low, np.nan)
+        hi = by_encoder.get(high, np.nan)
+        reference = f"{low} = 0, {high} = 1"
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi == lo:
+            lo, hi, reference = part["value"].min(), part["value"].max(), "task min = 0, max = 1"
+        span = hi - lo if hi != lo else np.nan
+        out.append(part.assign(normalised=(part["value"] - lo) / span, reference=reference))
+    return pd.concat(out, ignore_index=True) if out else scores.assign(normalised=[], reference=[])
+
+
+def capability_groups(tasks) -> dict[str, str]:
+    """A capability group per task: 'per-pixel' (segmentation), 'time series' (pixel series),
+    'multi-date image', 'image', or the task's kind for regression and multi-label tasks ('other'
+    for a name that is no task here)."""
+    from eolab.data.downstream import get_task
+
+    out = {}
+    for name in tasks:
+        try:
+            t = get_task(name)
+        except ValueError:
+            out[name] = "other"
+            continue
+        if t.kind == "segmentation":
+            out[name] = "per-pixel"
+        elif t.kind in ("regression", "multilabel"):
+            out[name] = t.kind
+        elif t.size == 1:
+            out[name] = "time series"
+        else:
+            out[name] = "multi-date image" if t.num_dates > 1 else "image"
+    return out
+
+
+def iqm(values) -> float:
+    """Interquartile mean: the mean of the middle 50 % of the values (robust to outlier tasks,
+    more efficient than the median; Agarwal et al. 2021, used by GEO-Bench)."""
+    from scipy.stats import trim_mean
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(trim_mean(values, 0.25)) if len(values) else np.nan
+
+
+def aggregate(table: pd.DataFrame, groups: dict[str, str] | None = None, n_boot: int = 1000, level: float = 0.95,
+              seed: int = 0, **normalise) -> pd.DataFrame:
+    """Per encoder (pool, block) and capability group (plus 'all'): the interquartile mean of the
+    normalised scores over tasks and seeds, with a stratified bootstrap interval (seeds resampled
+    within each task, GEO-Bench / rliable practice). With one seed per task the interval is a single
+    point: it measures seed-to-seed spread, which one call does not have."""
+    scores = normalised_scores(table, **normalise)
+    if scores.empty:
+        return pd.DataFrame(columns=["encoder", "pool", "block", "group", "iqm", "ci_low", "ci_high", "tasks", "seeds"])
+    groups = groups or capability_groups(scores["task"].unique())
+    scores = scores.assign(group=scores["task"].map(groups).fillna("other"))
+    rng = np.random.default_rng(seed)
+    out = []
+    for key, part in scores.groupby(["encoder", "pool", "block"], sort=False):
+        for group, sub in [*part.groupby("group", sort=True), ("all", part)]:
+            per_task = [g["normalised"].to_numpy() for _, g in sub.groupby("task")]
+            boot = [iqm(np.concatenate([v[rng.integers(0, len(v), len(v))] for v in per_task])) for _ in range(n_boot)]
+            lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])
+            out.append({"encoder": key[0], "pool": key[1], "block": key[2], "group": group,
+                        "iqm": iqm(sub["normalised"]), "ci_low": lo, "ci_high": hi, "tasks": sub["task"].nunique(),
+                        "seeds": sub["seed"].nunique()})
+    return pd.DataFrame(out)
+
+
+def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Every computed score in the long leaderboard form (backbone, task, metric, seed, protocol,
+    split, value, ci_low, ci_high), as public leaderboards (GEO-Bench, PANGAEA) collect results."""
+    rows = _seeded(table)
+    rows = rows[(rows["not_applicable"] == "") & (rows["metric"] != "")]
+    backbone = rows["encoder"] + np.where(rows["pool"] != "", " (" + rows["pool"] + ", " + rows["block"] + ")", "")
+    out = rows.assign(backbone=backbone)
+    return out[["backbone", "task", "metric", "seed", "protocol", "split", "variant", "value", "ci_low", "ci_high",
+                "n"]].reset_index(drop=True)
+
+
+def write_leaderboard(table: pd.DataFrame, path: str | Path) -> Path:
+    """``leaderboard(table)`` as CSV at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leaderboard(table).to_csv(path, index=False)
+    return path

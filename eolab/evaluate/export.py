@@ -68,10 +68,13 @@ def file_bands(path: Path, count: int, bands: tuple[str, ...] | None) -> tuple[s
         return bands
     with rasterio.open(path) as ds:
         descriptions = ds.descriptions
-    try:
-        named = tuple(canonical_band_name(d) for d in descriptions if d)
-    except KeyError:
-        named = ()
+    named: tuple[str, ...] = ()
+    for sensor in ("sentinel2", "sentinel1"):  # names resolve within one sensor, never across
+        try:
+            named = tuple(canonical_band_name(d, sensor) for d in descriptions if d)
+            break
+        except KeyError:
+            continue
     if len(named) == count and len(set(named)) == count:
         return named
     if count == len(EUROSAT_FILE_ORDER):

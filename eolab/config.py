@@ -146,7 +146,7 @@ class PretrainConfig:
         try:  # a packed corpus's bands are in its manifest: an unreachable location is named here, before training
             known_bands = dataset_bands(self.dataset)
         except ValueError as exc:  # ShardError
-            known_bands = ()
+            known_bands = None  # unknown: the dataset's problem is the one to report
             problems.append(f"parameter 'dataset': {exc}")
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
         # are not numbers, patch_size 0) is reported without hiding the others.
@@ -193,8 +193,8 @@ class PretrainConfig:
             ("val_sources", lambda: not set(self.val_source_list) & set(self.source_list),
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
             ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
-            ("bands", lambda: bool(self.band_list) and all(b in known_bands for b in self.band_list),
-             f"comma-separated band names of dataset {self.dataset!r}: from {list(known_bands)}"),
+            ("bands", lambda: known_bands is None or bool(self.band_list) and all(b in known_bands for b in self.band_list),
+             f"comma-separated band names of dataset {self.dataset!r}: from {list(known_bands or ())}"),
             ("eurosat", lambda: self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", lambda: self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", lambda: self.epochs >= 1, ">= 1"),

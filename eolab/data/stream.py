@@ -137,10 +137,21 @@ class PackedCorpus:
                              f"{entry['sha256'][:16]}... (corrupted or changed after packing); re-pack or re-fetch it")
         images: dict[str, np.ndarray] = {}
         metas: dict[str, dict] = {}
+        header, dtype, shape = b"", None, ()
         for item in tar_file_iterator(io.BytesIO(data)):
             key, _, ext = item["fname"].partition(".")
             if ext == "image.npy":
-                images[key] = np.load(io.BytesIO(item["data"]))
+                raw = item["data"]
+                if header and raw.startswith(header):  # same dtype and shape as the last: skip parsing the header
+                    images[key] = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
+                    continue
+                images[key] = np.load(io.BytesIO(raw))
+                f = io.BytesIO(raw)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(
+                    np.lib.format.read_magic(f))
+                if read is not None:
+                    shape, fortran, dtype = read(f)
+                    header = raw[: f.tell()] if not fortran else b""  # Fortran order always goes through np.load
             elif ext == "meta.json":
                 metas[key] = json.loads(item["data"])
         keys = sorted(images)

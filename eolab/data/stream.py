@@ -219,6 +219,9 @@ class PackedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.corpus)
 
+    def __getstate__(self) -> dict:  # a worker (spawned, or a pickled copy) starts without decoded shards
+        return {**self.__dict__, "_open": OrderedDict()}
+
     def _shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
         if i in self._open:
             self._open.move_to_end(i)

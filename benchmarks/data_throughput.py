@@ -134,10 +134,14 @@ print(json.dumps({"images_per_s": rate, "first_batch_s": first,
 """
 
 
-def fresh_process_loader(location: str, batch: int, batches: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, location, str(batch), str(batches)], capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def fresh_process_loader(location: str, batch: int, batches: int, repeats: int = 3) -> dict:
+    """The loader in ``repeats`` fresh processes: the median of each figure (a shared machine's load moves them)."""
+    runs = []
+    for _ in range(repeats):
+        done = subprocess.run([sys.executable, "-c", CHILD, location, str(batch), str(batches)], capture_output=True,
+                              text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
 
 
 def free_port() -> int:
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="10000,100000", help="corpus sizes of the scale test (e.g. 10000,1000000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=40, help="batches timed per loader measurement")
+    p.add_argument("--parts", default="pack,loader,remote,scale", help="which measurements (default: all)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
     p.add_argument("--out", default=None, help="write the figures as JSON")
     args = p.parse_args(argv)
@@ -211,39 +216,41 @@ def main(argv: list[str] | None = None) -> int:
         for s in sources:  # the scene cache is not what the packer's rate measures
             build_scene_cache(None, (s,))
         quiet = lambda line: None  # noqa: E731
-        t0 = time.perf_counter()
-        manifest = pack(sources, work / "corpus", opts=PackOptions(), workers=2, progress=quiet)
-        pack_s = time.perf_counter() - t0
-        result["pack"] = {"patches": manifest["n"], "seconds": pack_s, "patches_per_s": manifest["n"] / pack_s, "workers": 2}
-        log(f"pack: {manifest['n']} patches (64 px, {len(manifest['bands'])} bands) in {pack_s:.1f} s with 2 processes "
-            f"= {manifest['n'] / pack_s:.0f} patches/s")
+        parts = set(args.parts.split(","))
+        if parts & {"pack", "loader", "remote"}:
+            t0 = time.perf_counter()
+            manifest = pack(sources, work / "corpus", opts=PackOptions(), workers=2, progress=quiet)
+            pack_s = time.perf_counter() - t0
+            result["pack"] = {"patches": manifest["n"], "seconds": pack_s, "patches_per_s": manifest["n"] / pack_s, "workers": 2}
+            log(f"pack: {manifest['n']} patches (64 px, {len(manifest['bands'])} bands) in {pack_s:.1f} s with 2 processes "
+                f"= {manifest['n'] / pack_s:.0f} patches/s")
 
-        step, flops = mae_step_rate(len(manifest["bands"]), args.batch_size)
-        est = h100_estimate(len(manifest["bands"]), flops)
-        gpu = est["images_per_s"]
-        result["mae_step"] = {"cpu_images_per_s": step, "flops_per_image": flops, "h100_estimate": est}
-        log(f"CPU MAE step (eolab MAE, {len(manifest['bands'])} bands, 64 px, fp32, batch {args.batch_size}): {step:.0f} images/s; "
-            f"H100 ESTIMATE at batch {GPU_BATCH}: {gpu:.0f} images/s (the lower of {est['flop_bound']:.0f} at {ASSUMED_MFU:.0%} "
-            f"MFU, {flops / 1e9:.2f} GFLOP/image, and {est['launch_bound']:.0f} at {est['operators_per_step']} operators x "
-            f"{KERNEL_S * 1e6:.0f} us per step)")
-        result["loader"] = {}
-        for workers in (0, 2):
-            rate, first = loader_rate(str(work / "corpus"), args.batch_size, workers, args.batches)
-            result["loader"][workers] = {"images_per_s": rate, "first_batch_s": first, "ratio_to_cpu_step": rate / step,
-                                         "ratio_to_h100_estimate": rate / gpu}
-            log(f"loader, local shards, {workers} workers: {rate:.0f} images/s = {rate / step:.1f}x the CPU step, "
-                f"{rate / gpu:.2f}x the H100 estimate (first batch {first:.2f} s)")
+            step, flops = mae_step_rate(len(manifest["bands"]), args.batch_size)
+            est = h100_estimate(len(manifest["bands"]), flops)
+            gpu = est["images_per_s"]
+            result["mae_step"] = {"cpu_images_per_s": step, "flops_per_image": flops, "h100_estimate": est}
+            log(f"CPU MAE step (eolab MAE, {len(manifest['bands'])} bands, 64 px, fp32, batch {args.batch_size}): {step:.0f} images/s; "
+                f"H100 ESTIMATE at batch {GPU_BATCH}: {gpu:.0f} images/s (the lower of {est['flop_bound']:.0f} at {ASSUMED_MFU:.0%} "
+                f"MFU, {flops / 1e9:.2f} GFLOP/image, and {est['launch_bound']:.0f} at {est['operators_per_step']} operators x "
+                f"{KERNEL_S * 1e6:.0f} us per step)")
+            result["loader"] = {}
+            for workers in (0, 2):
+                rate, first = loader_rate(str(work / "corpus"), args.batch_size, workers, args.batches)
+                result["loader"][workers] = {"images_per_s": rate, "first_batch_s": first, "ratio_to_cpu_step": rate / step,
+                                             "ratio_to_h100_estimate": rate / gpu}
+                log(f"loader, local shards, {workers} workers: {rate:.0f} images/s = {rate / step:.1f}x the CPU step, "
+                    f"{rate / gpu:.2f}x the H100 estimate (first batch {first:.2f} s)")
 
-        result["remote"] = remote(work / "corpus", args.batch_size, args.batches, work)
-        r = result["remote"]
-        log(f"remote, 0 workers, cold cache: local {r['local']:.0f}, HTTP {r['http']:.0f} ({r['http'] / r['local']:.2f}x), "
-            f"S3 API (moto) {r['s3']:.0f} ({r['s3'] / r['local']:.2f}x) images/s")
-        shutil.rmtree(work / "corpus")
+            result["remote"] = remote(work / "corpus", args.batch_size, args.batches, work)
+            r = result["remote"]
+            log(f"remote, 0 workers, cold cache: local {r['local']:.0f}, HTTP {r['http']:.0f} ({r['http'] / r['local']:.2f}x), "
+                f"S3 API (moto) {r['s3']:.0f} ({r['s3'] / r['local']:.2f}x) images/s")
+            shutil.rmtree(work / "corpus")
 
         result["scale"] = {}
         small = PackOptions(patch=32, stride=32, bands=("B02", "B03", "B04", "B08"), shard_size=1024)
         windows = sum(len(build_scene_cache(None, (s,)).tiles(patch=32, stride=32, bands=small.bands)) for s in sources)
-        for size in (int(v) for v in args.sizes.split(",")):
+        for size in (int(v) for v in args.sizes.split(",")) if "scale" in parts else ():
             folder = work / f"scale-{size}"
             reps = -(-size // windows)
             t0 = time.perf_counter()

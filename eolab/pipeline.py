@@ -107,6 +107,8 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
         "patches_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest(),
         "per_source": pd.Series(sources).value_counts().to_dict(), "n_labelled": len(labelled["label"]),
     }
+    if isinstance(dataset, PackedDataset):  # which corpus: its location and the hash of its shards' hashes
+        manifest["packed"] = dataset.corpus.provenance()
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
         manifest["masked_pixels"] = dataset.cache.manifest.get("masked_pixels", 0)  # bad pixels made no-data

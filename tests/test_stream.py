@@ -183,6 +183,8 @@ def test_packed_dataset_parameter_selects_the_corpus(corpus):
     assert len(chosen.dataset) == len(chosen.ids) == 46 and chosen.tiles is None
     assert chosen.dataset[3]["bands"] == ("B02", "B04") and chosen.dataset[3]["id"] == chosen.ids[3]
     assert set(chosen.sources) == {"hydro"}
+    prov = chosen.dataset.corpus.provenance()  # what the run's record says about the corpus
+    assert prov["n"] == 46 and prov["n_shards"] == 10 and len(prov["shards_sha256"]) == 64 and not prov["repeated"]
     with pytest.raises(ParameterError, match="(?s)parameter 'n_pretrain'.*parameter 'bands'"):
         PretrainConfig(dataset=f"packed:{corpus}", bands="B02,B11", img_size=32, n_pretrain=10)
     mean, std = chosen.dataset.normalization_stats()

@@ -74,6 +74,12 @@ class PackedCorpus:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def provenance(self) -> dict:
+        """What a run's record says about the corpus: location, size, shards and one hash over their hashes."""
+        digest = hashlib.sha256("\n".join(s["sha256"] for s in self.shards).encode()).hexdigest()
+        return {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
+                "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+
     def _fs(self):
         import fsspec
 

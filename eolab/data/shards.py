@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_json_atomic
+from ..io import exclusive_lock, write_json_atomic
 from .cache import SceneCache, build_scene_cache
 
 log = logging.getLogger(__name__)
@@ -237,12 +237,20 @@ def pack(sources: tuple[str, ...], out: str | Path, root=None, opts: PackOptions
     """Pack ``sources`` into shards under ``out``; returns the corpus manifest (also ``out/manifest.json``).
 
     Finished shards (their sidecar exists) are kept as they are; parts already in the manifest and
-    not named now stay in it, so packing one more source adds its shards to the corpus.
+    not named now stay in it, so packing one more source adds its shards to the corpus. One packer
+    at a time per folder (a lock): it removes what a killed one left half-written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.shard_size < 1 or opts.repeat < 1 or opts.n < 0 or workers < 1:
         raise ValueError(f"shard size, --repeat and --workers must be >= 1 and --n >= 0, got {opts}")
+    with exclusive_lock(out / ".pack.lock"):
+        for stale in out.glob(".*.tmp"):  # temporary files of a killed packer: never a finished shard
+            stale.unlink(missing_ok=True)
+        return _pack_locked(sources, out, root, opts, workers, progress)
+
+
+def _pack_locked(sources: tuple[str, ...], out: Path, root, opts: PackOptions, workers: int, progress) -> dict:
     old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {"parts": []}
     planned = [_plan_part(s, root, opts) for s in sources]  # every source checked before any shard is written
     parts = {p["source"]: p for p in old["parts"]}

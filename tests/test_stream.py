@@ -130,6 +130,18 @@ def test_http_returns_the_samples_of_local_disk(tmp_path, corpus):
         one = cached[0].stat().st_size
         _samples(url, cache_dir=tmp_path / "small", cache_bytes=3 * one)
         assert len(list((tmp_path / "small").rglob("*.tar"))) <= 3
+        # a damaged cached copy is fetched again; a damaged served shard is an error naming its URL
+        cached[0].write_bytes(b"damaged")
+        _same(_samples(url, cache_dir=tmp_path / "cache"), _samples(corpus))
+        name = json.loads((corpus / "manifest.json").read_text())["shards"][0]["name"]
+        served = corpus / name
+        good = served.read_bytes()
+        try:
+            served.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+            with pytest.raises(ShardError, match=f"shard {url}/{name}: sha256"):
+                PackedDataset(open_corpus(url, cache_dir=tmp_path / "fresh"))[0]
+        finally:
+            served.write_bytes(good)
     finally:
         server.shutdown()
 

@@ -138,6 +138,10 @@ class PackedCorpus:
         entry = self.shards[i]
         data = self._fetch(entry["name"])
         digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"] and self.remote:  # a damaged cached copy: fetch it once more
+            (self.cache_dir / entry["name"]).unlink(missing_ok=True)
+            data = self._fetch(entry["name"])
+            digest = hashlib.sha256(data).hexdigest()
         if digest != entry["sha256"]:
             raise ShardError(f"shard {self.url(entry['name'])}: sha256 {digest[:16]}... does not match the manifest's "
                              f"{entry['sha256'][:16]}... (corrupted or changed after packing); re-pack or re-fetch it")

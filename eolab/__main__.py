@@ -5,6 +5,7 @@
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
+    python -m eolab data pack SOURCES --out DIR [--patch 64] [--n N --sampling SPEC] [--workers 2]  (shards; dataset=packed:DIR)
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
     python -m eolab embed --checkpoint ENC.pt --data DIR_OR_GLOB --out emb.nc [--pool ...] [--bands ...]
     python -m eolab compare RESULTS_DIR RESULTS_DIR [...] [--reference ABLATION/RUN | --versus KEY=VALUE] [--csv FILE] [--summary DIR]
@@ -26,7 +27,8 @@ study workers (local processes, or SLURM jobs with --executor slurm) share its t
 
 Benchmarks of eolab itself (throughput, runner overhead, samplers) are programs of the repository,
 not of the library: `python -m benchmarks.throughput`, `python -m benchmarks.runner_overhead`,
-`python -m benchmarks.sampling`, run from the repository root.
+`python -m benchmarks.sampling`, `python -m benchmarks.data_throughput` (packed corpora),
+`python -m benchmarks.shard_formats`, run from the repository root.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS; its
 docstring is the command's --help description. Nothing heavy (torch, papermill) is imported before

@@ -71,8 +71,9 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
     et al. 2020), plus 12 x tokens^2 x width per attention layer (QK^T and AV). An independent check
     of ``training_flops``: it reads only shapes, so a miscount there (or an op run twice) shows up.
 
-    Momentum (teacher) encoders run without gradients; the rule counts their blocks as if trained, so
-    the check is tight for masked, denoising and SimCLR tasks and an overestimate for MoCo.
+    Momentum (teacher, target) encoders run without gradients: what runs with autograd off is counted
+    as a forward pass only (2 x parameters x tokens, 4 x tokens^2 x width), so the check is tight for
+    the tasks with a teacher too (MoCo, latent masked modelling, DINO, MAE with a teacher).
     """
     total = 0
 
@@ -80,7 +81,8 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
         nonlocal total
         b, t, d = args[0].shape  # (B, T, D) tokens entering the block
         weights = sum(p.numel() for p in module.parameters() if p.ndim >= 2)  # biases and norms are elementwise
-        total += 6 * weights * b * t + 12 * b * t * t * d
+        trained = torch.is_grad_enabled()  # a teacher's block runs under no_grad: forward only
+        total += (6 if trained else 2) * weights * b * t + (12 if trained else 4) * b * t * t * d
 
     def layer_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         nonlocal total
@@ -88,6 +90,8 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
         # The backward pass needs the input's gradient only where the input came from the network:
         # the patch projection of the image has the weight's gradient alone (forward 2 + backward 2).
         per_weight = 6 if args[0].requires_grad else 4
+        if not torch.is_grad_enabled():  # a teacher's layer: forward only
+            per_weight = 2
         total += per_weight * module.weight.numel() * positions
 
     inside_blocks = {id(m) for blk in task.modules() if _is_block(blk) for m in blk.modules()}

@@ -21,10 +21,10 @@ from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.pretraining import DATASET_BANDS, TIME_SERIES, dataset_bands, is_packed
 from .data.sampling import parse_spec
-from .data.scenes import READERS
+from .data.sources import SourceError, builtin_sources, load_source, source_bands
 from .models.vit import POOLS, SIZES, TOKENIZERS
 from .progress import PROGRESS_MODES
-from .tasks import AUGMENTATIONS, MASKS, TaskParams, parse_objective
+from .tasks import AUGMENTATIONS, LATENT_LOSSES, MASKS, TaskParams, parse_objective
 from .text import split_names
 from .tracking import LOGGERS, loggable_params, redact_uri
 
@@ -32,6 +32,9 @@ STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
 """Lightning strategies a run may name (multi-GPU training is Lightning's). Inside a Jupyter kernel
 (a notebook run by the ablation runner) Lightning can launch processes only by forking:
 ``ddp_notebook``; ``ddp`` and ``fsdp`` re-run a script, so they suit scripts launched by srun."""
+
+BATCH_SAMPLING = ("diverse", "shuffle", "balanced", "balanced_sqrt")
+"""How training batches are drawn (``eolab.data.samplers``); "diverse" is the default."""
 
 TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -57,13 +60,25 @@ class ParameterError(ValueError, TypeError):
         super().__init__(text)
 
 
+def source_problems(sources: tuple[str, ...]) -> list[str]:
+    """Why each entry of a ``sources`` list cannot be used (a built-in name or a source YAML file whose
+    fields and card load; the error names the file and field); empty: all usable."""
+    problems = []
+    for s in sources:
+        try:
+            load_source(s)
+        except SourceError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
 
     data_root: str = param("", "empty: $EOLAB_DATA, else ../shared/data beside the repository", section="data")
     dataset: str = param("scenes", "scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series | packed:<folder or URL> (a corpus of `data pack`)")
-    sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled Sentinel-2 scenes to pre-train on (comma-separated)")
+    sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled scenes to pre-train on (comma-separated built-in names or paths to source YAML files, docs/data.md)")
     val_sources: str = param("", "scenes only: scenes held out for the proxy task's validation loss (empty: none)")
     bands: str = param("B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12", "input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)")
     n_pretrain: int = param(0, "scenes only: number of pre-training patches drawn (0 means all)")
@@ -71,22 +86,31 @@ class PretrainConfig:
     tile_stride: int = param(32, "stride (pixels) of the window grid over scenes and series")
     img_size: int = param(64, "window size in pixels")
     num_dates: int = param(4, "time-series datasets: dates per sample")
-    batch_sampling: str = param("diverse", "diverse (scenes mixed, no overlapping windows in a batch) | shuffle")
+    batch_sampling: str = param("diverse", "diverse (scenes mixed, no overlapping windows in a batch) | shuffle | balanced (every batch mixes scenes in proportion to their size, no overlapping windows) | balanced_sqrt (in proportion to the square root of their size)")
     eurosat: str = param("local", "local (273 patches in the data root) or torchgeo (full 27,000 and downloads)")
     model_size: str = param("vit_micro", "vit_nano | vit_micro | vit_mini | vit_tiny | vit_small | vit_base", section="model")
     patch_size: int = param(8, "token size in pixels")
     tokenizer: str = param("patch", "patch (all bands) | groups (one token per band group) | temporal (per date)")
     band_groups: str = param("B02,B03,B04,B08|B05,B06,B07,B8A|B11,B12", "groups tokenizer: bands by comma and groups by a bar")
-    objective: str = param("mae", "mae | simclr | moco | denoise | cross_view or a mix such as mae+simclr", section="proxy task")
+    objective: str = param("mae", "mae | simclr | moco | denoise | cross_view | jepa (latent masked modelling) | dino | mae_teacher or a mix such as mae+simclr", section="proxy task")
     objective_weights: str = param("", "weights of a mix by comma (empty means all 1)")
-    mask_ratio: float = param(0.75, "mae: fraction of tokens hidden from the encoder")
-    mask: str = param("random", "mae: random | block | group_independent | group_consistent | group_drop")
+    mask_ratio: float = param(0.75, "mae, mae_teacher and jepa: fraction of tokens hidden from the encoder")
+    mask: str = param("random", "mae, mae_teacher, jepa and dino's iBOT: random | block | group_independent | group_consistent | group_drop")
     norm_pix_loss: bool = param(True, "mae: reconstruct per-patch normalised pixels (MAE default)")
-    decoder_dim: int = param(128, "mae and denoise: width of the decoder")
-    decoder_depth: int = param(4, "mae and denoise: transformer blocks in the decoder")
-    view_augment: str = param("eo", "simclr and moco views: none | dihedral | crop | spectral | eo (no colour jitter)")
+    decoder_dim: int = param(128, "mae, denoise and jepa: width of the decoder (jepa: of the latent predictor)")
+    decoder_depth: int = param(4, "mae, denoise and jepa: transformer blocks in the decoder (jepa: predictor)")
+    view_augment: str = param("eo", "simclr, moco and dino (global) views: none | dihedral | crop | spectral | eo (no colour jitter)")
     temperature: float = param(0.2, "contrastive: InfoNCE temperature")
     denoise_target: str = param("eps", "denoise: predict the noise (eps) or the clean signal (x0)")
+    latent_loss: str = param("smooth_l1", "jepa: smooth_l1 | mse | cosine | patch_disc (each prediction picks its own target token)")
+    target_encoder: str = param("ema", "jepa: target encoder, ema (moving average of the encoder) or frozen (its initial weights)")
+    ema_momentum: float = param(0.996, "jepa, dino and mae_teacher: teacher momentum at the first step, cosine to 1 at the last")
+    dino_out_dim: int = param(1024, "dino: number of prototypes (output width of the DINO head)")
+    local_crops: int = param(4, "dino: local crops (windows of half the token grid, spectrally augmented)")
+    teacher_temp: float = param(0.07, "dino: teacher temperature after a warm-up from 0.04 over the first 30% of steps")
+    koleo_weight: float = param(0.0, "dino: weight of the KoLeo spreading term (DINOv2: 0.1)")
+    ibot_weight: float = param(0.0, "dino: weight of the iBOT masked-patch term (DINOv2: 1.0)")
+    distill_weight: float = param(1.0, "mae_teacher: weight of the distillation term against the MAE's reconstruction")
     augment: str = param("dihedral", "augmentation of every training batch (same names as view_augment)")
     epochs: int = param(20, "passes over the pre-training set (unless train_tflops is set)", section="optimisation")
     train_tflops: float = param(0.0, "training budget in TFLOPs (counted per step) for equal compute (0 means epochs)")
@@ -148,6 +172,10 @@ class PretrainConfig:
         except ValueError as exc:  # ShardError
             known_bands = None  # unknown: the dataset's problem is the one to report
             problems.append(f"parameter 'dataset': {exc}")
+        if self.dataset == "scenes" and self.source_list and not source_problems(self.source_list):
+            # scene sources say which bands they have (their cards): what all of them have can be read
+            provided = [source_bands(s) for s in self.source_list]
+            known_bands = tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
         # are not numbers, patch_size 0) is reported without hiding the others.
         checks = [
@@ -170,7 +198,18 @@ class PretrainConfig:
              f"one comma-separated weight per part of the objective {self.objective!r}"),
             ("view_augment", lambda: self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
             ("augment", lambda: self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
-            ("batch_sampling", lambda: self.batch_sampling in ("diverse", "shuffle"), "'diverse' or 'shuffle'"),
+            ("batch_sampling", lambda: self.batch_sampling in BATCH_SAMPLING, f"one of {BATCH_SAMPLING}"),
+            ("batch_sampling", lambda: not self.batch_sampling.startswith("balanced") or self.dataset == "scenes",
+             "'diverse' or 'shuffle' unless dataset is 'scenes' (balanced batches need its scene/window index)"),
+            ("latent_loss", lambda: self.latent_loss in LATENT_LOSSES, f"one of {LATENT_LOSSES}"),
+            ("target_encoder", lambda: self.target_encoder in ("ema", "frozen"), "'ema' or 'frozen'"),
+            ("ema_momentum", lambda: 0.0 <= self.ema_momentum <= 1.0, "in [0, 1]"),
+            ("dino_out_dim", lambda: self.dino_out_dim >= 2, ">= 2"),
+            ("local_crops", lambda: self.local_crops >= 0, ">= 0"),
+            ("teacher_temp", lambda: self.teacher_temp > 0, "> 0"),
+            ("koleo_weight", lambda: self.koleo_weight >= 0, ">= 0"),
+            ("ibot_weight", lambda: self.ibot_weight >= 0, ">= 0"),
+            ("distill_weight", lambda: self.distill_weight >= 0, ">= 0"),
             ("denoise_target", lambda: self.denoise_target in ("eps", "x0"), "'eps' or 'x0'"),
             ("temperature", lambda: self.temperature > 0, "> 0"),
             ("train_tflops", lambda: self.train_tflops >= 0, ">= 0 (0 = train for `epochs`)"),
@@ -187,14 +226,18 @@ class PretrainConfig:
             ("tracking_uri", lambda: self.logger != "mlflow" or bool(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
              "the MLflow tracking server's URI when logger is 'mlflow' (or set $MLFLOW_TRACKING_URI)"),
             ("img_size", lambda: self.img_size % self.patch_size == 0, f"a multiple of patch_size {self.patch_size}"),
-            ("sources", lambda: all(s in READERS for s in self.source_list), f"comma-separated names from {sorted(READERS)}"),
-            ("val_sources", lambda: all(s in READERS for s in self.val_source_list),
-             f"empty or comma-separated names from {sorted(READERS)}"),
+            ("sources", lambda: not source_problems(self.source_list),
+             f"comma-separated built-in names from {builtin_sources()} or paths to source YAML files"
+             + "".join(f"; {p}" for p in source_problems(self.source_list))),
+            ("val_sources", lambda: not source_problems(self.val_source_list),
+             f"empty or comma-separated built-in names from {builtin_sources()} or paths to source YAML files"
+             + "".join(f"; {p}" for p in source_problems(self.val_source_list))),
             ("val_sources", lambda: not set(self.val_source_list) & set(self.source_list),
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
             ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
             ("bands", lambda: known_bands is None or bool(self.band_list) and all(b in known_bands for b in self.band_list),
-             f"comma-separated band names of dataset {self.dataset!r}: from {list(known_bands or ())}"),
+             f"comma-separated band names of dataset {self.dataset!r}"
+             + (f" with sources {self.sources!r}" if self.dataset == "scenes" else "") + f": from {list(known_bands or ())}"),
             ("eurosat", lambda: self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", lambda: self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", lambda: self.epochs >= 1, ">= 1"),

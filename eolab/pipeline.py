@@ -49,7 +49,7 @@ from .data.downstream import get_task
 from .data.pairs import S1_BANDS
 from .data.paths import data_root
 from .data.pretraining import Sample, pretraining_set
-from .data.samplers import SceneDiverseBatchSampler
+from .data.samplers import BalancedBatchSampler, SceneDiverseBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization, compute_normalization
 from .data.stream import PackedDataset
@@ -217,6 +217,12 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     sampler = None
     if cfg.batch_sampling == "diverse" and data.tiles is not None:
         sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
+    elif cfg.batch_sampling.startswith("balanced"):
+        if data.tiles is None:
+            raise ValueError(f"parameter 'batch_sampling': {cfg.batch_sampling!r} needs scene tiles (dataset 'scenes'), "
+                             f"but dataset {cfg.dataset!r} has no scene/window index; use 'shuffle'")
+        sampler = BalancedBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed,
+                                       weighting="sqrt" if cfg.batch_sampling == "balanced_sqrt" else "proportional")
     knn = _knn_probe(cfg, data)
     progress = resolve_progress(cfg.progress)
     run_log = out / RUN_LOG_NAME if progress != "none" else None

@@ -217,6 +217,28 @@ class HealthToLoggers(L.Callback):
                 logger.log_metrics(values, step=trainer.global_step - 1)
 
 
+class TeacherUpdate(L.Callback):
+    """Calls the task's ``after_optimizer_step(step, max_steps)`` once after every optimiser step
+    (not per micro-batch), where a task has one: EMA teachers and step-dependent schedules
+    (``eolab.tasks.latent``, ``eolab.tasks.distill``). A callback, so that it runs before the
+    checkpoint of that step is written (Lightning calls ModelCheckpoint last): a checkpoint
+    always holds the teacher as updated by its own step, and a resumed run continues exactly."""
+
+    def __init__(self):
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module):
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self._last_step:  # a micro-batch of gradient accumulation: no update yet
+            return
+        self._last_step = trainer.global_step
+        hook = getattr(pl_module.task, "after_optimizer_step", None)
+        if hook is not None:
+            hook(trainer.global_step, pl_module.max_steps)
+
+
 class ResumeState(L.Callback):
     """What Lightning's checkpoint lacks for an exact resume after a kill mid-epoch: the random
     number generators (masks, noise and augmentations draw from torch's global RNG) and where in the
@@ -494,7 +516,7 @@ def fit(
                             warmup_steps=max(1, int(warmup_frac * total)), max_steps=total, health_every=health_every)
     history = History(history_path)
     shown = progress_callbacks(progress, log_path)
-    extra: list[L.Callback] = [ResumeState(batch_sampler), *shown, *([HealthToLoggers()] if loggers else [])]
+    extra: list[L.Callback] = [TeacherUpdate(), ResumeState(batch_sampler), *shown, *([HealthToLoggers()] if loggers else [])]
     resume_from, set_aside = None, []
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)

@@ -3,9 +3,11 @@ log (``RunLog``) and Lightning's progress bar over the run's optimiser steps (``
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -131,8 +133,31 @@ class StepProgressBar(TQDMProgressBar):
         return {"loss": f"{v['loss']:.4f}", "img/s": f"{v['img_s']:.1f}"}
 
 
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+_LIBRARY_NOISE = [
+    # Lightning's own code calls a deprecated torch pytree check; nothing a user can act on
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+]
+
+
+def quiet_library_noise() -> None:
+    """Keep what a user watches (the terminal, a notebook cell) to eolab's progress and real warnings:
+    drop Lightning's advertising tip and warnings that library code raises about other library code."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    for message in _LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def progress_callbacks(mode: str, log_path: str | Path | None) -> list[L.Callback]:
     """The callbacks of a resolved ``progress`` mode: the bar (``bar``) and the run log (``bar``, ``log``)."""
+    quiet_library_noise()
     callbacks: list[L.Callback] = []
     if mode == "bar":
         callbacks.append(StepProgressBar())

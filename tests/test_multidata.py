@@ -11,9 +11,10 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
+from eolab.data.bands import S2_L2A
 from eolab.data.pairs import PAIR_S2_BANDS, S1_FILL_DB, PairedS1S2
-from eolab.data.scenes import ssl4eo_s12
 from eolab.data.schema import collate, validate
+from eolab.data.sources import load_source, read_source
 from eolab.data.timeseries import (
     SLOVENIA_DIR,
     SloveniaSeries,
@@ -136,8 +137,10 @@ def test_ssl4eo_series_has_both_dates_in_reflectance(root):
 
 
 def test_single_date_reader_matches_the_scene_reader(root):
-    """Offsets and resampling must be those of scenes.py: the random-access reader gives the same arrays."""
-    for scene in ssl4eo_s12(root, products=("s2a",)):
+    """Offsets and resampling must be those of the ssl4eo source: the random-access reader gives the same arrays."""
+    scenes = [s for s in read_source(load_source("ssl4eo"), root, S2_L2A) if s.source == "ssl4eo_s2a"]
+    assert scenes
+    for scene in scenes:
         again = read_ssl4eo_s2(root / scene.id, root)
         np.testing.assert_array_equal(again.dn, scene.dn)
         assert (again.time, again.transform, again.notes) == (scene.time, scene.transform, scene.notes)

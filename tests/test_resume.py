@@ -1,7 +1,9 @@
 """A run killed with SIGKILL mid-epoch and resumed continues exactly as an uninterrupted run.
 
 Each run is a separate Python process (the kill is a real SIGKILL of that process, sent by itself
-at a chosen step, between two checkpoints and in the middle of an epoch).
+at a chosen step, between two checkpoints and in the middle of an epoch). Besides the MAE, the
+objectives with an EMA teacher run it too: latent masked modelling (the teacher's weights) and DINO
+with iBOT and KoLeo (teacher, centres and the step-dependent teacher temperature).
 """
 
 import signal
@@ -24,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from eolab.train import fit
 
     BANDS = ("B02", "B03", "B04")
-    out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+    out, kill_at, objective = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
     class Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -40,46 +42,58 @@ SCRIPT = textwrap.dedent("""
 
     torch.manual_seed(0)
     norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.5), dict.fromkeys(BANDS, 0.3))
-    task = build_task("mae", build_encoder("vit_nano", BANDS, img_size=16, patch_size=4),
-                      TaskParams(decoder_dim=32, decoder_depth=1))
+    task = build_task(objective, build_encoder("vit_nano", BANDS, img_size=16, patch_size=4),
+                      TaskParams(decoder_dim=32, decoder_depth=1, dino_out_dim=64, local_crops=2, ibot_weight=1.0,
+                                 koleo_weight=0.1, ema_momentum=0.9))
     fit(task, Images(), norm, batch_size=4, lr=1e-3, max_steps=14, seed=0, augment="eo", health_every=0,
         accelerator="cpu", callbacks=[Kill()], checkpoint_dir=out / "checkpoints", checkpoint_every=4,
         history_path=out / "history.csv")
 """)
 
 
-def _run(script, out, kill_at):
-    return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True, timeout=300)
+def _run(script, out, kill_at, objective="mae"):
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), objective], capture_output=True, text=True,
+                          timeout=300)
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+def _whole(tmp_path_factory, objective):
     """The uninterrupted run's history (14 steps, checkpoints every 4)."""
-    tmp_path = tmp_path_factory.mktemp("whole")
+    tmp_path = tmp_path_factory.mktemp(f"whole-{objective}")
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    done = _run(script, tmp_path / "whole", kill_at=-1)
+    done = _run(script, tmp_path / "whole", kill_at=-1, objective=objective)
     assert done.returncode == 0, done.stderr[-2000:]
     return pd.read_csv(tmp_path / "whole" / "history.csv")
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return _whole(tmp_path_factory, "mae")
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_on_the_same_trajectory(tmp_path, whole):
+@pytest.mark.parametrize("objective", ["mae", "jepa+dino"])  # one run, both teachers
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, tmp_path_factory, whole, objective):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
+    if objective != "mae":
+        whole = _whole(tmp_path_factory, objective)
 
-    killed = _run(script, tmp_path / "killed", kill_at=10)  # 6 batches per epoch: step 10 is mid-epoch 2
+    killed = _run(script, tmp_path / "killed", kill_at=10, objective=objective)  # 6 batches per epoch: step 10 is mid-epoch 2
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()
     assert pd.read_csv(tmp_path / "killed" / "history.csv")["step"].max() == 8  # written with the last checkpoint
 
-    resumed = _run(script, tmp_path / "killed", kill_at=-1)
+    resumed = _run(script, tmp_path / "killed", kill_at=-1, objective=objective)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a = whole
     b = pd.read_csv(tmp_path / "killed" / "history.csv")
     assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
     torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
+    if "dino" in objective:  # the step-dependent teacher temperature resumed too
+        assert b["dino/teacher_temp"].tolist() == pytest.approx(a["dino/teacher_temp"].tolist())
+        assert a["dino/teacher_temp"].iloc[-1] > a["dino/teacher_temp"].iloc[0]
 
 
 def test_checkpoints_load_weights_only(tmp_path):

@@ -1,12 +1,15 @@
 """Packed on-disk cache of pre-training scenes, and the patch index over it.
 
 Decoding and resampling per-band GeoTIFFs costs far more than a training step, so scenes are decoded
-once into memory-mappable ``.npy`` arrays (uint16, reflectance x 10000, C x H x W on the 10 m grid)
-plus a JSON manifest. Patches are windows into those arrays: a patch read is a slice of a memmap.
+once into memory-mappable ``.npy`` arrays (uint16, reflectance x 10000, C x H x W on the 10 m grid;
+float32 for sources in other units, such as dB) plus a JSON manifest. The scenes come from data
+sources (``sources.py``): built-in names or source YAML files. Patches are windows into those
+arrays: a patch read is a slice of a memmap.
 
-The cache key hashes the source files (path, size, mtime), the band set and the cache format
-version, so changed inputs rebuild it. A build writes into a temporary folder and renames it into
-place, so a killed build never leaves a half-written cache that a later run would trust.
+The cache key hashes the source files' text, their input files (path, size, mtime), the band set
+and the cache format version, so changed inputs rebuild it. A build writes into a temporary folder
+and renames it into place, so a killed build never leaves a half-written cache that a later run
+would trust.
 """
 
 from __future__ import annotations
@@ -27,21 +30,22 @@ from rasterio.warp import transform as warp_transform
 from torch.utils.data import Dataset
 
 from .bands import S2_L2A
-from .inputs import SOURCE_DIRS, SOURCE_FILES, has_files
 from .paths import cache_root, data_root
-from .scenes import READERS
+from .sources import NoScenesError, SourceError, SourceSpec, check_source, input_files, load_source, read_source
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: pixel validity checked, masked pixels in the manifest
+FORMAT_VERSION = 3  # 2: pixel validity checked, masked pixels in the manifest; 3: sources from source files
 
 
-def _fingerprint(root: Path, sources: tuple[str, ...], bands: tuple[str, ...]) -> str:
-    h = hashlib.sha1(json.dumps([FORMAT_VERSION, sources, bands]).encode())
-    for src in sources:
-        for f in sorted((root / SOURCE_DIRS[src]).rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+def _fingerprint(root: Path, specs: list[SourceSpec], checked: list[dict], bands: tuple[str, ...]) -> str:
+    """Hash of the cache format, the band set, each source file's text and every input file (path,
+    size, mtime): a changed source file or input rebuilds the cache."""
+    h = hashlib.sha1(json.dumps([FORMAT_VERSION, [s.name for s in specs], bands]).encode())
+    for spec, found in zip(specs, checked, strict=True):
+        h.update(spec.text.encode())
+        for f in input_files(spec, found, root):
+            st = f.stat()
+            h.update(f"{f.relative_to(root) if f.is_relative_to(root) else f}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -116,19 +120,32 @@ def build_scene_cache(
     bands: tuple[str, ...] = S2_L2A,
     cache_dir: Path | None = None,
 ) -> SceneCache:
-    """Decode the scenes of ``sources`` once into a packed cache; reuse it when inputs are unchanged."""
+    """Decode the scenes of ``sources`` once into a packed cache; reuse it when inputs are unchanged.
+
+    Each entry of ``sources`` is a built-in source name (``sources.builtin_sources()``) or the path to a
+    source YAML file. Every source is checked before any scene is decoded (`sources.check_source`:
+    globs that match nothing, band counts or names that contradict the card, bands the run needs that
+    a source lacks, mixed CRSs without a target grid), each error naming the file and field.
+    """
     root = data_root(root)
-    unknown = [s for s in sources if s not in READERS]
-    if unknown:
-        raise ValueError(f"unknown pre-training source(s) {unknown}; known: {sorted(READERS)}")
-    sources, bands = tuple(sources), tuple(bands)
-    absent = [s for s in sources if not has_files(root, SOURCE_FILES[s])]
-    if absent:  # an empty cache would be saved and trusted by every later run
-        raise FileNotFoundError(
-            f"data root {root} has no scenes of source(s) {absent}: expected "
-            + "; ".join(f"{s}: {' or '.join(SOURCE_FILES[s])}" for s in absent)
-        )
-    key = _fingerprint(root, sources, bands)
+    sources, bands = tuple(str(s) for s in sources), tuple(bands)
+    specs = []
+    for s in sources:
+        try:
+            specs.append(load_source(s))
+        except SourceError as exc:
+            raise ValueError(f"pre-training source {s!r}: {exc}") from exc
+    units = {f"{p.where} ({p.name})": sorted({p.card.band(b).to for b in bands if b in p.card.band_names})
+             for spec in specs for p in spec.products}
+    if len({tuple(u) for u in units.values()}) > 1:  # one cache holds one unit: refuse before decoding anything
+        raise ValueError(f"sources convert bands {list(bands)} to different units, and one cache holds one unit: {units}")
+    checked = []
+    for spec in specs:  # an empty cache would be saved and trusted by every later run
+        try:
+            checked.append(check_source(spec, root, bands))
+        except NoScenesError as exc:
+            raise FileNotFoundError(f"data root {root} has no scenes of source {spec.name!r}: {exc}") from exc
+    key = _fingerprint(root, specs, checked, bands)
     final = (cache_dir or cache_root()) / f"scenes-{key}"
     if (final / "manifest.json").exists():
         return SceneCache(final, json.loads((final / "manifest.json").read_text()))
@@ -137,22 +154,29 @@ def build_scene_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         scenes = []
-        for src in sources:
-            for scene in READERS[src](root, bands):
+        units = set()
+        for spec, found in zip(specs, checked, strict=True):
+            for scene in read_source(spec, root, bands, found):
+                units.add((scene.unit, scene.scale))
+                if len(units) > 1:
+                    raise ValueError(f"source {spec.name!r}: scene {scene.id} is in {scene.unit} (x {scene.scale:g}), other "
+                                     f"scenes in {sorted(units - {(scene.unit, scene.scale)})}: one cache holds one unit")
                 i = len(scenes)
                 np.save(tmp / f"scene_{i:05d}.npy", scene.dn)
                 np.save(tmp / f"valid_{i:05d}.npy", scene.valid)
                 for note in scene.notes:
                     log.info("%s: %s", scene.id, note)
                 scenes.append({
-                    "id": scene.id, "source": scene.source, "shape": list(scene.dn.shape), "crs": scene.crs,
+                    "id": scene.id, "source": scene.source, "sensor": scene.sensor, "shape": list(scene.dn.shape),
+                    "crs": scene.crs,
                     "transform": list(scene.transform), "time": scene.time, "level": scene.level,
                     "notes": scene.notes, "pixels": scene.pixels,
                 })
         if not scenes:
             raise FileNotFoundError(f"data root {root}: the readers of {list(sources)} found no scenes")
+        unit, scale = units.pop()
         manifest = {"format": FORMAT_VERSION, "key": key, "data_root": str(root), "sources": list(sources),
-                    "bands": list(bands), "unit": "reflectance", "scale": 1e-4, "scenes": scenes,
+                    "bands": list(bands), "unit": unit, "scale": scale, "scenes": scenes,
                     "masked_pixels": sum(sc["pixels"].get("masked_pixels", 0) for sc in scenes),
                     "bad_bands": [f"{sc['id']}: {b} {why}" for sc in scenes
                                   for b, why in sc["pixels"].get("bad_bands", {}).items()]}
@@ -199,7 +223,7 @@ class PatchDataset(Dataset):
         sample = {
             "image": torch.from_numpy(window * self.cache.manifest["scale"]),
             "bands": self.bands,
-            "unit": "reflectance",
+            "unit": self.cache.manifest.get("unit", "reflectance"),
             "source": self.sources[i],
             "lonlat": torch.tensor(self.lonlat[i]),
             "id": self.ids[i],

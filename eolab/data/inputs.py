@@ -3,7 +3,8 @@ pixel (and without torch), so that `ablate` can refuse a missing data root or so
 kernel starts instead of each run failing after its kernel start.
 
 The layout is the one the readers expect (see ``scenes.py``, ``pairs.py``, ``timeseries.py`` and
-``eurosat.py``); `SOURCE_DIRS` is the one place that maps pre-training source names to folders.
+``eurosat.py``); the pre-training sources' files come from their source files (``sources.py``), built-in
+or a user's YAML.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ import os
 from pathlib import Path
 
 from .paths import REPO_ROOT
+from .sources import SourceError, builtin_sources, source_globs
 
-SOURCE_DIRS = {"major_tom": "major-tom", "hydro": "hydro", "ssl4eo": "ssl4eo-s12"}
-"""Pre-training scene source -> its folder under the data root."""
-
-SOURCE_FILES = {
-    "major_tom": ("major-tom/S2L2A/*/*/*/B*.tif",),
-    "hydro": ("hydro/*.tif",),
-    "ssl4eo": ("ssl4eo-s12/s2a/*/*/B*.tif", "ssl4eo-s12/s2c/*/*/B*.tif"),
-}
-"""Files each source's reader decodes (any one pattern matching is enough)."""
+SOURCE_FILES = {name: source_globs(name) for name in builtin_sources()}
+"""Files each built-in source decodes (any one pattern matching is enough), from its source file."""
+SOURCE_DIRS = {name: patterns[0].split("/", 1)[0] for name, patterns in SOURCE_FILES.items()}
+"""Built-in pre-training scene source -> its folder under the data root."""
 
 DATASET_FILES = {
     "s1s2": ("ssl4eo-s12/s1/*/*/*.tif", "bigearthnet/s1/*/*.tif"),
@@ -45,8 +42,16 @@ def resolve_root(data_root: str) -> tuple[Path, str]:
 
 
 def has_files(root: Path, patterns: tuple[str, ...]) -> bool:
-    """Whether any of the glob ``patterns`` matches a file under ``root``."""
-    return any(next(root.glob(p), None) is not None for p in patterns)
+    """Whether any of the glob ``patterns`` matches a file under ``root`` (absolute patterns as they are;
+    URLs are not listed here: a source's own check lists them before its scenes are read)."""
+    def matches(p: str) -> bool:
+        if "://" in p:
+            return True
+        path = Path(p)
+        base, rel = (Path(path.anchor), str(path.relative_to(path.anchor))) if path.is_absolute() else (root, p)
+        return next(base.glob(rel), None) is not None
+
+    return any(matches(p) for p in patterns)
 
 
 def missing_inputs(data_root: str, dataset: str, sources: tuple[str, ...] = (), val_sources: tuple[str, ...] = (),
@@ -59,8 +64,15 @@ def missing_inputs(data_root: str, dataset: str, sources: tuple[str, ...] = (), 
     if next(root.iterdir(), None) is None:
         return [f"data root {root} (from {how}) is empty"]
     problems = []
-    wanted = {f"source {s!r}": SOURCE_FILES[s] for s in (*sources, *val_sources) if s in SOURCE_FILES} \
-        if dataset == "scenes" else {f"dataset {dataset!r}": DATASET_FILES[dataset]} if dataset in DATASET_FILES else {}
+    wanted = {}
+    if dataset == "scenes":
+        for s in (*sources, *val_sources):
+            try:
+                wanted[f"source {s!r}"] = SOURCE_FILES.get(s) or source_globs(s)
+            except SourceError as exc:
+                problems.append(str(exc))
+    elif dataset in DATASET_FILES:
+        wanted[f"dataset {dataset!r}"] = DATASET_FILES[dataset]
     if eurosat in EUROSAT_FILES:
         wanted["EuroSAT (the probe)"] = EUROSAT_FILES[eurosat]
     for what, patterns in wanted.items():

@@ -146,9 +146,10 @@ def bigearthnet_pairs(root: Path) -> list[PairRef]:
 def _band_files(folder: Path, names: tuple[str, ...]) -> dict[str, Path]:
     """Files of ``names`` in a one-file-per-band folder: ``VV.tif``/``B2.tif`` or ``<patch>_B02.tif``."""
     found: dict[str, Path] = {}
+    sensor = "sentinel1" if set(names) <= set(S1_BANDS) else "sentinel2"  # band names resolve within one sensor
     for f in folder.glob("*.tif"):
         try:
-            found[canonical_band_name(f.stem.rsplit("_", 1)[-1])] = f
+            found[canonical_band_name(f.stem.rsplit("_", 1)[-1], sensor)] = f
         except KeyError:
             continue
     for n in names:

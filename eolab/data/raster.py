@@ -67,16 +67,21 @@ class PixelCheck:
 
 
 def check_pixels(stack: np.ndarray, bands: tuple[str, ...], valid_range: tuple[float, float] = DN_RANGE,
-                 zero_is_nodata: bool = True, grid_m: float = 10.0) -> PixelCheck:
+                 zero_is_nodata: bool = True, grid_m: float = 10.0,
+                 resolutions: dict[str, float] | None = None) -> PixelCheck:
     """Find NaN and infinite values, values outside ``valid_range`` and bands without data (all
     NaN, all zero, or constant) in a (C, H, W) stack on a ``grid_m`` grid.
 
     With ``zero_is_nodata`` (Sentinel-2 products), 0 is the product's no-data value, not a value
     out of range (pixels where every band is 0 are no-data already); without it (EuroSAT, which
     has no no-data), a 0 is out of range. ``usable`` is False on every pixel where some band that
-    holds data is NaN, infinite or out of range.
+    holds data is NaN, infinite or out of range. ``resolutions`` (band -> native ground sampling
+    distance, from the sensor card) defaults to eolab's Sentinel-2/Sentinel-1 bands.
     """
     from .bands import BANDS
+
+    if resolutions is None:
+        resolutions = {name: b.resolution_m for name, b in BANDS.items()}
 
     lo, hi = valid_range
     _, h, w = stack.shape
@@ -103,7 +108,7 @@ def check_pixels(stack: np.ndarray, bands: tuple[str, ...], valid_range: tuple[f
             result.out_of_range[name] = n_out
             usable &= ~outside
         present = band[finite]
-        native = h * w * (grid_m / BANDS[name].resolution_m) ** 2 if name in BANDS else h * w
+        native = h * w * (grid_m / resolutions[name]) ** 2 if name in resolutions else h * w
         if not all_zero_stack and not np.any(present):
             result.bad_bands[name] = "zero on every pixel (no data in this band)"
         elif native >= CONSTANT_MIN_NATIVE_PIXELS and present.min() == present.max() and present.min() != 0:

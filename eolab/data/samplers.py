@@ -12,10 +12,16 @@ killed mid-epoch: each epoch's batch order is a pure function of (seed, epoch), 
 the first k batches of the next epoch iterated (a resumed run continues with exactly the batches
 the killed one had not seen), and under ``torch.distributed`` each rank takes its contiguous share
 of every global batch, so N processes see the same global batches as one.
+
+``BalancedBatchSampler`` keeps the scene mix of every batch the same for the whole epoch: each scene
+has its share of every batch (in proportion to its number of windows, or to the square root of it),
+where the round-robin deal of ``SceneDiverseBatchSampler`` runs out of the small scenes first and
+ends every epoch on the largest ones.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -127,4 +133,94 @@ class SceneDiverseBatchSampler(_EpochBatches):
             batch, rest = batch + rest[: self.batch_size - len(batch)], rest[self.batch_size - len(batch) :]
             batches.append(batch)
             pending = rest
+        return batches
+
+
+BALANCE_WEIGHTINGS = ("proportional", "sqrt")
+
+
+class BalancedBatchSampler(_EpochBatches):
+    """Batches of ``batch_size`` indices into ``tiles`` (rows: scene, row, col) in which every scene
+    has its share, in every batch of the epoch: in proportion to its number of windows
+    (``weighting="proportional"``) or to the square root of it (``"sqrt"``, which gives small scenes
+    more than their size and large ones less).
+
+    Shares are whole windows: each batch holds each scene's share rounded down or up, and the
+    scenes furthest behind their running target get the rounded-up ones, so that a scene's running
+    count stays within one window of its target throughout the epoch. Within a scene windows come in a seeded random order; one
+    that overlaps a window of the same scene already in the batch (less than ``patch`` pixels apart
+    in both axes) waits for the next batch. Only when a scene has no non-overlapping window left for
+    its share does an overlapping one fill it; ``overlap_fills`` counts those of the last epoch
+    built (0 on ordinary data).
+
+    An epoch has ``len(tiles) // batch_size`` batches, as with shuffling. Proportionally, every
+    window is seen once per epoch (give or take one per scene, from rounding); with square-root
+    shares a small scene's windows are repeated within an epoch (a new random order each pass) and a
+    large scene's are only partly seen. Deterministic in (``seed``, epoch); ``skip``/``set_epoch``
+    resume exactly, as with the other samplers.
+    """
+
+    def __init__(self, tiles: pd.DataFrame, batch_size: int, patch: int = 64, seed: int = 0,
+                 weighting: str = "proportional"):
+        missing = [c for c in ("scene", "row", "col") if c not in tiles.columns]
+        if missing:
+            raise ValueError(f"tiles lack columns {missing} needed for balanced batches")
+        if weighting not in BALANCE_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {BALANCE_WEIGHTINGS}, got {weighting!r}")
+        if len(tiles) < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(tiles)} windows to draw from")
+        super().__init__(len(tiles) // batch_size, batch_size, seed)
+        self.scene = tiles["scene"].to_numpy()
+        self.row, self.col = tiles["row"].to_numpy().astype(np.int64), tiles["col"].to_numpy().astype(np.int64)
+        self.patch, self.weighting = patch, weighting
+        self.scenes, sizes = np.unique(self.scene, return_counts=True)
+        weight = sizes.astype(np.float64) if weighting == "proportional" else np.sqrt(sizes)
+        self.shares = weight / weight.sum()  # (S,) each scene's fraction of every batch
+        self.members = [np.flatnonzero(self.scene == s) for s in self.scenes]
+        self.overlap_fills = 0
+
+    def quotas(self) -> np.ndarray:
+        """(num_batches, S) windows of each scene in each batch: every row sums to ``batch_size``,
+        each scene gets its share per batch rounded down or up, and the windows left after rounding
+        down go to the scenes furthest behind their running target, so no scene drifts from it."""
+        per_batch = self.batch_size * self.shares  # (S,) fractional windows per batch
+        base = np.floor(per_batch).astype(np.int64)
+        extra = self.batch_size - int(base.sum())  # windows left after rounding every share down
+        out = np.zeros((self.num_batches, len(self.shares)), dtype=np.int64)
+        given = np.zeros(len(self.shares), dtype=np.int64)
+        for k in range(self.num_batches):
+            behind = (k + 1) * per_batch - (given + base)  # (S,) how far each scene would trail its target
+            count = base.copy()
+            count[np.argsort(-behind, kind="stable")[:extra]] += 1
+            out[k], given = count, given + count
+        return out
+
+    def _overlaps(self, i: int, chosen: list[int]) -> bool:
+        return any(abs(self.row[j] - self.row[i]) < self.patch and abs(self.col[j] - self.col[i]) < self.patch
+                   for j in chosen)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        queues = [deque(rng.permutation(m).tolist()) for m in self.members]
+        self.overlap_fills = 0
+        batches = []
+        for quota in self.quotas():
+            batch: list[int] = []
+            for s, need in enumerate(quota):
+                chosen, waiting, refilled = [], [], False
+                while len(chosen) < need:
+                    if not queues[s]:
+                        if refilled and waiting:
+                            # even a new pass offers no window clear of the chosen: overlap
+                            chosen.append(waiting.pop(0))
+                            self.overlap_fills += 1
+                            continue
+                        queues[s].extend(rng.permutation(self.members[s]).tolist())  # a new pass over the scene
+                        refilled = True
+                    i = queues[s].popleft()
+                    (waiting if self._overlaps(i, chosen) else chosen).append(i)
+                queues[s].extendleft(reversed(waiting))  # they come first in the next batch
+                batch.extend(chosen)
+            # mixed within the batch, so that every rank's share of it mixes scenes too
+            batches.append([int(i) for i in rng.permutation(batch)])
         return batches

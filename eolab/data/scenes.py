@@ -1,9 +1,12 @@
-"""Unlabelled Sentinel-2 scenes for pre-training: Major-TOM, Hydro and SSL4EO-S12.
+"""Unlabelled scenes for pre-training: the ``Scene`` every data source yields, and the decoding steps
+the readers share.
 
-Each reader yields ``Scene`` objects on a common 10 m grid: one-file-per-band products are resampled
-(20 m and 60 m bands bilinearly up to the grid of B02), digital numbers are converted to reflectance
-x 10000 with the product's radiometric offset removed, and bands are selected by name into eolab's
-band order. A band that a product lacks is an error naming the product, never a silent shift.
+The sources themselves (Major-TOM, Hydro, SSL4EO-S12 and any a user describes) are declared in YAML
+and read by ``sources.py``. Each yields ``Scene`` objects on a common grid: one-file-per-band products
+are resampled (20 m and 60 m bands bilinearly up to the grid of B02), digital numbers are converted
+through the sensor card (Sentinel-2: reflectance x 10000 with the product's radiometric offset
+removed), and bands are selected by name into eolab's band order. A band that a product lacks is an
+error naming the product, never a silent shift.
 
 Radiometric offset: Sentinel-2 processing baseline 04.00 (January 2022) added +1000 to all digital
 numbers (BOA_ADD_OFFSET / RADIO_ADD_OFFSET = -1000). Products are identified by the baseline in their
@@ -17,17 +20,16 @@ as such in each scene's notes; products with metadata never use it.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rasterio.enums import Resampling
 
-from .bands import S2_L2A, canonical_band_name
+from .bands import canonical_band_name
+from .cards import load_card
 from .raster import PixelCheck, RasterError, check_pixels, read_raster
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class Scene:
     id: str  # path relative to the data root
     source: str
     bands: tuple[str, ...]
-    dn: np.ndarray  # (C, H, W) uint16, reflectance x 10000, offset removed
+    dn: np.ndarray  # (C, H, W): uint16 reflectance x 10000, offset removed (float32 for other units, e.g. dB)
     valid: np.ndarray  # (H, W) bool: has data and is not flagged as cloud
     crs: str
     transform: tuple[float, ...]  # affine (a, b, c, d, e, f) of the 10 m grid
@@ -46,14 +48,14 @@ class Scene:
     level: str = "L2A"
     notes: list[str] = field(default_factory=list)
     pixels: dict = field(default_factory=dict)  # PixelCheck.to_json(): pixels masked by the validity checks
+    unit: str = "reflectance"  # what ``dn * scale`` is (the sensor card's unit after conversion)
+    scale: float = 1e-4  # dn * scale is the value in ``unit``
+    sensor: str = "sentinel2"  # the card's sensor: bands are (sensor, name)
 
 
 def offset_from_baseline(baseline: str | None) -> int:
     """Digital-number offset of a processing baseline such as '04.00', 'N0400' or 'N9999'."""
-    if not baseline:
-        return 0
-    digits = re.sub(r"\D", "", baseline)
-    return 1000 if digits and 400 <= int(digits) < 9999 else 0
+    return int(-load_card("sentinel2_l2a").baseline_offset(baseline))
 
 
 def to_reflectance_dn(stack: np.ndarray, offset: int) -> np.ndarray:
@@ -122,72 +124,7 @@ def make_scene(rel, source, bands, dn, nodata_mask, cloud, meta, time, level, no
     )
 
 
-def major_tom(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
-    """Major-TOM Core S2L2A cells: ``major-tom/S2L2A/<row>/<cell>/<product>/B*.tif`` + cloud_mask.tif."""
-    for product in sorted((root / "major-tom" / "S2L2A").glob("*/*/*")):
-        if not product.is_dir():
-            continue
-        rel = str(product.relative_to(root))
-        raw, meta, notes = read_band_files(product, bands, rel)
-        raw, check = screen_pixels(raw, bands, rel)
-        baseline = re.search(r"_N(\d{4})_", product.name)
-        offset = offset_from_baseline(baseline.group(1) if baseline else None)
-        cloud = None
-        if (product / "cloud_mask.tif").exists():
-            cloud = read_raster(product / "cloud_mask.tif", expected_count=1, out_shape=raw.shape[1:],
-                                resampling=Resampling.nearest)[0][0]
-        time = re.search(r"_(\d{8})T", product.name)
-        yield make_scene(rel, "major_tom", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), cloud, meta,
-                     time and f"{time.group(1)[:4]}-{time.group(1)[4:6]}-{time.group(1)[6:]}", "L2A",
-                     notes + [f"radiometric offset {offset} removed"], check)
-
-
-# Band order of the stacked Hydro GeoTIFFs (STAC asset order coastal..swir22: B8A before B09).
-HYDRO_FILE_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
-
-
-def hydro(root: Path, bands: tuple[str, ...] = S2_L2A) -> Iterator[Scene]:
-    """Hydro patches: 12 L2A bands stacked in one GeoTIFF, 256x256 at 10 m."""
-    missing = [b for b in bands if b not in HYDRO_FILE_ORDER]
-    if missing:
-        raise RasterError(f"hydro: requested bands {missing} are not in the stacked files {HYDRO_FILE_ORDER}")
-    idx = [HYDRO_FILE_ORDER.index(b) for b in bands]
-    for path in sorted((root / "hydro").glob("*.tif")):
-        rel = str(path.relative_to(root))
-        raw, meta = read_raster(path, expected_count=len(HYDRO_FILE_ORDER))
-        raw, check = screen_pixels(raw[idx], bands, rel)
-        offset = _infer_offset(raw)
-        yield make_scene(rel, "hydro", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta, None,
-                     "L2A", [f"radiometric offset {offset} removed (heuristic: inferred from the darkest pixels)"],
-                     check)
-
-
-def _infer_offset(raw: np.ndarray) -> int:
-    """1000 if the darkest 5% of pixels with data (minimum over bands) are still >= 800, else 0."""
-    lowest = raw.min(axis=0)
-    has_data = raw.max(axis=0) > 0
-    darkest = np.percentile(lowest[has_data], 5) if has_data.any() else 0
-    return 1000 if darkest >= 800 else 0
-
-
-def ssl4eo_s12(root: Path, bands: tuple[str, ...] = S2_L2A, products=("s2a", "s2c")) -> Iterator[Scene]:
-    """SSL4EO-S12 Sentinel-2 dates: ``ssl4eo-s12/{s2a,s2c}/<location>/<date>/B*.tif`` + metadata.json.
-
-    s2a is L2A (12 bands), s2c is L1C (13 bands, B10 dropped for the L2A band set and said so).
-    """
-    for prod in products:
-        for date_dir in sorted((root / "ssl4eo-s12" / prod).glob("*/*")):
-            if not date_dir.is_dir():
-                continue
-            rel = str(date_dir.relative_to(root))
-            raw, meta, notes = read_band_files(date_dir, bands, rel)
-            raw, check = screen_pixels(raw, bands, rel)
-            md = json.loads((date_dir / "metadata.json").read_text()) if (date_dir / "metadata.json").exists() else {}
-            offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
-            d = date_dir.name[:8]
-            yield make_scene(rel, f"ssl4eo_{prod}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None,
-                         meta, f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if prod == "s2a" else "L1C",
-                         notes + [f"radiometric offset {offset} removed"], check)
-
-
-READERS = {"major_tom": major_tom, "hydro": hydro, "ssl4eo": ssl4eo_s12}
+# Band order of the stacked Hydro GeoTIFFs (STAC asset order coastal..swir22: B8A before B09), as the
+# built-in source file ``sources/hydro.yaml`` declares it.
+HYDRO_FILE_ORDER = tuple(yaml.safe_load((Path(__file__).resolve().parent / "sources" / "hydro.yaml").read_text())
+                         ["bands"]["order"])

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -180,12 +181,17 @@ def _part_key(source: str, cache: SceneCache, bands: tuple[str, ...], opts: Pack
 def _plan_part(source: str, root, opts: PackOptions) -> tuple[dict, list[ShardJob]]:
     """The part of one source: its patches (tiled, sampled), cut into shard jobs."""
     from .sampling import Pool, select
+    from .sources import source_bands
 
-    cache = build_scene_cache(root, (source,))
+    # bands by name: the ones asked for, else every band the source's card gives
+    cache = build_scene_cache(root, (source,), bands=tuple(opts.bands or source_bands(source)))
     bands = tuple(opts.bands or cache.bands)
     missing = [b for b in bands if b not in cache.bands]
     if missing:
         raise ValueError(f"source {source!r}: bands {missing} are not in its scenes (they have {list(cache.bands)})")
+    if cache.array(0).dtype != np.uint16:  # the exact integer statistics are for digital numbers
+        raise ValueError(f"source {source!r}: its cache holds {cache.array(0).dtype} {cache.manifest.get('unit')} values; "
+                         "the packer packs uint16 reflectance only so far (float sources such as SAR in dB are not supported)")
     tiles = cache.tiles(patch=opts.patch, stride=opts.stride, bands=bands)
     selection = None
     if opts.n:
@@ -193,6 +199,7 @@ def _plan_part(source: str, root, opts: PackOptions) -> tuple[dict, list[ShardJo
                            param="--sampling", budget_param="--n")
         tiles = tiles.iloc[selection.indices].reset_index(drop=True)
     key = _part_key(source, cache, bands, opts)
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem if source.endswith((".yaml", ".yml")) else source)
     records = []
     for rep in range(opts.repeat):
         for t in tiles.itertuples(index=False):
@@ -212,11 +219,11 @@ def _plan_part(source: str, root, opts: PackOptions) -> tuple[dict, list[ShardJo
     jobs = []
     for i, start in enumerate(range(0, len(records), opts.shard_size)):
         rows = tuple(records[start : start + opts.shard_size])
-        jobs.append(ShardJob("", f"{source}-{key}-{i:05d}.tar", str(cache.path), channels, opts.patch, rows))
+        jobs.append(ShardJob("", f"{label}-{key}-{i:05d}.tar", str(cache.path), channels, opts.patch, rows))
     part = {"source": source, "key": key, "cache_key": cache.manifest["key"], "bands": list(bands),
             "unit": cache.manifest.get("unit", "reflectance"), "scale": cache.manifest.get("scale", 1e-4),
-            "sensor": cache.manifest.get("card") or cache.manifest.get("sensor")
-            or "Sentinel-2 " + "/".join(sorted({str(sc.get("level") or "?") for sc in cache.scenes})),
+            "sensor": "/".join(sorted({str(sc.get("sensor") or "Sentinel-2 " + str(sc.get("level") or "?"))
+                                       for sc in cache.scenes})),
             "patch": opts.patch, "stride": opts.stride, "n_scenes": len(cache.scenes), "n_windows": len(tiles),
             "sampling": selection.manifest if selection is not None else None, "repeat": opts.repeat,
             "shards": [j.name for j in jobs], "n": len(records)}

@@ -57,20 +57,32 @@ class ViTEncoder(nn.Module):
     def bands(self) -> tuple[str, ...]:
         return self.tokenizer.bands
 
-    def _input_tokens(self, image: Tensor, keep: Tensor | None, **context) -> Tensor:
-        """Tokenised input, the ``keep`` tokens only, with [CLS] prepended: (B, 1+K, D)."""
+    def _input_tokens(self, image: Tensor, keep: Tensor | None, hide: tuple[Tensor, Tensor] | None = None,
+                      **context) -> Tensor:
+        """Tokenised input, the ``keep`` tokens only, with [CLS] prepended: (B, 1+K, D).
+
+        ``hide`` = (mask (B, N) bool, token (D,)): the masked tokens' content is replaced by the
+        learned ``token`` (iBOT, SimMIM), keeping their position code: the tokeniser's output for
+        an all-zero input, which is its positional (and group, date) encoding plus the projection bias.
+        """
         x = self.tokenizer(image, **context)  # (B, N, D) with positions added
+        if hide is not None:
+            mask, token = hide
+            blank = self.tokenizer(torch.zeros_like(image), **context)  # (B, N, D) positions only
+            x = torch.where(mask[..., None], blank + token.to(x.dtype), x)
         if keep is not None:
             x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
 
-    def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False, **context):
+    def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False,
+                hide: tuple[Tensor, Tensor] | None = None, **context):
         """Encode ``image`` (B, C, H, W) or a time series (B, T, C, H, W) with ``context`` such as
-        ``doy``; with ``keep`` (B, K) only those token indices are encoded.
+        ``doy``; with ``keep`` (B, K) only those token indices are encoded; with ``hide`` some
+        tokens are replaced by a mask token (see ``_input_tokens``).
 
         Returns (B, 1+K, D) tokens, [CLS] first; with ``return_layers`` also every block's output.
         """
-        x = self._input_tokens(image, keep, **context)  # (B, 1+K, D)
+        x = self._input_tokens(image, keep, hide, **context)  # (B, 1+K, D)
         layers = []
         for block in self.blocks:
             x = block(x)

@@ -110,7 +110,7 @@ def chromium_path() -> str:
     return path
 
 
-class _Session:
+class Session:
     """A minimal CDP client over one page target's websocket: commands in order, events kept."""
 
     def __init__(self, ws_url: str) -> None:
@@ -227,7 +227,7 @@ def check_page(html: str | Path, screenshot: str | Path | None = None, width: in
     new_tab = urllib.request.Request(f"{endpoint}/json/new?about:blank", method="PUT")
     with urllib.request.urlopen(new_tab, timeout=30) as r:
         target = json.loads(r.read())
-    cdp = _Session(target["webSocketDebuggerUrl"])
+    cdp = Session(target["webSocketDebuggerUrl"])
     try:
         cdp.send("Network.enable")
         cdp.send("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1,

@@ -140,6 +140,9 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any]) -
             kernel_name=KERNEL_NAME,
             progress_bar=False,
             log_output=False,
+            # the kernel's start-up log (a TCP-transport notice on every run) would land between the
+            # progress lines in the user's terminal; its errors still do
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
 
 

@@ -18,6 +18,8 @@ from .augment import AUGMENTATIONS, Augment
 from .combined import Combined
 from .contrastive import CrossViewContrastive, MoCo, SimCLR
 from .denoise import Denoising
+from .distill import DINO, MAEWithTeacher
+from .latent import LATENT_LOSSES, LatentMaskedModelling
 from .mae import MaskedAutoencoder
 from .masking import MASKS, random_mask
 
@@ -38,6 +40,15 @@ class TaskParams:
     denoise_target: str = "eps"
     views: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # cross-view groups; None = two random dates
     weights: tuple[float, ...] = ()  # one per part of a combination; empty = all 1
+    latent_loss: str = "smooth_l1"
+    target_encoder: str = "ema"
+    ema_momentum: float = 0.996
+    dino_out_dim: int = 1024
+    local_crops: int = 4
+    teacher_temp: float = 0.07
+    koleo_weight: float = 0.0
+    ibot_weight: float = 0.0
+    distill_weight: float = 1.0
 
     @property
     def decoder_heads(self) -> int:
@@ -66,12 +77,30 @@ def _cross_view(encoder: ViTEncoder, p: TaskParams) -> nn.Module:
     return CrossViewContrastive(encoder, views, Augment("dihedral"), p.proj_dim, p.temperature)
 
 
+def _jepa(encoder: ViTEncoder, p: TaskParams) -> nn.Module:
+    # The predictor takes the decoder's size parameters: it plays the decoder's part, in latent space.
+    return LatentMaskedModelling(encoder, p.mask_ratio, p.mask, p.decoder_dim, p.decoder_depth, p.decoder_heads,
+                                 p.latent_loss, p.target_encoder, p.ema_momentum)
+
+
+def _dino(encoder: ViTEncoder, p: TaskParams) -> nn.Module:
+    return DINO(encoder, p.dino_out_dim, p.local_crops, teacher_temp=p.teacher_temp, momentum=p.ema_momentum,
+                koleo_weight=p.koleo_weight, ibot_weight=p.ibot_weight, mask=p.mask, global_augment=p.view_augment)
+
+
+def _mae_teacher(encoder: ViTEncoder, p: TaskParams) -> nn.Module:
+    return MAEWithTeacher(_mae(encoder, p), p.distill_weight, p.ema_momentum)
+
+
 TASKS: dict[str, Callable[[ViTEncoder, TaskParams], nn.Module]] = {
     "mae": _mae,
     "simclr": _simclr,
     "moco": _moco,
     "denoise": _denoise,
     "cross_view": _cross_view,
+    "jepa": _jepa,
+    "dino": _dino,
+    "mae_teacher": _mae_teacher,
 }
 
 
@@ -96,5 +125,5 @@ def build_task(objective: str, encoder: ViTEncoder, params: TaskParams = TaskPar
     return Combined({n: TASKS[n](encoder, params) for n in names}, dict(zip(names, weights, strict=True)))
 
 
-__all__ = ["AUGMENTATIONS", "MASKS", "TASKS", "Augment", "Combined", "CrossViewContrastive", "Denoising",
-           "MaskedAutoencoder", "MoCo", "SimCLR", "TaskParams", "build_task", "parse_objective", "random_mask"]
+__all__ = ["AUGMENTATIONS", "DINO", "LATENT_LOSSES", "MASKS", "TASKS", "Augment", "Combined", "CrossViewContrastive",
+           "Denoising", "LatentMaskedModelling", "MAEWithTeacher", "MaskedAutoencoder", "MoCo", "SimCLR", "TaskParams", "build_task", "parse_objective", "random_mask"]

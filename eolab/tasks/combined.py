@@ -25,6 +25,12 @@ class Combined(nn.Module):
         self.weights = dict(weights)
         self.encoder = next(iter(parts.values())).encoder
 
+    def after_optimizer_step(self, step: int, max_steps: int) -> None:
+        """Pass the optimiser step on to every part that keeps a teacher (see ``eolab.tasks.latent``)."""
+        for part in self.parts.values():
+            if hasattr(part, "after_optimizer_step"):
+                part.after_optimizer_step(step, max_steps)
+
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         total = None

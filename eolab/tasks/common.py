@@ -20,12 +20,14 @@ def encoder_context(batch: dict) -> dict:
 class TokenDecoder(nn.Module):
     """A light transformer over a full token layout (G x grid*grid) predicting each token's pixels.
 
-    Shared by the masked autoencoder (mask tokens fill the hidden positions) and the denoiser
-    (every position is visible). Positions: 2-D sin-cos per cell plus a learned embedding per group,
-    so the decoder knows which spectral group, modality or date a token belongs to.
+    Shared by the masked autoencoder (mask tokens fill the hidden positions), the denoiser (every
+    position is visible) and, with ``out_dim`` the encoder's width, the latent predictor of
+    ``eolab.tasks.latent`` (which predicts latents rather than pixels). Positions: 2-D sin-cos per
+    cell plus a learned embedding per group, so the decoder knows which spectral group, modality or
+    date a token belongs to.
     """
 
-    def __init__(self, tokenizer: nn.Module, in_dim: int, dim: int, depth: int, heads: int):
+    def __init__(self, tokenizer: nn.Module, in_dim: int, dim: int, depth: int, heads: int, out_dim: int | None = None):
         super().__init__()
         self.groups, self.cells = tokenizer.groups, tokenizer.grid**2
         self.embed = nn.Linear(in_dim, dim)
@@ -33,7 +35,7 @@ class TokenDecoder(nn.Module):
         self.group_embed = nn.Parameter(torch.zeros(self.groups, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.pred = nn.Linear(dim, tokenizer.target_mask.shape[1])
+        self.pred = nn.Linear(dim, out_dim or tokenizer.target_mask.shape[1])  # pixels of a token by default
         for m in (self.embed, self.blocks, self.norm, self.pred):
             m.apply(init_weights)
         nn.init.normal_(self.group_embed, std=0.02)
@@ -52,6 +54,18 @@ class TokenDecoder(nn.Module):
         if select is not None:
             x = torch.gather(x, 1, select[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, Dd)
         return self.pred(self.norm(x))
+
+    def predict_masked(self, latent: Tensor, keep: Tensor, masked: Tensor, mask_token: Tensor) -> Tensor:
+        """Predictions (B, M, out) for the ``masked`` tokens (B, M) from the encoder's output on the
+        ``keep`` tokens (B, 1+K, D), [CLS] first: visible latents and ``mask_token`` (1, 1, Dd) are
+        scattered back to their layout positions, positions added, and the decoder run over all."""
+        x = self.embed(latent)  # (B, 1+K, Dd)
+        b, n = x.shape[0], self.groups * self.cells
+        # Under autocast the projected latents are bf16/fp16 while the parameter is fp32: match them.
+        full = mask_token.to(x.dtype).expand(b, n, -1).clone()  # (B, N, Dd)
+        full.scatter_(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
+        full = full + self.position()
+        return self(torch.cat([x[:, :1], full], dim=1), select=masked)  # (B, M, out): masked tokens only
 
 
 def patch_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -41,20 +41,19 @@ class MaskedAutoencoder(nn.Module):
             self.group_names = [bands[0] for bands in tok.group_bands]
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.reconstruct(batch, generator)[0]
+
+    def reconstruct(self, batch: dict, generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The losses (as ``forward``), and the encoder's output on the visible tokens (B, 1+K, D)
+        with their indices ``keep`` (B, K): what a distillation term on the MAE encoder needs
+        (``eolab.tasks.distill.MAEWithTeacher``)."""
         image = batch["image"]  # (B, C, H, W) or (B, T, C, H, W), normalised
         tok = self.encoder.tokenizer
         b, n, groups = image.shape[0], tok.num_tokens, tok.groups
         keep, masked = self.mask_fn(b, n, self.mask_ratio, generator, image.device, groups=groups)  # (B, K), (B, M)
 
         latent = self.encoder(image, keep=keep, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
-
-        # Decoder input: visible latents and mask tokens scattered back to their layout positions.
-        x = self.decoder.embed(latent)  # (B, 1+K, Dd)
-        # Under autocast the projected latents are bf16/fp16 while the parameter is fp32: match them.
-        full = self.mask_token.to(x.dtype).expand(b, n, -1).clone()  # (B, N, Dd)
-        full.scatter_(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
-        full = full + self.decoder.position()
-        pred = self.decoder(torch.cat([x[:, :1], full], dim=1), select=masked)  # (B, M, P): masked tokens only
+        pred = self.decoder.predict_masked(latent, keep, masked, self.mask_token)  # (B, M, P): masked tokens only
 
         cells = n // groups
         target = tok.patchify(image)  # (B, N, P), zero-padded where a group has fewer bands
@@ -74,4 +73,4 @@ class MaskedAutoencoder(nn.Module):
                 counts = torch.bincount(group.flatten(), minlength=groups).clamp_min(1)
                 for name, value in zip(self.group_names, sums / counts, strict=True):
                     out[f"recon_{name}"] = value  # 0 when a group had no masked token in this batch
-        return out
+        return out, latent, keep

@@ -109,7 +109,7 @@ def test_patch_records_and_manifest(corpus):
     assert {"id", "source", "scene", "row", "col", "lon", "lat", "time", "footprint"} <= set(rec)
     west, south, east, north = rec["footprint"]
     assert west < rec["lon"] < east and south < rec["lat"] < north
-    assert manifest["unit"] == "reflectance" and manifest["sensors"] == ["Sentinel-2 L2A"]
+    assert manifest["unit"] == "reflectance" and manifest["sensors"] == ["sentinel2 L2A"]
     assert manifest["parts"][0]["sampling"]["budget"] == 40  # the sampler chose the windows
     sample = PackedDataset(open_corpus(corpus))[0]
     assert sample["id"] == rec["id"] and tuple(sample["bands"]) == OPTS.bands and sample["image"].shape == (4, 32, 32)

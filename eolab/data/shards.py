@@ -222,8 +222,8 @@ def _plan_part(source: str, root, opts: PackOptions) -> tuple[dict, list[ShardJo
         jobs.append(ShardJob("", f"{label}-{key}-{i:05d}.tar", str(cache.path), channels, opts.patch, rows))
     part = {"source": source, "key": key, "cache_key": cache.manifest["key"], "bands": list(bands),
             "unit": cache.manifest.get("unit", "reflectance"), "scale": cache.manifest.get("scale", 1e-4),
-            "sensor": "/".join(sorted({str(sc.get("sensor") or "Sentinel-2 " + str(sc.get("level") or "?"))
-                                       for sc in cache.scenes})),
+            "sensor": "/".join(sorted({" ".join(str(v) for v in (sc.get("sensor", "sentinel2"), sc.get("level")) if v)
+                                       for sc in cache.scenes})),  # the card's sensor and product level
             "patch": opts.patch, "stride": opts.stride, "n_scenes": len(cache.scenes), "n_windows": len(tiles),
             "sampling": selection.manifest if selection is not None else None, "repeat": opts.repeat,
             "shards": [j.name for j in jobs], "n": len(records)}

@@ -5,6 +5,7 @@
     python -m eolab table RESULTS_DIR
     python -m eolab render NOTEBOOK.ipynb
     python -m eolab data [--data-root DIR]
+    python -m eolab data pack SOURCES --out DIR [--patch 64] [--n N --sampling SPEC] [--workers 2]  (shards; dataset=packed:DIR)
     python -m eolab probe CHECKPOINT [--pool mean_std] [--cell-deg 2] [--data-root DIR]
     python -m eolab embed --checkpoint ENC.pt --data DIR_OR_GLOB --out emb.nc [--pool ...] [--bands ...]
     python -m eolab compare RESULTS_DIR RESULTS_DIR [...] [--reference ABLATION/RUN | --versus KEY=VALUE] [--csv FILE] [--summary DIR]
@@ -26,7 +27,8 @@ study workers (local processes, or SLURM jobs with --executor slurm) share its t
 
 Benchmarks of eolab itself (throughput, runner overhead, samplers) are programs of the repository,
 not of the library: `python -m benchmarks.throughput`, `python -m benchmarks.runner_overhead`,
-`python -m benchmarks.sampling`, run from the repository root.
+`python -m benchmarks.sampling`, `python -m benchmarks.data_throughput` (packed corpora),
+`python -m benchmarks.shard_formats`, run from the repository root.
 
 To add a command, write a `cmd_<name>(args) -> int` function and add one line to COMMANDS; its
 docstring is the command's --help description. Nothing heavy (torch, papermill) is imported before
@@ -192,7 +194,19 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """Check the data root (EuroSAT patches, scenes) and build the packed scene cache: a preflight
     before long batches. The data root is --data-root, else $EOLAB_DATA, else ../shared/data beside
-    the repository; the cache goes to $EOLAB_CACHE (default .cache/ in the repository)."""
+    the repository; the cache goes to $EOLAB_CACHE (default .cache/ in the repository).
+
+    `data pack SOURCES --out DIR` packs pre-training patches into WebDataset shards with a manifest
+    (exact per-band statistics, per-patch records, sha256 per shard), in --workers processes. A
+    killed pack re-run keeps its finished shards; packing another source into DIR adds its shards.
+    Train on it with the parameter dataset=packed:DIR (or a URL the shards were copied to).
+
+    examples:
+      python -m eolab data
+      python -m eolab data pack hydro,major_tom --out corpus --n 500 --sampling geo_grid
+      python -m eolab data pack ssl4eo --out corpus          # adds ssl4eo's shards beside the others"""
+    if args.action == "pack":
+        return _data_pack(args)
     from eolab.data import eurosat
     from eolab.data.cache import build_scene_cache
     from eolab.data.paths import data_root
@@ -212,6 +226,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     bad = cache.manifest.get("bad_bands") or ["none"]
     print(f"pixel checks: {cache.manifest.get('masked_pixels', 0)} pixels masked as no data (NaN, infinite or out "
           f"of range); bands without data (runs reading them leave the scene out): {'; '.join(bad)}")
+    return EXIT_OK
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    from eolab.data.raster import RasterError
+    from eolab.data.shards import PackOptions, pack
+
+    if not args.sources or not args.out:
+        raise UsageError("data pack needs SOURCES (comma-separated, e.g. hydro,major_tom) and --out DIR")
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    opts = PackOptions(patch=args.patch, stride=args.stride or args.patch // 2,
+                       bands=tuple(b.strip() for b in args.bands.split(",")) if args.bands else None,
+                       sampling=args.sampling, n=args.n, seed=args.seed, shard_size=args.shard_size, repeat=args.repeat)
+    try:
+        manifest = pack(sources, Path(args.out), root=args.data_root, opts=opts, workers=args.workers)
+    except (FileNotFoundError, RasterError, ValueError) as exc:  # ShardError is a ValueError
+        raise UsageError(str(exc)) from exc
+    print(f"{args.out}: {manifest['n']} patches in {len(manifest['shards'])} shards; bands {','.join(manifest['bands'])} "
+          f"({manifest['unit']}); parts: {', '.join(p['source'] + ' ' + str(p['n']) for p in manifest['parts'])}")
     return EXIT_OK
 
 
@@ -402,8 +435,26 @@ COMMANDS: dict[str, Command | Group] = {
                      (arg("results_dir", help="an ablation's results folder, e.g. results/mask_ratio"),)),
     "render": Command(cmd_render, "render an executed notebook to HTML beside it",
                       (arg("notebook", help="an executed notebook, e.g. results/mask_ratio/summary.ipynb"),)),
-    "data": Command(cmd_data, "check the data root and build the scene cache",
-                    (arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),)),
+    "data": Command(
+        cmd_data, "check the data root and build the scene cache; `data pack` packs patches into shards",
+        (
+            arg("action", nargs="?", choices=("pack",), help="pack: write SOURCES' patches as shards into --out"),
+            arg("sources", nargs="?", metavar="SOURCES", help="pack: comma-separated sources, e.g. hydro,major_tom,ssl4eo"),
+            arg("--data-root", metavar="DIR", help="data root (default: $EOLAB_DATA, else ../shared/data)"),
+            arg("--out", metavar="DIR", help="pack: the corpus folder (created; finished shards in it are kept)"),
+            arg("--patch", type=int, default=64, metavar="PX", help="pack: patch size in pixels (default 64)"),
+            arg("--stride", type=int, default=0, metavar="PX", help="pack: window stride (default patch / 2)"),
+            arg("--bands", metavar="B02,B03,...", help="pack: bands by name (default: every band of the scenes)"),
+            arg("--sampling", default="uniform", metavar="SPEC",
+                help="pack with --n: which windows (a sampler spec, e.g. uniform, geo_grid, stratified:source)"),
+            arg("--n", type=int, default=0, metavar="N", help="pack: windows per source the sampler chooses (default 0: all)"),
+            arg("--seed", type=int, default=0, help="pack: the sampler's seed (default 0)"),
+            arg("--shard-size", type=int, default=512, metavar="N", help="pack: patches per shard (default 512)"),
+            arg("--workers", type=int, default=2, metavar="N", help="pack: writer processes (default 2)"),
+            arg("--repeat", type=int, default=1, metavar="K",
+                help="pack: write every window K times (scale tests only; the manifest says so)"),
+        ),
+    ),
     "probe": Command(
         cmd_probe,
         "probe a saved encoder on EuroSAT: random vs spatially blocked split, with the band-stats baseline",

@@ -20,7 +20,7 @@ from typing import Any
 from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.downstream import is_task_file
-from .data.pretraining import DATASET_BANDS, TIME_SERIES
+from .data.pretraining import DATASET_BANDS, TIME_SERIES, dataset_bands, is_packed
 from .data.sampling import parse_spec
 from .data.sources import SourceError, builtin_sources, load_source, source_bands
 from .models.vit import POOLS, SIZES, TOKENIZERS
@@ -78,7 +78,7 @@ class PretrainConfig:
     """The parameters of one pre-training run (the notebook's parameters cell, validated)."""
 
     data_root: str = param("", "empty: $EOLAB_DATA, else ../shared/data beside the repository", section="data")
-    dataset: str = param("scenes", "scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series")
+    dataset: str = param("scenes", "scenes (S2 scene tiles) | s1s2 (paired S1+S2) | slovenia (NDVI series) | ssl4eo_series | packed:<folder or URL> (a corpus of `data pack`)")
     sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled scenes to pre-train on (comma-separated built-in names or paths to source YAML files, docs/data.md)")
     val_sources: str = param("", "scenes only: scenes held out for the proxy task's validation loss (empty: none)")
     bands: str = param("B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12", "input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)")
@@ -168,15 +168,22 @@ class PretrainConfig:
             parse_spec(self.sampling, param="sampling")  # its errors name the parameter
         except ValueError as exc:
             problems.append(str(exc))
-        dataset_bands = DATASET_BANDS.get(self.dataset, ())
+        try:  # a packed corpus's bands are in its manifest: an unreachable location is named here, before training
+            known_bands = dataset_bands(self.dataset)
+        except ValueError as exc:  # ShardError
+            known_bands = None  # unknown: the dataset's problem is the one to report
+            problems.append(f"parameter 'dataset': {exc}")
         if self.dataset == "scenes" and self.source_list and not source_problems(self.source_list):
             # scene sources say which bands they have (their cards): what all of them have can be read
             provided = [source_bands(s) for s in self.source_list]
-            dataset_bands = tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
+            known_bands = tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
         # are not numbers, patch_size 0) is reported without hiding the others.
         checks = [
-            ("dataset", lambda: self.dataset in DATASET_BANDS, f"one of {sorted(DATASET_BANDS)}"),
+            ("dataset", lambda: self.dataset in DATASET_BANDS or (is_packed(self.dataset) and len(self.dataset) > 7),
+             f"one of {sorted(DATASET_BANDS)} or packed:<folder or URL> (a corpus of python -m eolab data pack)"),
+            ("n_pretrain", lambda: not is_packed(self.dataset) or self.n_pretrain == 0,
+             "0 for a packed corpus (its packer chose the patches: data pack --sampling ... --n ...)"),
             ("mask_ratio", lambda: 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
             ("model_size", lambda: self.model_size in SIZES, f"one of {sorted(SIZES)}"),
             ("mask", lambda: self.mask in MASKS, f"one of {sorted(MASKS)}"),
@@ -229,9 +236,9 @@ class PretrainConfig:
             ("val_sources", lambda: not set(self.val_source_list) & set(self.source_list),
              f"sources held out of pre-training, none of them in sources {self.sources!r}"),
             ("val_sources", lambda: not self.val_sources or self.dataset == "scenes", "empty unless dataset is 'scenes'"),
-            ("bands", lambda: bool(self.band_list) and all(b in dataset_bands for b in self.band_list),
+            ("bands", lambda: known_bands is None or bool(self.band_list) and all(b in known_bands for b in self.band_list),
              f"comma-separated band names of dataset {self.dataset!r}"
-             + (f" with sources {self.sources!r}" if self.dataset == "scenes" else "") + f": from {list(dataset_bands)}"),
+             + (f" with sources {self.sources!r}" if self.dataset == "scenes" else "") + f": from {list(known_bands or ())}"),
             ("eurosat", lambda: self.eurosat in eurosat.DEFAULT_SPLITS, f"one of {sorted(eurosat.DEFAULT_SPLITS)}"),
             ("pool", lambda: self.pool in POOLS, f"one of {POOLS}"),
             ("epochs", lambda: self.epochs >= 1, ">= 1"),

@@ -52,6 +52,7 @@ from .data.pretraining import Sample, pretraining_set
 from .data.samplers import BalancedBatchSampler, SceneDiverseBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization, compute_normalization
+from .data.stream import PackedDataset
 from .evaluate import band_stats_features, embed, linear_probe
 from .evaluate.battery import evaluate as run_battery
 from .evaluate.diagnostics import effective_rank, embedding_std, is_collapsed
@@ -96,12 +97,18 @@ def prepare_data(cfg: PretrainConfig) -> PreparedData:
             get_task(name).load(root)
     chosen = pretraining_set(cfg, root)
     dataset, tiles, ids, sources, sample = chosen.dataset, chosen.tiles, chosen.ids, chosen.sources, chosen.sample
-    norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
+    if isinstance(dataset, PackedDataset):  # the packer's exact statistics over every pixel, not a random subset
+        norm = Normalization(dataset.bands, dataset.unit, *dataset.normalization_stats(),
+                             f"{cfg.dataset}, {len(dataset)} samples (packed statistics)")
+    else:
+        norm = compute_normalization(dataset, seed=cfg.seed, corpus=f"{cfg.dataset} pre-training set, {len(dataset)} samples")
     manifest = {
         "dataset": cfg.dataset, "sources": sorted(set(sources)), "n_patches": len(dataset),
         "patches_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest(),
         "per_source": pd.Series(sources).value_counts().to_dict(), "n_labelled": len(labelled["label"]),
     }
+    if isinstance(dataset, PackedDataset):  # which corpus: its location and the hash of its shards' hashes
+        manifest["packed"] = dataset.corpus.provenance()
     if tiles is not None:
         manifest["cache_key"] = dataset.cache.manifest["key"]
         manifest["masked_pixels"] = dataset.cache.manifest.get("masked_pixels", 0)  # bad pixels made no-data

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from .data.samplers import SeededBatchSampler
 from .data.schema import collate
 from .data.stats import Normalization
+from .data.stream import PackedDataset
 from .models.vit import ViTEncoder
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
@@ -499,6 +500,8 @@ def fit(
         else:
             compile_blocks(task)
     L.seed_everything(seed, workers=True)
+    if batch_sampler is None and isinstance(dataset, PackedDataset):  # shard-local order, one slot per worker
+        batch_sampler = dataset.batch_sampler(batch_size, seed, workers=num_workers)
     if batch_sampler is None:
         batch_sampler = SeededBatchSampler(len(dataset), batch_size, seed)
     # Its own generator: creating an epoch's iterator must not draw from the global RNG, which the

@@ -149,3 +149,40 @@ def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, whole
     b = pd.read_csv(tmp_path / "killed" / "history.csv")
     assert b["step"].tolist() == whole["step"].tolist() == list(range(1, 15))
     torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(whole["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
+
+
+# The same run on a packed corpus of real Hydro patches (eolab.data.stream), read by 2 DataLoader
+# workers: 24 patches in 5 shards, 2 slots of 12, 6 batches of 4 per epoch, as above.
+PACKED_SCRIPT = SCRIPT.replace(
+    "torch.manual_seed(0)\n",
+    "from eolab.data.stream import PackedDataset, open_corpus\n"
+    "Images = lambda: PackedDataset(open_corpus(sys.argv[4]))\n"
+    "torch.manual_seed(0)\n",
+).replace("health_every=0,", "health_every=0, num_workers=2,")
+
+
+def _run_packed(script, out, kill_at, corpus):
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), "mae", str(corpus)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_killed_run_on_a_packed_corpus_resumes_on_the_same_trajectory(tmp_path, root):
+    from eolab.data.shards import PackOptions, pack
+
+    assert "num_workers=2" in PACKED_SCRIPT and "PackedDataset" in PACKED_SCRIPT
+    corpus = tmp_path / "corpus"
+    pack(("hydro",), corpus, root=root, opts=PackOptions(patch=16, stride=16, bands=("B02", "B03", "B04"), n=24, shard_size=5),
+         workers=1, progress=lambda line: None)
+    script = tmp_path / "train.py"
+    script.write_text(PACKED_SCRIPT)
+    done = _run_packed(script, tmp_path / "whole", -1, corpus)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = _run_packed(script, tmp_path / "killed", 10, corpus)  # mid-epoch 2, checkpoint at 8
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run_packed(script, tmp_path / "killed", -1, corpus)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = pd.read_csv(tmp_path / "whole" / "history.csv")
+    b = pd.read_csv(tmp_path / "killed" / "history.csv")
+    assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
+    torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,7 @@
 """The unlabelled pre-training set of a run, by dataset name: scene tiles through the packed cache
-(optionally a sampled subset), co-registered S1+S2 windows, or time series.
+(optionally a sampled subset), co-registered S1+S2 windows, time series, or a packed corpus
+(``packed:<folder or URL>``, written by ``python -m eolab data pack`` and streamed by
+``eolab.data.stream``).
 
 What a run trains on and what a leakage check rebuilds from a run's record come from this one
 function, so the two can never differ.
@@ -18,6 +20,7 @@ from .bands import S2_L2A
 from .cache import PatchDataset, build_scene_cache
 from .pairs import S1_BANDS, PairedS1S2
 from .sampling import Pool, Selection, pool_reference, select
+from .stream import PackedColumn, PackedDataset, open_corpus
 from .timeseries import SloveniaSeries, SSL4EOSeries
 
 DATASET_BANDS: dict[str, tuple[str, ...]] = {
@@ -28,6 +31,20 @@ DATASET_BANDS: dict[str, tuple[str, ...]] = {
 }
 """Pre-training datasets by name, with the bands each can provide."""
 TIME_SERIES = ("slovenia", "ssl4eo_series")
+PACKED = "packed:"
+"""Prefix of a packed corpus as a dataset value: ``packed:/path/to/corpus`` or ``packed:s3://bucket/corpus``."""
+
+
+def is_packed(dataset: str) -> bool:
+    return dataset.startswith(PACKED)
+
+
+def dataset_bands(dataset: str) -> tuple[str, ...]:
+    """The bands a dataset can provide; a packed corpus's from its manifest (read now: an
+    unreachable location raises ``ShardError`` naming it)."""
+    if is_packed(dataset):
+        return open_corpus(dataset.removeprefix(PACKED)).bands
+    return DATASET_BANDS.get(dataset, ())
 
 
 class PretrainingParams(Protocol):
@@ -63,6 +80,8 @@ class PretrainingSet:
 
 def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
     """The unlabelled pre-training set that ``params`` choose, read from the data root ``root``."""
+    if is_packed(params.dataset):
+        return packed_set(params)
     if params.dataset == "scenes":
         cache = build_scene_cache(root, params.source_list)
         tiles = cache.tiles(patch=params.img_size, stride=params.tile_stride, bands=params.band_list)
@@ -90,3 +109,16 @@ def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
         raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {params.dataset!r}")
     ids = [dataset[i]["id"] for i in range(len(dataset))]
     return PretrainingSet(dataset, None, ids, [params.dataset] * len(dataset), None)
+
+
+def packed_set(params: PretrainingParams) -> PretrainingSet:
+    """A packed corpus: the packer's sampler already chose its patches; they stream shard by shard."""
+    corpus = open_corpus(params.dataset.removeprefix(PACKED))
+    if params.n_pretrain:
+        raise ValueError(f"parameter 'n_pretrain' does not apply to a packed corpus ({params.dataset!r}): the packer "
+                         "chose its patches (python -m eolab data pack --sampling ... --n ...)")
+    if corpus.manifest["patch"] != params.img_size:
+        raise ValueError(f"parameter 'img_size' = {params.img_size} but the packed corpus {corpus.location} holds "
+                         f"{corpus.manifest['patch']} px patches")
+    dataset = PackedDataset(corpus, bands=params.band_list)
+    return PretrainingSet(dataset, None, PackedColumn(corpus, "id"), PackedColumn(corpus, "source"), None)

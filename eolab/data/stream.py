@@ -1,0 +1,398 @@
+"""Stream a packed corpus (``eolab.data.shards``) from a folder or a URL into training.
+
+    corpus = open_corpus("packed-dir" | "https://host/corpus" | "s3://bucket/corpus")
+    data = PackedDataset(corpus)                                  # samples as PatchDataset's
+    sampler = data.batch_sampler(batch_size, seed, workers=num_workers)
+
+``open_corpus`` reads the manifest at once, so an unreachable location fails before training,
+naming it. Shards are fetched through fsspec into a local cache of bounded size (least recently
+used shards are deleted beyond ``cache_bytes``; a local folder is read in place), and every
+shard's bytes are checked against the manifest's sha256 each time they are read: a mismatch is a
+``ShardError`` naming the shard, never a skipped shard.
+
+Order (``ShardBatchSampler``): per epoch the shards are permuted by (seed, epoch) and laid end to
+end; that sequence of samples is cut into ``slots = processes x max(1, DataLoader workers)`` runs of
+floor or ceil(N / slots) samples, so every sample is in exactly one slot (no overlap, no gap) and a
+slot touches only its own shards (two slots may share the shard at their boundary). A slot reads
+its shards ``group`` at a time and shuffles the samples of each group (by seed, epoch, slot,
+group), so memory holds at most ``group`` decoded shards per worker whatever the corpus size.
+Rank r's batch j comes from slot r x W + j mod W: the DataLoader hands batch j to worker j mod W,
+so each worker reads its own slot's shards. Every slot yields the same number of full batches (the
+few samples beyond them wait for another epoch's shuffle, as with ``drop_last``). The order is a
+pure function of (seed, epoch, processes, workers): ``skip(k)`` resumes mid-epoch after exactly k
+batches, as ``eolab.data.samplers`` does, so ``eolab.train.ResumeState`` resumes a killed run exactly
+(with the same number of processes and workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .paths import cache_root
+from .shards import MANIFEST, SHARD_FORMAT, ShardError
+
+DEFAULT_CACHE_BYTES = 8 * 2**30  # the local shard cache of a remote corpus; $EOLAB_SHARD_CACHE_BYTES overrides
+DEFAULT_GROUP = 4  # shards decoded and shuffled together per slot
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+class PackedCorpus:
+    """A packed corpus's manifest, plus fetching (through the bounded cache) and checking its shards."""
+
+    def __init__(self, location: str, manifest: dict, storage_options: dict | None = None,
+                 cache_dir: Path | None = None, cache_bytes: int | None = None):
+        self.location = location.rstrip("/")
+        self.manifest = manifest
+        self.storage_options = dict(storage_options or {})
+        self.remote = _is_url(self.location)
+        key = hashlib.sha1(self.location.encode()).hexdigest()[:12]
+        self.cache_dir = Path(cache_dir or cache_root() / "shards") / key
+        env = os.environ.get("EOLAB_SHARD_CACHE_BYTES")
+        self.cache_bytes = int(cache_bytes if cache_bytes is not None else env if env else DEFAULT_CACHE_BYTES)
+        self.shards = manifest["shards"]
+        self.sizes = np.array([s["n"] for s in self.shards], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])  # global index of each shard's first sample
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.manifest["bands"])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def provenance(self) -> dict:
+        """What a run's record says about the corpus: location, size, shards and one hash over their hashes."""
+        digest = hashlib.sha256("\n".join(s["sha256"] for s in self.shards).encode()).hexdigest()
+        return {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
+                "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+
+    def _fs(self):
+        import fsspec
+
+        return fsspec.core.url_to_fs(self.location, **self.storage_options)[0]
+
+    def url(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+    def _fetch(self, name: str) -> bytes:
+        """The shard's bytes: read in place (local) or through the local cache (remote)."""
+        if not self.remote:
+            try:
+                return (Path(self.location.removeprefix("file://")) / name).read_bytes()
+            except OSError as exc:
+                raise ShardError(f"shard {self.url(name)} cannot be read: {exc}") from exc
+        local = self.cache_dir / name
+        try:
+            data = local.read_bytes()
+            os.utime(local)  # recently used: evicted last
+            return data
+        except FileNotFoundError:
+            pass
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data = self._fs().cat_file(self.url(name))
+        except Exception as exc:  # noqa: BLE001 - any transport error, named
+            raise ShardError(f"shard {self.url(name)} cannot be fetched: {type(exc).__name__}: {exc}") from exc
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, local)  # workers sharing the cache never see half a shard
+        self._evict(keep=local)
+        return data
+
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used cached shards until the cache fits ``cache_bytes``."""
+        files = []
+        for f in self.cache_dir.glob("*.tar"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # another worker evicted it
+                continue
+            files.append((st.st_mtime, st.st_size, f))
+        total = sum(size for _, size, _ in files)
+        for _, size, f in sorted(files):
+            if total <= self.cache_bytes:
+                break
+            if f != keep:
+                f.unlink(missing_ok=True)
+                total -= size
+
+    def read_shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
+        """Shard ``i`` decoded: digital numbers (n, C, H, W) uint16 and the patches' records, checked."""
+        from webdataset.tariterators import tar_file_iterator
+
+        entry = self.shards[i]
+        data = self._fetch(entry["name"])
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"] and self.remote:  # a damaged cached copy: fetch it once more
+            (self.cache_dir / entry["name"]).unlink(missing_ok=True)
+            data = self._fetch(entry["name"])
+            digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise ShardError(f"shard {self.url(entry['name'])}: sha256 {digest[:16]}... does not match the manifest's "
+                             f"{entry['sha256'][:16]}... (corrupted or changed after packing); re-pack or re-fetch it")
+        images: dict[str, np.ndarray] = {}
+        metas: dict[str, dict] = {}
+        header, dtype, shape = b"", None, ()
+        for item in tar_file_iterator(io.BytesIO(data)):
+            key, _, ext = item["fname"].partition(".")
+            if ext == "image.npy":
+                raw = item["data"]
+                if header and raw.startswith(header):  # same dtype and shape as the last: skip parsing the header
+                    images[key] = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
+                    continue
+                images[key] = np.load(io.BytesIO(raw))
+                f = io.BytesIO(raw)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(
+                    np.lib.format.read_magic(f))
+                if read is not None:
+                    shape, fortran, dtype = read(f)
+                    header = raw[: f.tell()] if not fortran else b""  # Fortran order always goes through np.load
+            elif ext == "meta.json":
+                metas[key] = json.loads(item["data"])
+        keys = sorted(images)
+        if len(keys) != entry["n"] or set(keys) != set(metas):
+            raise ShardError(f"shard {self.url(entry['name'])}: {len(keys)} patches, the manifest says {entry['n']}")
+        return np.stack([images[k] for k in keys]), [metas[k] for k in keys]
+
+    def records(self, i: int) -> list[dict]:
+        """The patch records of shard ``i`` (id, source, scene, lon/lat, footprint, time), from its sidecar."""
+        name = self.shards[i]["name"] + ".json"
+        try:
+            if self.remote:
+                text = self._fs().cat_file(self.url(name)).decode()
+            else:
+                text = (Path(self.location.removeprefix("file://")) / name).read_text()
+        except Exception as exc:  # noqa: BLE001 - named, whatever the transport
+            raise ShardError(f"shard records {self.url(name)} cannot be read: {type(exc).__name__}: {exc}") from exc
+        return json.loads(text)["patches"]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard, position in it) of global sample ``index``."""
+        shard = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return shard, int(index - self.starts[shard])
+
+
+def open_corpus(location: str | Path, storage_options: dict | None = None, cache_dir: Path | None = None,
+                cache_bytes: int | None = None) -> PackedCorpus:
+    """Open a packed corpus (folder, file:// or any fsspec URL: https://, s3://, gs://); reads its manifest now."""
+    location = str(location).rstrip("/")
+    try:
+        if _is_url(location):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
+            text = fs.cat_file(f"{path}/{MANIFEST}").decode()
+        else:
+            text = (Path(location.removeprefix("file://")) / MANIFEST).read_text()
+    except Exception as exc:  # noqa: BLE001 - unreachable host, missing bucket or folder: all named
+        raise ShardError(f"packed corpus {location}: cannot read {MANIFEST}: {type(exc).__name__}: {exc}") from exc
+    manifest = json.loads(text)
+    if manifest.get("format") != SHARD_FORMAT:
+        raise ShardError(f"packed corpus {location}: format {manifest.get('format')!r}, this eolab reads {SHARD_FORMAT}")
+    return PackedCorpus(location, manifest, storage_options, cache_dir, cache_bytes)
+
+
+class PackedDataset(Dataset):
+    """Samples of a packed corpus by global index (as ``PatchDataset``'s: image in reflectance x scale).
+
+    Decoded shards are kept in a small LRU (``max_shards``); read in ``batch_sampler()`` order, each
+    worker holds at most ``group`` of them.
+    """
+
+    def __init__(self, corpus: PackedCorpus, bands: tuple[str, ...] | None = None, max_shards: int = DEFAULT_GROUP + 1):
+        self.corpus = corpus
+        self.bands = tuple(bands or corpus.bands)
+        missing = [b for b in self.bands if b not in corpus.bands]
+        if missing:
+            raise ValueError(f"bands {missing} are not in the packed corpus {corpus.location} (it has {list(corpus.bands)})")
+        self._channels = slice(None) if self.bands == corpus.bands else [corpus.bands.index(b) for b in self.bands]
+        self.scale = float(corpus.manifest["scale"])
+        self.unit = corpus.manifest["unit"]
+        self.max_shards = max_shards
+        self._open: OrderedDict[int, tuple[np.ndarray, list[dict]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getstate__(self) -> dict:  # a worker (spawned, or a pickled copy) starts without decoded shards
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def _shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
+        if i in self._open:
+            self._open.move_to_end(i)
+        else:
+            self._open[i] = self.corpus.read_shard(i)
+            while len(self._open) > self.max_shards:
+                self._open.popitem(last=False)
+        return self._open[i]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of a packed corpus of {len(self)}")
+        shard, k = self.corpus.locate(int(index))
+        dn, metas = self._shard(shard)
+        meta = metas[k]
+        image = np.asarray(dn[k][self._channels], dtype=np.float32) * np.float32(self.scale)
+        sample = {"image": torch.from_numpy(image), "bands": self.bands, "unit": self.unit, "source": meta["source"],
+                  "lonlat": torch.tensor([meta["lon"], meta["lat"]], dtype=torch.float32), "id": meta["id"]}
+        if meta.get("time"):
+            sample["time"] = meta["time"]
+        return sample
+
+    def batch_sampler(self, batch_size: int, seed: int = 0, workers: int = 0, drop_last: bool = True) -> ShardBatchSampler:
+        return ShardBatchSampler(self.corpus.sizes, batch_size, seed, workers=workers, drop_last=drop_last)
+
+    def normalization_stats(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-band mean and std of the whole corpus, from the manifest (exact one-pass statistics)."""
+        stats = self.corpus.manifest["stats"]
+        return {b: stats[b]["mean"] for b in self.bands}, {b: stats[b]["std"] for b in self.bands}
+
+
+
+class PackedColumn(Sequence):
+    """One field of every sample's record, in index order, without holding them all: ``source``
+    from the manifest's shard list, anything else read one shard's sidecar at a time."""
+
+    def __init__(self, corpus: PackedCorpus, field: str):
+        self.corpus, self.field = corpus, field
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        shard, k = self.corpus.locate(index if index >= 0 else len(self) + index)
+        if self.field == "source":
+            return self.corpus.shards[shard]["source"]
+        return self.corpus.records(shard)[k][self.field]
+
+    def __iter__(self) -> Iterator:
+        for i, entry in enumerate(self.corpus.shards):
+            if self.field == "source":
+                yield from [entry["source"]] * entry["n"]
+            else:
+                yield from (r[self.field] for r in self.corpus.records(i))
+
+
+def rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def slot_ranges(sizes: Sequence[int], order: np.ndarray, n_slots: int, slot: int) -> list[tuple[int, int, int]]:
+    """(shard, start, stop) runs of slot ``slot`` when the shards, in ``order``, are laid end to end
+    and cut into ``n_slots`` parts of floor or ceil(N / n_slots) samples."""
+    total = int(np.sum(sizes))
+    lo, hi = slot * total // n_slots, (slot + 1) * total // n_slots
+    runs, pos = [], 0
+    for shard in order:
+        n = int(sizes[shard])
+        a, b = max(lo, pos), min(hi, pos + n)
+        if a < b:
+            runs.append((int(shard), a - pos, b - pos))
+        pos += n
+        if pos >= hi:
+            break
+    return runs
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Shard-local, deterministic batches of global sample indices (see the module docstring)."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, workers: int = 0, group: int = DEFAULT_GROUP,
+                 drop_last: bool = True, rank: int | None = None, world: int | None = None):
+        self.sizes = np.asarray(sizes, np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.batch_size, self.seed, self.workers, self.group, self.drop_last = batch_size, seed, max(1, workers), group, drop_last
+        self._rank, self._world = rank, world
+        self.epoch, self._skip = 0, 0
+
+    def _layout(self) -> tuple[int, int, int]:
+        rank, world = rank_world() if self._rank is None else (self._rank, self._world)
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by the {world} processes")
+        return rank, world, self.batch_size // world
+
+    def slot_batches(self) -> int:
+        """Full batches every slot yields per epoch."""
+        _, world, share = self._layout()
+        return int(self.sizes.sum()) // (world * self.workers) // share
+
+    def __len__(self) -> int:
+        # the full epoch even while skipping (as eolab.data.samplers: Lightning counts on from the restored position)
+        if self.drop_last:
+            return self.workers * self.slot_batches()
+        rank, world, share = self._layout()
+        order = np.arange(len(self.sizes))
+        return sum(-(-sum(b - a for _, a, b in slot_ranges(self.sizes, order, world * self.workers, rank * self.workers + w))
+                     // share) for w in range(self.workers))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, batches: int) -> None:
+        """Drop the first ``batches`` batches of the next epoch iterated (resuming mid-epoch)."""
+        self._skip = batches
+
+    def _slot_stream(self, epoch: int, slot: int, n_slots: int, share: int, skip: int) -> Iterator[list[int]]:
+        """Batches of one slot: its runs ``group`` shards at a time, each group shuffled; the first
+        ``skip`` batches are dropped without touching the shards they came from."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes))
+        runs = slot_ranges(self.sizes, order, n_slots, slot)
+        limit = self.slot_batches() * share if self.drop_last else sum(b - a for _, a, b in runs)
+        begin, pos, pending = skip * share, 0, []  # pos: where the next group starts in the slot's stream
+        for g in range(0, len(runs), self.group):
+            chunk = runs[g : g + self.group]
+            size = sum(b - a for _, a, b in chunk)
+            if pos + size <= begin:  # a whole group already trained on: not even shuffled
+                pos += size
+                continue
+            if pos >= limit:
+                break
+            idx = np.concatenate([np.arange(self.starts[s] + a, self.starts[s] + b) for s, a, b in chunk])
+            idx = idx[np.random.default_rng([self.seed, epoch, slot, g]).permutation(len(idx))]
+            pending.extend(int(i) for i in idx[max(0, begin - pos) : min(size, limit - pos)])
+            pos += size
+            while len(pending) >= share:
+                yield pending[:share]
+                pending = pending[share:]
+        if pending and not self.drop_last:
+            yield pending
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, world, share = self._layout()
+        epoch, skip = self.epoch, self._skip
+        self._skip = 0
+        self.epoch += 1  # a fresh order next epoch even when nobody calls set_epoch
+        n_slots, w = world * self.workers, self.workers
+        # rank batch j = slot (rank*W + j % W)'s batch j // W; skip k: slot w drops ceil((k - w) / W)
+        streams = [self._slot_stream(epoch, rank * w + v, n_slots, share, max(0, -(-(skip - v) // w))) for v in range(w)]
+        active = list(range(w))
+        start = skip % w  # the batch after the skipped ones belongs to this worker's slot
+        active = active[start:] + active[:start]
+        while active:
+            for v in list(active):
+                batch = next(streams[v], None)
+                if batch is None:
+                    active.remove(v)
+                else:
+                    yield batch

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .paths import cache_root
+from .paths import REPO_ROOT, cache_root
 from .shards import MANIFEST, SHARD_FORMAT, ShardError
 
 DEFAULT_CACHE_BYTES = 8 * 2**30  # the local shard cache of a remote corpus; $EOLAB_SHARD_CACHE_BYTES overrides
@@ -198,7 +198,13 @@ def open_corpus(location: str | Path, storage_options: dict | None = None, cache
             fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
             text = fs.cat_file(f"{path}/{MANIFEST}").decode()
         else:
-            text = (Path(location.removeprefix("file://")) / MANIFEST).read_text()
+            folder = Path(location.removeprefix("file://")).expanduser()
+            if not folder.is_absolute() and not folder.is_dir() and (REPO_ROOT / folder).is_dir():
+                # a relative folder means the same from a spec (run from the repository) and from
+                # its notebook (run from notebooks/): the current directory first, then the repository
+                folder = REPO_ROOT / folder
+            location = str(folder)
+            text = (folder / MANIFEST).read_text()
     except Exception as exc:  # noqa: BLE001 - unreachable host, missing bucket or folder: all named
         raise ShardError(f"packed corpus {location}: cannot read {MANIFEST}: {type(exc).__name__}: {exc}") from exc
     manifest = json.loads(text)

@@ -30,7 +30,7 @@ from .data.stream import PackedDataset
 from .models.vit import ViTEncoder
 from .tasks.augment import Augment, dihedral
 from .tasks.common import encoder_context
-from .train_progress import StepProgressBar, progress_callbacks
+from .train_progress import StepProgressBar, progress_callbacks, quiet_library_noise
 
 
 def dihedral_augment(image: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -499,6 +499,7 @@ def fit(
             warnings.warn(f"fit(compile=True): training uncompiled: {reason}", stacklevel=2)
         else:
             compile_blocks(task)
+    quiet_library_noise()  # before Lightning's first messages
     L.seed_everything(seed, workers=True)
     if batch_sampler is None and isinstance(dataset, PackedDataset):  # shard-local order, one slot per worker
         batch_sampler = dataset.batch_sampler(batch_size, seed, workers=num_workers)

@@ -135,19 +135,23 @@ class StepProgressBar(TQDMProgressBar):
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "Tip:" not in message and not message.startswith("Seed set to")  # the seed is in the run's record
 
 
 _LIBRARY_NOISE = [
     # Lightning's own code calls a deprecated torch pytree check; nothing a user can act on
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # printed wherever srun is installed; eolab's SLURM executor starts its ranks with srun itself
+    r".*The `srun` command is available on your system but is not used.*",
 ]
 
 
 def quiet_library_noise() -> None:
     """Keep what a user watches (the terminal, a notebook cell) to eolab's progress and real warnings:
     drop Lightning's advertising tip and warnings that library code raises about other library code."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())

@@ -59,9 +59,12 @@ class ViTEncoder(nn.Module):
 
     def _input_tokens(self, image: Tensor, keep: Tensor | None, **context) -> Tensor:
         """Tokenised input, the ``keep`` tokens only, with [CLS] prepended: (B, 1+K, D)."""
-        x = self.tokenizer(image, **context)  # (B, N, D) with positions added
-        if keep is not None:
-            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        if getattr(self.tokenizer, "selects_tokens", False):  # embeds the kept tokens only
+            x = self.tokenizer(image, keep=keep, **context)  # (B, K, D) (or (B, N, D)) with positions
+        else:
+            x = self.tokenizer(image, **context)  # (B, N, D) with positions added
+            if keep is not None:
+                x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
 
     def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False, **context):

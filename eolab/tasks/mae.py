@@ -46,7 +46,11 @@ class MaskedAutoencoder(nn.Module):
         b, n, groups = image.shape[0], tok.num_tokens, tok.groups
         keep, masked = self.mask_fn(b, n, self.mask_ratio, generator, image.device, groups=groups)  # (B, K), (B, M)
 
-        latent = self.encoder(image, keep=keep, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
+        # Pixels per token (B, N, P): the reconstruction target, and the encoder's input when its
+        # tokeniser embeds patches itself (computed once for both).
+        patches = tok.patchify(image)
+        shared = {"patches": patches} if getattr(tok, "selects_tokens", False) else {}
+        latent = self.encoder(image, keep=keep, **shared, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
 
         # Decoder input: visible latents and mask tokens scattered back to their layout positions.
         x = self.decoder.embed(latent)  # (B, 1+K, Dd)
@@ -57,7 +61,7 @@ class MaskedAutoencoder(nn.Module):
         pred = self.decoder(torch.cat([x[:, :1], full], dim=1), select=masked)  # (B, M, P): masked tokens only
 
         cells = n // groups
-        target = tok.patchify(image)  # (B, N, P), zero-padded where a group has fewer bands
+        target = patches  # (B, N, P), zero-padded where a group has fewer bands
         target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, P)
         group = masked // cells  # (B, M) group (band group, modality or date) of each masked token
         # Real target entries (B, M, P), or None when no group is zero-padded (skips the masking).

@@ -4,6 +4,7 @@ Each run is a separate Python process (the kill is a real SIGKILL of that proces
 at a chosen step, between two checkpoints and in the middle of an epoch).
 """
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys
     from pathlib import Path
     import lightning as L
     import torch
@@ -25,6 +26,7 @@ SCRIPT = textwrap.dedent("""
 
     BANDS = ("B02", "B03", "B04")
     out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+    options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # further fit() options (compile, precision)
 
     class Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -44,12 +46,14 @@ SCRIPT = textwrap.dedent("""
                       TaskParams(decoder_dim=32, decoder_depth=1))
     fit(task, Images(), norm, batch_size=4, lr=1e-3, max_steps=14, seed=0, augment="eo", health_every=0,
         accelerator="cpu", callbacks=[Kill()], checkpoint_dir=out / "checkpoints", checkpoint_every=4,
-        history_path=out / "history.csv")
+        history_path=out / "history.csv", **options)
 """)
 
 
-def _run(script, out, kill_at):
-    return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True, timeout=300)
+def _run(script, out, kill_at, options=None):
+    extra = [json.dumps(options)] if options else []
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *extra], capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,28 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, whole):
 
     a = whole
     b = pd.read_csv(tmp_path / "killed" / "history.csv")
+    assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
+    torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_compiled_bf16_run_resumes_on_the_same_trajectory(tmp_path):
+    """With the whole task compiled (masks drawn from torch's generator inside the compiled graph)
+    and bf16 autocast: killed mid-epoch and resumed, the run follows its uninterrupted twin."""
+    from eolab.train import compile_unavailable
+
+    if reason := compile_unavailable():
+        pytest.skip(reason)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    options = {"compile": "task", "precision": "bf16-mixed"}
+    done = _run(script, tmp_path / "whole", kill_at=-1, options=options)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = _run(script, tmp_path / "killed", kill_at=10, options=options)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(script, tmp_path / "killed", kill_at=-1, options=options)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (pd.read_csv(tmp_path / name / "history.csv") for name in ("whole", "killed"))
     assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
     torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
 

@@ -124,7 +124,7 @@ def train_budget_tflops(bench: dict[str, Any] | None, seconds: float, fallback_t
 
 def summarise_bench(bench: dict[str, Any]) -> list[str]:
     """Markdown table rows of the benchmark's figures."""
-    lines = ["matmul peak (measured): " + ", ".join(f"{p} {v / 1e12:.1f} TFLOP/s" for p, v in bench["peaks"].items()),
+    lines = ["matmul peak (measured): " + ", ".join(f"{p} {v / 1e12:.3g} TFLOP/s" for p, v in bench["peaks"].items()),
              "", "| config | batch | model | compiled | images/s | MFU | vs faster peer (same compile) | vs peer eager |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in bench["tables"]:

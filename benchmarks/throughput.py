@@ -124,6 +124,10 @@ DEFAULT_BATCH: dict[str, dict[str, int]] = {
 (doubled while every model's step fits in memory), the batch itself on a CPU (bounded by time,
 not memory: a step of seconds leaves room for repeats)."""
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+"""``--clock``: wall-clock seconds, or this process's CPU seconds (a CPU device at one thread: what a
+step costs in CPU time, which other jobs on a shared machine do not inflate as they do wall time)."""
+
 EOLAB_OPTIONS = {"embed": ("matmul", "conv"), "optimizer": ("auto", "fused", "foreach", "for-loop")}
 """eolab's step options that ``--variants`` times against its defaults (the first of each)."""
 
@@ -280,6 +284,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     device: torch.device
     compiled: bool = False
+    clock: Callable[[], float] = time.perf_counter
 
     def step(self, x: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -291,11 +296,11 @@ class Trainer:
     def timed_block(self, x: Tensor, steps: int) -> float:
         """Seconds for ``steps`` consecutive steps (one synchronisation at the end, not per step)."""
         synchronize(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             self.step(x)
         synchronize(self.device)
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
 def step_flops(trainer: Trainer, x: Tensor) -> int:
@@ -331,7 +336,8 @@ def analytic_flops(shape: MAEShape, batch: int) -> float:
     return 2 * batch * (3 * forward + 2 * embed)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """Best FLOP/s of a square torch.matmul of ``size`` on this device and thread count.
 
     The best, not the median, of ``repeats`` timings: a peak is an upper bound, and on a shared
@@ -344,11 +350,11 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     synchronize(device)
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(inner):
             torch.matmul(a, b)
         synchronize(device)
-        best = min(best, (time.perf_counter() - start) / inner)
+        best = min(best, (clock() - start) / inner)
     return 2 * size**3 / best
 
 
@@ -466,6 +472,7 @@ def bench_models(
     peaks: dict[str, float],
     log: Callable[[str], None],
     compile: bool = False,
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """Train every (arm, precision) on the same synthetic batch; one row each (two with
     ``compile``: eager and compiled), all repeats interleaved round robin."""
@@ -511,6 +518,8 @@ def bench_models(
         log(f"  {arm.label}/{precision}: {row['gflop_per_step']:.2f} GFLOP/step, warmed up{done}")
 
     seconds: list[list[float]] = [[] for _ in trainers]
+    for t in trainers:
+        t.clock = CLOCKS[clock]
     for r in range(repeats):  # round robin, so slow phases of a shared machine are shared out
         for i, t in enumerate(trainers):
             seconds[i].append(t.timed_block(x, steps))
@@ -707,7 +716,8 @@ def format_table(table: dict[str, Any]) -> str:
 def format_report(result: dict[str, Any]) -> str:
     """The human-readable tables, one per configuration."""
     lines = [
-        f"device {result['device']}, {result['threads']} threads, torch {result['versions']['torch']}",
+        (f"device {result['device']}, {result['threads']} threads, torch {result['versions']['torch']}, "
+         f"{'CPU seconds (--clock cpu)' if result['clock'] == 'cpu' else 'wall-clock seconds'}"),
         "matmul peak (measured): " + ", ".join(
             f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
         ) + f"  (n={result['peak_size']})",
@@ -793,6 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="also time each model compiled (torch.compile, inductor): eolab as fit(compile='task'), "
                         "the peers with Module.compile()")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall seconds, or cpu: this process's CPU seconds (CPU device, --threads 1; for shared machines)")
     p.add_argument("--out", type=Path, default=None, help="write the results: .json, or CSV otherwise")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (tests): batch 8, 1 warm-up, 2 steps, 1 repeat, small peak, 2 loader batches")
@@ -816,11 +828,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise SystemExit("error: --clock cpu times a CPU device at one thread (--device cpu --threads 1): "
+                         "with more threads it would count their spin-waiting, on a GPU it misses the kernels")
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     arms = [Arm(m) for m in args.models] + [a for a in args.variants if a not in [Arm(m) for m in args.models]]
 
     log(f"matmul peak ({peak_size}^2) on {device} ...")
-    peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10) for p in args.precisions}
+    peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10, CLOCKS[args.clock]) for p in args.precisions}
     tables = []
     for config in args.configs:
         shape = CONFIGS[config]
@@ -832,7 +847,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 batch = largest_batch(arms, shape, device, batch, log, most=2)
         log(f"{config}: training step, batch {batch} ...")
         train = bench_models(arms, args.precisions, shape, batch, args.warmup, args.steps, args.repeats, device,
-                             peaks, log, compile=args.compile)
+                             peaks, log, compile=args.compile, clock=args.clock)
         loader: list[dict[str, Any]] = []
         eolab_rows = [r for r in train if r["model"] == "eolab" and not r["variant"]]
         reference = max(eolab_rows or train, key=lambda r: r["images_per_s"])
@@ -851,7 +866,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         log(format_table(tables[-1]))
     return {
         "device": device_name(device), "device_type": device.type,
-        "threads": torch.get_num_threads(), "warmup": args.warmup,
+        "threads": torch.get_num_threads(), "clock": args.clock, "warmup": args.warmup,
         "steps": args.steps, "repeats": args.repeats, "peak_size": peak_size,
         "peaks": peaks, "tables": tables,
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__,

@@ -205,3 +205,13 @@ def test_gpu_check_tiny_cpu_run_writes_its_results(tmp_path, monkeypatch):
     assert [t["config"] for t in report["bench"]["tables"]] == ["micro-64"]
     readme = (tmp_path / "README.md").read_text()
     assert "CPU only" in readme and "images/s" in readme
+
+
+def test_cpu_clock_needs_one_cpu_thread():
+    """--clock cpu counts this process's CPU seconds: meaningful on a CPU device at one thread only."""
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="--clock cpu times a CPU device at one thread"):
+            throughput.main(["--quick", "--device", "cpu", "--threads", "2", "--clock", "cpu", "--loader-workers", ""])
+    finally:
+        torch.set_num_threads(threads)

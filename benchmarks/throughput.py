@@ -1,33 +1,50 @@
 """Pre-training throughput benchmark: eolab's MAE against lightly's and Hugging Face's, and the loader.
 
-    python -m benchmarks.throughput [--device auto|cpu|cuda] [--precisions fp32,bf16] [--models eolab,lightly,hf]
-                          [--batch-size 64] [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
+    python -m benchmarks.throughput [--configs micro-64,small-96,base-224] [--device auto|cpu|cuda]
+                          [--precisions fp32,bf16] [--models eolab,lightly,hf] [--compile]
+                          [--variants embed=conv,optimizer=foreach,...] [--batch-size auto|N]
+                          [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
                           [--loader-workers 0,2] [--loader-batches 32] [--loader-seconds 10]
-                          [--compile] [--out bench.csv|bench.json] [--quick]
+                          [--out bench.csv|bench.json] [--quick]
 
 Why: an ablation budget is set in images/s, so we need to know whether eolab's own masked autoencoder
-costs more per step than the libraries we could have used instead, and whether the data loader or the
-model limits a run. All three models are built to one configuration (13 bands, 64 px, patch 8, encoder
-128 wide x 4 deep with 4 heads, decoder 64 x 2 with 2 heads, mask ratio 0.75, per-patch normalised
-pixel loss, AdamW) and timed on the same synthetic batch, machine, threads and precision, so the
-throughputs are comparable with each other (not across machines).
+costs more per step than the libraries we could have used instead, at the sizes users train, and
+whether the data loader or the model limits a run. All three models are built to one named
+configuration (``CONFIGS``: ``micro-64``, today's 13 bands x 64 px ViT of 128 x 4; ``small-96``, a
+ViT-S on 96 px with 12 bands; ``base-224``, a ViT-B/16 on 224 px with 12 bands and MAE's 512 x 8
+decoder; mask ratio 0.75, per-patch normalised pixel loss, AdamW) and timed on the same synthetic
+batch, machine, threads and precision, so the throughputs are comparable with each other (not
+across machines). One table per configuration, its repeats interleaved.
 
 What a number means:
   images/s   one training step (masking, forward, loss, backward, AdamW step) per batch, after
              warm-up; the median over repeats. Repeats are interleaved across models (round robin),
              so a load change on a shared machine hits every model alike; "best" is the fastest
              repeat and "spread" (max - min) / median says how much the machine's load moved them.
-  ratio      images/s divided by the fastest *other* model at the same precision (> 1: the fastest).
+  vs peer    images/s divided by the fastest *other library's* model at the same precision and
+             compilation (> 1: eolab is ahead); "vs eager": divided by the fastest other library's
+             eager rate (the issue's "default" rate).
   MFU        FLOPs of one step (torch.utils.flop_counter: forward + backward matmuls, convolutions and
-             attention) x steps/s, divided by this machine's measured matmul peak at that precision
-             (best of repeated large torch.matmul, same device and threads), not a datasheet figure.
-  compiled   with --compile, every model and precision is also timed with its transformer blocks
-             through torch.compile (inductor; as ``eolab.train.fit(compile=True)`` does), next to
-             the eager run: "speed-up" is compiled / eager images/s, "compile s" the first step's
-             seconds (tracing and code generation). Where inductor cannot run (no C++ compiler on a
-             CPU machine, or it fails) the eager rows stay and a warning says why.
+             attention; the work each model actually does) x steps/s, divided by this machine's
+             measured matmul peak at that precision (best of repeated large torch.matmul, same
+             device and threads), not a datasheet figure.
+  compiled   with --compile, every model and precision is also timed through torch.compile
+             (inductor) next to the eager run: eolab as ``eolab.train.fit(compile="task")`` trains
+             (its whole task: masking, encoder, decoder, loss, and so the backward), the peers with
+             ``Module.compile()`` on the whole model. "speed-up" is compiled / eager images/s,
+             "compile s" the first step's seconds (tracing and code generation). Where inductor
+             cannot run (no C++ compiler on a CPU machine, or it fails) the eager rows stay and a
+             warning says why.
+  variants   eolab with one step option changed (``--variants``), timed in the same interleaved
+             run: ``embed=conv`` (the patch embedding as a strided convolution over every patch
+             instead of patchify + matmul over the kept ones), ``optimizer=foreach|for-loop|fused``
+             (AdamW's implementation instead of ``eolab.train.adamw_impl``'s choice),
+             ``compile=blocks`` (only the transformer blocks compiled; with --compile).
+  batch      ``auto``: on a GPU the largest batch (DEFAULT_BATCH doubled, at most twice) at which
+             every model's fp32 step fits in memory; on a CPU DEFAULT_BATCH.
   loader     images/s of eolab's packed scene cache vs decoding the original GeoTIFFs per sample
-             (real data), and their ratio to eolab's training throughput (>= 1: the loader keeps up).
+             (real data, windows of the configuration's size), and their ratio to eolab's fastest
+             training rate in the table (>= 1: the loader keeps up).
 """
 
 from __future__ import annotations
@@ -73,6 +90,11 @@ class MAEShape:
     mlp_ratio: float = 4.0
 
     @property
+    def label(self) -> str:
+        return (f"{self.bands} bands, {self.img_size} px, patch {self.patch_size}, encoder {self.dim} x {self.depth} "
+                f"({self.heads} heads), decoder {self.decoder_dim} x {self.decoder_depth}")
+
+    @property
     def num_patches(self) -> int:
         return (self.img_size // self.patch_size) ** 2
 
@@ -81,6 +103,34 @@ class MAEShape:
         return self.num_patches - round(self.num_patches * self.mask_ratio)
 
 
+CONFIGS: dict[str, MAEShape] = {
+    # Today's CPU-ablation size (vit_micro), as the benchmark always ran it.
+    "micro-64": MAEShape(),
+    # ViT-S on 96 px Sentinel-2 patches (12 bands: L2A), MAE decoder 256 x 4.
+    "small-96": MAEShape(bands=12, img_size=96, patch_size=8, dim=384, depth=12, heads=6,
+                         decoder_dim=256, decoder_depth=4, decoder_heads=8),
+    # ViT-B/16 at ImageNet's 224 px with MAE's own decoder (512 x 8): a GPU pre-training size.
+    "base-224": MAEShape(bands=12, img_size=224, patch_size=16, dim=768, depth=12, heads=12,
+                         decoder_dim=512, decoder_depth=8, decoder_heads=16),
+}
+"""Named configurations (``--configs``): every model is built to the same one."""
+
+DEFAULT_BATCH: dict[str, dict[str, int]] = {
+    "micro-64": {"cpu": 64, "cuda": 1024},
+    "small-96": {"cpu": 16, "cuda": 512},
+    "base-224": {"cpu": 4, "cuda": 256},
+}
+"""Batch per configuration and device type: the start of ``--batch-size auto``'s search on a GPU
+(doubled while every model's step fits in memory), the batch itself on a CPU (bounded by time,
+not memory: a step of seconds leaves room for repeats)."""
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+"""``--clock``: wall-clock seconds, or this process's CPU seconds (a CPU device at one thread: what a
+step costs in CPU time, which other jobs on a shared machine do not inflate as they do wall time)."""
+
+EOLAB_OPTIONS = {"embed": ("matmul", "conv"), "optimizer": ("auto", "fused", "foreach", "for-loop")}
+"""eolab's step options that ``--variants`` times against its defaults (the first of each)."""
+
 # A loss function of a batch of images: the model's whole training forward pass, masking included.
 LossFn = Callable[[Tensor], Tensor]
 
@@ -88,8 +138,9 @@ LossFn = Callable[[Tensor], Tensor]
 # --------------------------------------------------------------------------------------------- models
 
 
-def build_eolab(shape: MAEShape) -> tuple[nn.Module, LossFn]:
-    """eolab's masked autoencoder, through its public constructors only."""
+def build_eolab(shape: MAEShape, embed: str = "matmul") -> tuple[nn.Module, LossFn]:
+    """eolab's masked autoencoder, through its public constructors only (``embed``: how the patch
+    tokeniser embeds, see ``PatchTokenizer``)."""
     from eolab.data.bands import S2_L1C
     from eolab.models.tokenizers import PatchTokenizer
     from eolab.models.vit import ViTEncoder
@@ -97,6 +148,7 @@ def build_eolab(shape: MAEShape) -> tuple[nn.Module, LossFn]:
 
     bands = S2_L1C[: shape.bands]
     tok = PatchTokenizer(bands, shape.img_size, shape.patch_size, shape.dim)
+    tok.embed_as = embed
     encoder = ViTEncoder(tok, dim=shape.dim, depth=shape.depth, heads=shape.heads)
     model = MaskedAutoencoder(
         encoder, mask_ratio=shape.mask_ratio, mask="random", decoder_dim=shape.decoder_dim,
@@ -232,6 +284,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     device: torch.device
     compiled: bool = False
+    clock: Callable[[], float] = time.perf_counter
 
     def step(self, x: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -243,11 +296,11 @@ class Trainer:
     def timed_block(self, x: Tensor, steps: int) -> float:
         """Seconds for ``steps`` consecutive steps (one synchronisation at the end, not per step)."""
         synchronize(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             self.step(x)
         synchronize(self.device)
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
 def step_flops(trainer: Trainer, x: Tensor) -> int:
@@ -283,7 +336,8 @@ def analytic_flops(shape: MAEShape, batch: int) -> float:
     return 2 * batch * (3 * forward + 2 * embed)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """Best FLOP/s of a square torch.matmul of ``size`` on this device and thread count.
 
     The best, not the median, of ``repeats`` timings: a peak is an upper bound, and on a shared
@@ -296,16 +350,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     synchronize(device)
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(inner):
             torch.matmul(a, b)
         synchronize(device)
-        best = min(best, (time.perf_counter() - start) / inner)
+        best = min(best, (clock() - start) / inner)
     return 2 * size**3 / best
 
 
 def transformer_blocks(name: str, model: nn.Module) -> list[nn.Module]:
-    """The blocks ``--compile`` compiles: timm ``Block``s (eolab, lightly) or HF's ViTMAELayer."""
+    """The blocks ``compile=blocks`` compiles: timm ``Block``s (eolab, lightly) or HF's ViTMAELayer."""
     from timm.models.vision_transformer import Block
 
     return [m for m in model.modules() if isinstance(m, Block) or type(m).__name__ == "ViTMAELayer"]
@@ -318,8 +372,96 @@ def compile_problem(device: torch.device) -> str | None:
     return compile_unavailable() if device.type == "cpu" else None
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One model as timed: a library's MAE, or eolab's with step options other than its defaults."""
+
+    model: str  # eolab, lightly, hf
+    options: tuple[tuple[str, str], ...] = ()  # eolab only: (option, value) pairs, EOLAB_OPTIONS
+
+    @property
+    def label(self) -> str:
+        return self.model + "".join(f" {k}={v}" for k, v in self.options)
+
+    def option(self, name: str, default: str) -> str:
+        return dict(self.options).get(name, default)
+
+
+def parse_variant(text: str) -> Arm:
+    """``embed=conv+optimizer=foreach`` -> an eolab arm with those options (checked by name)."""
+    options = []
+    for item in text.split("+"):
+        key, _, value = item.partition("=")
+        allowed = {**EOLAB_OPTIONS, "compile": ("task", "blocks")}
+        if key not in allowed or value not in allowed[key]:
+            raise argparse.ArgumentTypeError(
+                f"--variants: {item!r} is not one of " + "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items()))
+        options.append((key, value))
+    return Arm("eolab", tuple(options))
+
+
+def build_trainer(arm: Arm, precision: str, shape: MAEShape, device: torch.device, compiled: bool) -> Trainer:
+    """The model, optimiser and (when ``compiled``) compilation of one arm, seeded alike. eolab
+    trains with its own optimiser choice (``eolab.train.adamw``) and compiles as
+    ``fit(compile="task")`` does; the peers with torch's default AdamW and ``Module.compile()``."""
+    from eolab.train import adamw, compile_task
+
+    torch.manual_seed(0)
+    if arm.model == "eolab":
+        model, loss_fn = build_eolab(shape, embed=arm.option("embed", "matmul"))
+        model.to(device).train()
+        optimizer = adamw(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, device=device,
+                          impl=arm.option("optimizer", "auto"))
+    else:
+        model, loss_fn = BUILDERS[arm.model](shape)
+        model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    if compiled:
+        scope = arm.option("compile", "task")
+        if scope == "blocks":
+            for block in transformer_blocks(arm.model, model):
+                block.compile()
+        elif arm.model == "eolab":
+            compile_task(model)
+        else:
+            model.compile()
+    return Trainer(arm.label, precision, model, loss_fn, optimizer, device, compiled)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def largest_batch(arms: Sequence[Arm], shape: MAEShape, device: torch.device, start: int, log: Callable[[str], None],
+                  most: int = 8) -> int:
+    """The largest batch, ``start`` doubled up to ``most`` times, at which one fp32 eager step of every
+    arm fits in the device's memory (fp32: autocast keeps weights, gradients and optimiser state in
+    fp32 and only some activations in bf16, so fp32 bounds the bf16 run too)."""
+    fits, batch = start, start
+    for _ in range(most + 1):
+        try:
+            for arm in dict.fromkeys(Arm(a.model) for a in arms):  # options do not change memory much
+                trainer = build_trainer(arm, "fp32", shape, device, compiled=False)
+                trainer.step(torch.randn(batch, shape.bands, shape.img_size, shape.img_size, device=device))
+                synchronize(device)
+                del trainer
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            log(f"  batch {batch} does not fit ({type(exc).__name__})")
+            break
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        fits, batch = batch, batch * 2
+        log(f"  batch {fits} fits")
+    if fits == start and batch == start:
+        raise SystemExit(f"error: not even batch {start} fits on {device}; give a smaller --batch-size")
+    return fits
+
+
 def bench_models(
-    models: Sequence[str],
+    arms: Sequence[Arm],
     precisions: Sequence[str],
     shape: MAEShape,
     batch: int,
@@ -330,55 +472,54 @@ def bench_models(
     peaks: dict[str, float],
     log: Callable[[str], None],
     compile: bool = False,
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
-    """Train every (model, precision) on the same synthetic batch; one row each (two with
-    ``compile``: eager and compiled)."""
+    """Train every (arm, precision) on the same synthetic batch; one row each (two with
+    ``compile``: eager and compiled), all repeats interleaved round robin."""
     x = torch.randn(batch, shape.bands, shape.img_size, shape.img_size,
                     generator=torch.Generator().manual_seed(0)).to(device)
     if compile and (problem := compile_problem(device)):
         log(f"  warning: --compile skipped, timing eager only: {problem}")
         compile = False
-    trainers: list[Trainer] = []
-    for name in models:
-        for precision in precisions:
-            for compiled in (False, True) if compile else (False,):
-                torch.manual_seed(0)
-                model, loss_fn = BUILDERS[name](shape)
-                model.to(device).train()
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-                trainers.append(Trainer(name, precision, model, loss_fn, optimizer, device, compiled))
+    plan = [(arm, precision, compiled) for arm in arms for precision in precisions
+            for compiled in ((False, True) if compile else (False,))
+            if not (arm.option("compile", "") and not compiled)]  # a compile option means nothing eager
 
-    rows, timed = [], []
-    for t in trainers:
-        flops = step_flops(t, x)  # counted eager: compiling changes kernels, not the arithmetic
-        row = {
-            "model": t.name, "precision": t.precision, "compiled": t.compiled,
-            "params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
-            "attention": attention_impl(t.name, t.model), "gflop_per_step": flops / 1e9,
-        }
+    rows, trainers = [], []
+    for arm, precision, compiled in plan:
         start = time.perf_counter()
         try:
-            if t.compiled:
-                for block in transformer_blocks(t.name, t.model):
-                    block.compile()
-            for i in range(max(1, warmup) if t.compiled else warmup):
+            t = build_trainer(arm, precision, shape, device, compiled)
+            row = {
+                "model": arm.model, "variant": " ".join(f"{k}={v}" for k, v in arm.options), "label": arm.label,
+                "precision": precision, "compiled": compiled,
+                "params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+                "attention": attention_impl(arm.model, t.model),
+            }
+            for i in range(max(1, warmup) if compiled else warmup):
                 t.step(x)
-                if i == 0 and t.compiled:
+                if i == 0 and compiled:
                     synchronize(device)
                     row["compile_s"] = time.perf_counter() - start
         except Exception as exc:  # inductor/compiler failure: keep the eager numbers, say why
-            if not t.compiled:
+            if not compiled:
                 raise
-            log(f"  warning: {t.name}/{t.precision} compiled: torch.compile failed, eager only "
+            log(f"  warning: {arm.label}/{precision} compiled: torch.compile failed, eager only "
                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
             continue
+        # Counted on an eager twin: compiling changes kernels, not the arithmetic, and a compiled
+        # module's kernels are invisible to the FLOP counter.
+        twin = t if not compiled else build_trainer(arm, precision, shape, device, compiled=False)
+        row["gflop_per_step"] = step_flops(twin, x) / 1e9
+        del twin
         rows.append(row)
-        timed.append(t)
-        done = f", compiled in {row['compile_s']:.1f}s" if t.compiled else ""
-        log(f"  {t.name}/{t.precision}: {flops / 1e9:.2f} GFLOP/step, warmed up{done}")
-    trainers = timed
+        trainers.append(t)
+        done = f", compiled in {row['compile_s']:.1f}s" if compiled else ""
+        log(f"  {arm.label}/{precision}: {row['gflop_per_step']:.2f} GFLOP/step, warmed up{done}")
 
     seconds: list[list[float]] = [[] for _ in trainers]
+    for t in trainers:
+        t.clock = CLOCKS[clock]
     for r in range(repeats):  # round robin, so slow phases of a shared machine are shared out
         for i, t in enumerate(trainers):
             seconds[i].append(t.timed_block(x, steps))
@@ -386,6 +527,7 @@ def bench_models(
 
     for row, secs in zip(rows, seconds, strict=True):
         per_step = statistics.median(secs) / steps
+        row["batch_size"] = batch
         row["images_per_s"] = batch / per_step
         row["ms_per_step"] = 1e3 * per_step
         row["spread"] = (max(secs) - min(secs)) / statistics.median(secs)  # how noisy the repeats were
@@ -394,10 +536,14 @@ def bench_models(
         row["peak_tflops"] = peaks[row["precision"]] / 1e12
         row["mfu"] = row["achieved_tflops"] / row["peak_tflops"]
     for row in rows:
-        peers = [o["images_per_s"] for o in rows if o["precision"] == row["precision"]
-                 and o["compiled"] == row["compiled"] and o["model"] != row["model"]]
+        # Against the other libraries' models (not eolab's own variants), same precision and compilation.
+        others = [o for o in rows if o["precision"] == row["precision"] and o["model"] != row["model"]
+                  and not o["variant"]]
+        peers = [o["images_per_s"] for o in others if o["compiled"] == row["compiled"]]
         row["ratio_to_fastest_peer"] = row["images_per_s"] / max(peers) if peers else None
-        eager = [o["images_per_s"] for o in rows if not o["compiled"] and o["model"] == row["model"]
+        eager_peers = [o["images_per_s"] for o in others if not o["compiled"]]
+        row["ratio_to_fastest_peer_eager"] = row["images_per_s"] / max(eager_peers) if eager_peers else None
+        eager = [o["images_per_s"] for o in rows if not o["compiled"] and o["label"] == row["label"]
                  and o["precision"] == row["precision"]]
         row["compile_speedup"] = row["images_per_s"] / eager[0] if row["compiled"] and eager else None
     return rows
@@ -503,24 +649,28 @@ def loader_throughput(dataset: torch.utils.data.Dataset, batch: int, workers: in
 
 
 def bench_loaders(batch: int, workers: Sequence[int], batches: int, seconds: float, data_root: str | None,
-                  log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Packed cache vs per-sample GeoTIFF decoding, same patches, same order, same collate."""
+                  log: Callable[[str], None], patch: int = 64) -> list[dict[str, Any]]:
+    """Packed cache vs per-sample GeoTIFF decoding of ``patch`` px windows, same patches, same
+    order, same collate."""
     from eolab.data.cache import PatchDataset, build_scene_cache
     from eolab.data.paths import data_root as resolve_root
 
     root = resolve_root(data_root)
     cache = build_scene_cache(root, ("major_tom", "hydro", "ssl4eo"))
-    tiles = cache.tiles(64, 32)
+    tiles = cache.tiles(patch, patch // 2)
+    if len(tiles) <= batch:
+        raise ValueError(f"the scene cache under {root} has {len(tiles)} windows of {patch} px, "
+                         f"not more than one batch of {batch}")
     datasets = {
         "scene_cache": PatchDataset(cache, tiles, bands=cache.bands),
-        "geotiff": GeoTiffPatchDataset(root, cache, tiles, bands=cache.bands),
+        "geotiff": GeoTiffPatchDataset(root, cache, tiles, patch=patch, bands=cache.bands),
     }
     rows = []
     for name, ds in datasets.items():
         for w in workers:
             ips, n = loader_throughput(ds, batch, w, batches, seconds)
             rows.append({"loader": name, "workers": w, "images_per_s": ips, "images": n,
-                         "bands": len(ds.bands), "patches": len(ds)})
+                         "bands": len(ds.bands), "patches": len(ds), "patch_px": patch})
             log(f"  loader {name} workers={w}: {ips:.0f} images/s over {n} images")
     return rows
 
@@ -528,52 +678,65 @@ def bench_loaders(batch: int, workers: Sequence[int], batches: int, seconds: flo
 # --------------------------------------------------------------------------------------------- report
 
 
-def format_report(result: dict[str, Any]) -> str:
-    """The human-readable tables."""
+def format_table(table: dict[str, Any]) -> str:
+    """One configuration's table."""
     lines = [
-        (f"device {result['device']}, {result['threads']} threads, batch {result['batch_size']}, "
-        f"torch {result['versions']['torch']}"),
-        "matmul peak (measured): " + ", ".join(
-            f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
-        ) + f"  (n={result['peak_size']})",
-        "",
-        (f"{'model':<16} {'precision':<9} {'images/s':>9} {'best':>6} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
-        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention"),
+        f"== {table['config']}: {table['shape_label']}, batch {table['batch_size']}",
+        (f"{'model':<30} {'precision':<9} {'images/s':>9} {'best':>7} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
+         f"{'vs eager':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention"),
     ]
-    for r in result["train"]:
+    for r in table["train"]:
         ratio = f"{r['ratio_to_fastest_peer']:.2f}x" if r["ratio_to_fastest_peer"] else "-"
-        model = f"{r['model']}+compile" if r.get("compiled") else r["model"]
+        eager = f"{r['ratio_to_fastest_peer_eager']:.2f}x" if r["ratio_to_fastest_peer_eager"] else "-"
+        model = f"{r['label']}+compile" if r.get("compiled") else r["label"]
         lines.append(
-            f"{model:<16} {r['precision']:<9} {r['images_per_s']:>9.0f} {r['best_images_per_s']:>6.0f} "
+            f"{model:<30} {r['precision']:<9} {r['images_per_s']:>9.1f} {r['best_images_per_s']:>7.1f} "
             f"{r['ms_per_step']:>8.1f} "
-            f"{r['spread']:>6.0%} {ratio:>8} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
+            f"{r['spread']:>6.0%} {ratio:>8} {eager:>8} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
             f"{r['mfu']:>6.1%}  {r['attention']}"
         )
-    compiled = [r for r in result["train"] if r.get("compile_speedup")]
+    lines.append("vs peer: / the fastest other library at the same precision and compilation; "
+                 "vs eager: / the fastest other library's eager rate at the same precision")
+    compiled = [r for r in table["train"] if r.get("compile_speedup")]
     if compiled:
-        lines += ["", "torch.compile (transformer blocks, inductor):"]
-        lines += [f"  {r['model']}/{r['precision']}: {r['compile_speedup']:.2f}x eager images/s, "
+        lines += ["torch.compile (eolab: its whole task, as fit(compile='task'); peers: Module.compile()):"]
+        lines += [f"  {r['label']}/{r['precision']}: {r['compile_speedup']:.2f}x eager images/s, "
                   f"first step (compiling) {r['compile_s']:.1f} s" for r in compiled]
-    lines.append(f"analytic estimate for this configuration: {result['analytic_gflop_per_step']:.2f} GFLOP/step")
-    if result["loader"]:
-        ref = result["loader_reference"]
-        lines += ["", (f"{'loader':<12} {'workers':>7} {'images/s':>9}  vs training ({ref['model']}/"
-                      f"{ref['precision']}, {ref['images_per_s']:.0f} images/s)")]
-        for r in result["loader"]:
+    lines.append(f"analytic estimate for this configuration: {table['analytic_gflop_per_step']:.2f} GFLOP/step")
+    if table["loader"]:
+        ref = table["loader_reference"]
+        lines += [(f"{'loader':<12} {'workers':>7} {'images/s':>9}  vs training ({ref['label']}/"
+                   f"{ref['precision']}{'+compile' if ref['compiled'] else ''}, {ref['images_per_s']:.0f} images/s)")]
+        for r in table["loader"]:
             lines.append(f"{r['loader']:<12} {r['workers']:>7} {r['images_per_s']:>9.0f}  "
                          f"{r['ratio_to_training']:.2f}x")
     return "\n".join(lines)
 
 
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable tables, one per configuration."""
+    lines = [
+        (f"device {result['device']}, {result['threads']} threads, torch {result['versions']['torch']}, "
+         f"{'CPU seconds (--clock cpu)' if result['clock'] == 'cpu' else 'wall-clock seconds'}"),
+        "matmul peak (measured): " + ", ".join(
+            f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
+        ) + f"  (n={result['peak_size']})",
+    ]
+    for table in result["tables"]:
+        lines += ["", format_table(table)]
+    return "\n".join(lines)
+
+
 def write_output(result: dict[str, Any], out: Path) -> None:
     """JSON (everything) for a .json path; otherwise CSV with one row per measurement:
-    section "train" (model, precision), "loader" (loader, workers) or "peak" (precision)."""
+    section "train" (config, model, variant, precision, compiled), "loader" (config, loader,
+    workers) or "peak" (precision)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         out.write_text(json.dumps(result, indent=1))
         return
-    rows = [{"section": "train", **r} for r in result["train"]]
-    rows += [{"section": "loader", **r} for r in result["loader"]]
+    rows = [{"section": "train", "config": t["config"], **r} for t in result["tables"] for r in t["train"]]
+    rows += [{"section": "loader", "config": t["config"], **r} for t in result["tables"] for r in t["loader"]]
     rows += [{"section": "peak", "precision": p, "peak_tflops": v / 1e12} for p, v in result["peaks"].items()]
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with out.open("w", newline="") as f:
@@ -602,12 +765,32 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from exc
+
+
+def _variants(text: str) -> tuple[Arm, ...]:
+    return tuple(parse_variant(v.strip()) for v in text.split(",") if v.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--configs", type=_choices(tuple(CONFIGS)), default=("micro-64",),
+                   help=f"comma list of {','.join(CONFIGS)}: one interleaved table each")
     p.add_argument("--models", type=_choices(MODELS), default=MODELS, help="comma list of eolab,lightly,hf")
+    p.add_argument("--variants", type=_variants, default=(),
+                   help="extra eolab arms with other step options, comma list of option=value joined by +: "
+                        "embed=conv, optimizer=foreach|for-loop|fused, compile=blocks (e.g. embed=conv+optimizer=for-loop)")
     p.add_argument("--precisions", type=_choices(PRECISIONS), default=PRECISIONS, help="comma list of fp32,bf16")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_batch, default="auto",
+                   help="images per step, or auto: on a GPU the largest that fits (DEFAULT_BATCH doubled), "
+                        "on a CPU DEFAULT_BATCH")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
     p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
@@ -618,60 +801,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-seconds", type=float, default=10.0, help="most seconds per loader measurement")
     p.add_argument("--data-root", default=None, help="default: eolab.data.paths.data_root()")
     p.add_argument("--compile", action="store_true",
-                   help="also time each model with its transformer blocks compiled (torch.compile, inductor)")
+                   help="also time each model compiled (torch.compile, inductor): eolab as fit(compile='task'), "
+                        "the peers with Module.compile()")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall seconds, or cpu: this process's CPU seconds (CPU device, --threads 1; for shared machines)")
     p.add_argument("--out", type=Path, default=None, help="write the results: .json, or CSV otherwise")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (tests): batch 8, 1 warm-up, 2 steps, 1 repeat, small peak, 2 loader batches")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.batch_size, args.warmup, args.steps, args.repeats, args.loader_batches = 8, 1, 2, 1, 2
-        args.peak_size = args.peak_size or 1024
-    for name in ("batch_size", "steps", "repeats"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every configuration's table (and the peaks they share), as one result."""
     import lightly
     import timm
     import transformers
 
-    shape = MAEShape()
-    log(f"matmul peak ({peak_size}^2) on {device} ...")
-    peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10) for p in args.precisions}
-    log("training step ...")
-    train = bench_models(args.models, args.precisions, shape, args.batch_size, args.warmup, args.steps,
-                         args.repeats, device, peaks, log, compile=args.compile)
-    loader: list[dict[str, Any]] = []
-    eager = [r for r in train if not r["compiled"]]
-    reference = max((r for r in eager if r["model"] == "eolab"), default=None, key=lambda r: r["images_per_s"])
-    reference = reference or max(eager, key=lambda r: r["images_per_s"])
-    if args.loader_workers:
-        log("data loader ...")
-        loader = bench_loaders(args.batch_size, args.loader_workers, args.loader_batches, args.loader_seconds,
-                               args.data_root, log)
-        for r in loader:
-            r["ratio_to_training"] = r["images_per_s"] / reference["images_per_s"]
+    if args.quick:
+        args.batch_size, args.warmup, args.steps, args.repeats, args.loader_batches = 8, 1, 2, 1, 2
+        args.peak_size = args.peak_size or 1024
+    for name in ("steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
+    if args.batch_size != "auto" and args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be at least 1 (or auto)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise SystemExit("error: --clock cpu times a CPU device at one thread (--device cpu --threads 1): "
+                         "with more threads it would count their spin-waiting, on a GPU it misses the kernels")
+    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    arms = [Arm(m) for m in args.models] + [a for a in args.variants if a not in [Arm(m) for m in args.models]]
 
-    result = {
-        "device": device_name(device),
-        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "warmup": args.warmup,
-        "steps": args.steps, "repeats": args.repeats, "shape": asdict(shape), "peak_size": peak_size,
-        "peaks": peaks, "train": train, "loader": loader,
-        "loader_reference": {k: reference[k] for k in ("model", "precision", "images_per_s")},
-        "analytic_gflop_per_step": analytic_flops(shape, args.batch_size) / 1e9,
+    log(f"matmul peak ({peak_size}^2) on {device} ...")
+    peaks = {p: matmul_peak(device, PEAK_DTYPES[p], peak_size, 10, CLOCKS[args.clock]) for p in args.precisions}
+    tables = []
+    for config in args.configs:
+        shape = CONFIGS[config]
+        batch = args.batch_size
+        if batch == "auto":
+            batch = DEFAULT_BATCH[config]["cuda" if device.type == "cuda" else "cpu"]
+            if device.type == "cuda":
+                log(f"{config}: finding the largest batch that fits ...")
+                batch = largest_batch(arms, shape, device, batch, log, most=2)
+        log(f"{config}: training step, batch {batch} ...")
+        train = bench_models(arms, args.precisions, shape, batch, args.warmup, args.steps, args.repeats, device,
+                             peaks, log, compile=args.compile, clock=args.clock)
+        loader: list[dict[str, Any]] = []
+        eolab_rows = [r for r in train if r["model"] == "eolab" and not r["variant"]]
+        reference = max(eolab_rows or train, key=lambda r: r["images_per_s"])
+        if args.loader_workers:
+            log(f"{config}: data loader ...")
+            loader = bench_loaders(batch, args.loader_workers, args.loader_batches, args.loader_seconds,
+                                   args.data_root, log, patch=shape.img_size)
+            for r in loader:
+                r["ratio_to_training"] = r["images_per_s"] / reference["images_per_s"]
+        tables.append({
+            "config": config, "shape": asdict(shape), "shape_label": shape.label, "batch_size": batch,
+            "train": train, "loader": loader,
+            "loader_reference": {k: reference[k] for k in ("label", "precision", "compiled", "images_per_s")},
+            "analytic_gflop_per_step": analytic_flops(shape, batch) / 1e9,
+        })
+        log(format_table(tables[-1]))
+    return {
+        "device": device_name(device), "device_type": device.type,
+        "threads": torch.get_num_threads(), "clock": args.clock, "warmup": args.warmup,
+        "steps": args.steps, "repeats": args.repeats, "peak_size": peak_size,
+        "peaks": peaks, "tables": tables,
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "lightly": lightly.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    result = run(args, log)
     print(format_report(result))
     if args.out:
         write_output(result, args.out)

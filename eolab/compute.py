@@ -94,8 +94,18 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
             per_weight = 2
         total += per_weight * module.weight.numel() * positions
 
+    def embed_hook(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        # A patch tokeniser that embeds by patchify + matmul runs its projection's weight without
+        # calling the layer (so layer_hook does not see it): count it on the tokens it embedded.
+        nonlocal total
+        if getattr(module, "embed_as", "conv") != "matmul":
+            return  # the convolution ran as a layer: counted by layer_hook
+        positions = out.numel() // out.shape[-1]  # tokens embedded: (B, K, D) -> B x K
+        total += (4 if torch.is_grad_enabled() else 2) * module.proj.weight.numel() * positions
+
     inside_blocks = {id(m) for blk in task.modules() if _is_block(blk) for m in blk.modules()}
     handles = [m.register_forward_hook(block_hook) for m in task.modules() if _is_block(m)]
+    handles += [m.register_forward_hook(embed_hook) for m in task.modules() if getattr(m, "selects_tokens", False)]
     handles += [m.register_forward_hook(layer_hook) for m in task.modules()
                 if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in inside_blocks]
     rng = torch.random.get_rng_state()

@@ -124,7 +124,8 @@ class PretrainConfig:
     strategy: str = param("auto", "Lightning strategy: auto | ddp_notebook (several GPUs from a notebook) | ddp | fsdp")
     precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | 16-mixed")
     accumulate: int = param(1, "gradient accumulation (batches per optimiser step)")
-    torch_compile: bool = param(False, "compile the transformer blocks with torch.compile (inductor; on CPU needs g++)")
+    torch_compile: bool = param(False, "compile with torch.compile (inductor; on CPU needs g++): what compile_scope names")
+    compile_scope: str = param("blocks", "torch_compile: blocks (the transformer blocks) | task (the proxy task's whole forward, loss and backward)")
     num_workers: int = param(0, "data-loader worker processes")
     checkpoint_every: int = param(200, "steps between training checkpoints for resuming a killed run (0 means none)")
     knn_every: int = param(100, "steps between in-loop EuroSAT k-NN probes (0 means off)", section="evaluation")
@@ -220,6 +221,7 @@ class PretrainConfig:
              "'auto', -1 or a count"),
             ("strategy", lambda: self.strategy in STRATEGIES, f"one of {STRATEGIES}"),
             ("accumulate", lambda: self.accumulate >= 1, ">= 1"),
+            ("compile_scope", lambda: self.compile_scope in ("blocks", "task"), "'blocks' or 'task'"),
             ("num_workers", lambda: self.num_workers >= 0, ">= 0"),
             ("checkpoint_every", lambda: self.checkpoint_every >= 0, ">= 0 (0 = no checkpoints, no resume)"),
             ("progress", lambda: self.progress in PROGRESS_MODES, f"one of {PROGRESS_MODES}"),

@@ -238,7 +238,7 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
                   strategy=cfg.strategy, precision=cfg.precision, accumulate=cfg.accumulate,
                   num_workers=cfg.num_workers, checkpoint_dir=checkpoints if cfg.checkpoint_every else None,
                   checkpoint_every=cfg.checkpoint_every or 1, history_path=out / HISTORY_NAME,
-                  compile=cfg.torch_compile, progress=progress, log_path=run_log, loggers=loggers)
+                  compile=cfg.torch_compile and cfg.compile_scope, progress=progress, log_path=run_log, loggers=loggers)
     resume = dict(history.attrs.get("resume", {}))
     # training time over all attempts: this one, plus the earlier ones up to the checkpoint resumed from
     train_time = time.perf_counter() - t0 + resume.get("train_time_before_resume_s", 0.0)

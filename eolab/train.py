@@ -131,10 +131,8 @@ class PretrainModule(L.LightningModule):
             if not p.requires_grad:  # e.g. a momentum encoder, updated by moving average
                 continue
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr, betas=(0.9, 0.95),
-        )
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = adamw(groups, lr=self.lr, betas=(0.9, 0.95), device=(decay or no_decay)[0].device)
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to zero
             if step < self.warmup_steps:
@@ -144,6 +142,30 @@ class PretrainModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for-loop")
+"""AdamW's implementations in torch: one fused kernel over all parameters, one kernel per operation
+over lists of tensors (foreach), or a Python loop over parameters. Same update, same state dict."""
+
+
+def adamw_impl(device: torch.device | str) -> str:
+    """The implementation ``adamw(impl="auto")`` uses on ``device``: "fused" on CUDA (one kernel
+    launch for all parameters), "foreach" elsewhere: on CPU it measured faster than fused and the
+    for-loop (``python -m benchmarks.throughput --variants optimizer=fused,optimizer=for-loop``;
+    results/throughput)."""
+    return "fused" if torch.device(device).type == "cuda" else "foreach"
+
+
+def adamw(params, lr: float, betas: tuple[float, float], device: torch.device | str, impl: str = "auto",
+          weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """torch's AdamW over ``params`` (tensors or parameter groups) in the implementation ``impl``
+    (``ADAMW_IMPLS``; "auto": the fastest measured for ``device``, ``adamw_impl``)."""
+    if impl not in ADAMW_IMPLS:
+        raise ValueError(f"AdamW implementation must be one of {ADAMW_IMPLS}, got {impl!r}")
+    impl = adamw_impl(device) if impl == "auto" else impl
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **kind)
 
 
 class KnnProbe(L.Callback):
@@ -391,6 +413,19 @@ def compile_blocks(task: nn.Module, blocks: list[nn.Module] | None = None) -> in
     return len(blocks)
 
 
+COMPILE_SCOPES = ("blocks", "task")
+"""What ``fit(compile=...)`` compiles: the transformer blocks, or the task's whole forward (masking,
+encoder, decoder and loss, and through AOTAutograd their backward)."""
+
+
+def compile_task(task: nn.Module) -> None:
+    """Compile the task's whole forward in place (``Module.compile``): parameter names and
+    checkpoints stay those of an eager run. Inductor's ``fallback_random`` keeps random draws
+    (masks, noise) on torch's global generator, drawn as eagerly, so a seed and a restored RNG
+    state (exact resume) give the same masks as without compiling."""
+    task.compile(options={"fallback_random": True})
+
+
 def slurm_layout() -> tuple[int, int] | None:
     """(nodes, tasks per node) when this process is one of several tasks of an srun step (one
     rank of a job launched as ``srun python ...``), else None (a batch script or a one-task step:
@@ -458,7 +493,7 @@ def fit(
     strategy: str = "auto",
     num_nodes: int | None = None,
     precision: str = "32-true",
-    compile: bool = False,
+    compile: bool | str = False,
     history_path: Path | None = None,
     progress: str = "none",
     log_path: Path | None = None,
@@ -481,8 +516,9 @@ def fit(
     ``accumulate``: gradients of ``accumulate`` consecutive batches of ``batch_size`` are summed
     (each loss divided by ``accumulate``) before one optimiser step; ``max_steps``,
     ``checkpoint_every``, the learning-rate schedule and the history's rows count optimiser steps.
-    ``compile``: the transformer blocks run through ``torch.compile`` (``compile_blocks``); a
-    machine without the C++ compiler inductor needs trains uncompiled, with a warning.
+    ``compile``: True or "blocks": the transformer blocks run through ``torch.compile``
+    (``compile_blocks``); "task": the task's whole forward and loss (``compile_task``); a machine
+    without the C++ compiler inductor needs trains uncompiled, with a warning.
 
     ``progress``: ``bar`` (Lightning's progress bar over steps, with loss and images/s, plus the run
     log), ``log`` (the run log at ``log_path`` only) or ``none`` (``eolab.progress``). ``loggers``:
@@ -494,11 +530,14 @@ def fit(
         devices = layout[1] if devices == "auto" else devices
         strategy = "ddp" if strategy == "auto" else strategy
     if compile:
+        scope = "blocks" if compile is True else compile
+        if scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile must be False, True or one of {COMPILE_SCOPES}, got {compile!r}")
         reason = compile_unavailable() if accelerator == "cpu" or not torch.cuda.is_available() else None
         if reason:
-            warnings.warn(f"fit(compile=True): training uncompiled: {reason}", stacklevel=2)
+            warnings.warn(f"fit(compile={compile!r}): training uncompiled: {reason}", stacklevel=2)
         else:
-            compile_blocks(task)
+            compile_task(task) if scope == "task" else compile_blocks(task)
     quiet_library_noise()  # before Lightning's first messages
     L.seed_everything(seed, workers=True)
     if batch_sampler is None and isinstance(dataset, PackedDataset):  # shard-local order, one slot per worker

@@ -6,6 +6,7 @@ objectives with an EMA teacher run it too: latent masked modelling (the teacher'
 with iBOT and KoLeo (teacher, centres and the step-dependent teacher temperature).
 """
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys
     from pathlib import Path
     import lightning as L
     import torch
@@ -27,6 +28,7 @@ SCRIPT = textwrap.dedent("""
 
     BANDS = ("B02", "B03", "B04")
     out, kill_at, objective = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}  # further fit() options (compile, precision)
 
     class Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -47,12 +49,13 @@ SCRIPT = textwrap.dedent("""
                                  koleo_weight=0.1, ema_momentum=0.9))
     fit(task, Images(), norm, batch_size=4, lr=1e-3, max_steps=14, seed=0, augment="eo", health_every=0,
         accelerator="cpu", callbacks=[Kill()], checkpoint_dir=out / "checkpoints", checkpoint_every=4,
-        history_path=out / "history.csv")
+        history_path=out / "history.csv", **options)
 """)
 
 
-def _run(script, out, kill_at, objective="mae"):
-    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), objective], capture_output=True, text=True,
+def _run(script, out, kill_at, objective="mae", options=None):
+    extra = [json.dumps(options)] if options else []
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), objective, *extra], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -94,6 +97,28 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, tmp_path_factory, w
     if "dino" in objective:  # the step-dependent teacher temperature resumed too
         assert b["dino/teacher_temp"].tolist() == pytest.approx(a["dino/teacher_temp"].tolist())
         assert a["dino/teacher_temp"].iloc[-1] > a["dino/teacher_temp"].iloc[0]
+
+
+@pytest.mark.slow
+def test_killed_compiled_bf16_run_resumes_on_the_same_trajectory(tmp_path):
+    """With the whole task compiled (masks drawn from torch's generator inside the compiled graph)
+    and bf16 autocast: killed mid-epoch and resumed, the run follows its uninterrupted twin."""
+    from eolab.train import compile_unavailable
+
+    if reason := compile_unavailable():
+        pytest.skip(reason)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    options = {"compile": "task", "precision": "bf16-mixed"}
+    done = _run(script, tmp_path / "whole", kill_at=-1, options=options)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = _run(script, tmp_path / "killed", kill_at=10, options=options)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(script, tmp_path / "killed", kill_at=-1, options=options)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (pd.read_csv(tmp_path / name / "history.csv") for name in ("whole", "killed"))
+    assert a["step"].tolist() == b["step"].tolist() == list(range(1, 15))
+    torch.testing.assert_close(torch.tensor(b["loss"].to_numpy()), torch.tensor(a["loss"].to_numpy()), rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoints_load_weights_only(tmp_path):

@@ -234,6 +234,25 @@ def test_compiled_fit_matches_eager_and_keeps_checkpoint_keys():
 
 
 @pytest.mark.slow
+def test_compiled_task_keeps_seeds_masks_and_checkpoint_keys():
+    """fit(compile="task") compiles the task's whole forward (masking included): the masks still come
+    from torch's global generator (inductor's fallback_random), so the losses follow the eager run
+    and a seed fixes the run; parameter names are those of an eager run."""
+    from eolab.train import compile_unavailable
+
+    if reason := compile_unavailable():
+        pytest.skip(reason)
+    eager, h_eager = _mae_fit(8, 1, max_steps=3)
+    compiled, h_compiled = _mae_fit(8, 1, max_steps=3, compile="task")
+    again, h_again = _mae_fit(8, 1, max_steps=3, compile="task")
+    assert compiled._compiled_call_impl is not None  # the whole task ran compiled
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    torch.testing.assert_close(torch.tensor(h_compiled["loss"].to_numpy()), torch.tensor(h_eager["loss"].to_numpy()),
+                               rtol=1e-4, atol=1e-6)
+    assert h_again["loss"].tolist() == h_compiled["loss"].tolist()
+
+
+@pytest.mark.slow
 def test_bench_compile_adds_a_compiled_row(tmp_path):
     """`python -m benchmarks.throughput --compile` times the compiled blocks next to eager (or warns and skips)."""
     import csv

@@ -58,6 +58,14 @@ cells = [
     ),
     new_code_cell("report.plot_health(results);"),
     new_markdown_cell(
+        "## Time to quality\n\n"
+        "The in-loop k-NN accuracy against wall-clock training seconds (left) and training FLOPs (right), one colour "
+        "per arm: which arm reaches a given quality first, not only which one ends highest. The table gives, per arm, "
+        "the seconds and TFLOPs its runs took to first reach `level` (the lowest of the arms' best accuracies, so "
+        "every arm reaches it). Seconds depend on the machine and its load; FLOPs do not."
+    ),
+    new_code_cell("report.plot_time_to_quality(results);\nreport.time_to_quality(results)"),
+    new_markdown_cell(
         "## Compute and health per run\n\n"
         "Training FLOPs are counted per step from the model (forward and backward); with a FLOP budget "
         "(`train_tflops`) every run spends the same total, so costlier objectives take fewer steps."

@@ -95,18 +95,41 @@ class _GridTokenizer(nn.Module):
 
 
 class PatchTokenizer(_GridTokenizer):
-    """Square patches over all bands, linearly embedded (a strided convolution), plus fixed positions."""
+    """Square patches over all bands, linearly embedded, plus fixed positions.
+
+    The embedding is a per-patch matrix multiply. Its weight is kept as a strided convolution's
+    (``proj``, (D, C, p, p): the checkpoint layout of timm and of earlier eolab runs), but it runs
+    as patchify + matmul, which measured cheaper than the convolution on CPU (one GEMM, no im2col;
+    ``python -m benchmarks.throughput --embed conv,matmul``), and which can embed only the tokens
+    an encoder keeps (``keep``): a masked autoencoder embeds a quarter of the patches.
+    """
+
+    selects_tokens = True
+    """``forward`` takes ``keep`` and embeds only those tokens (the encoder need not gather)."""
 
     def __init__(self, bands: tuple[str, ...], img_size: int, patch_size: int, dim: int):
         super().__init__(bands, img_size, patch_size, dim, [list(range(len(bands)))])
         self.proj = nn.Conv2d(len(bands), dim, kernel_size=patch_size, stride=patch_size)
         # Initialise like a linear layer (MAE): the conv is a per-patch matrix multiply.
         nn.init.xavier_uniform_(self.proj.weight.view(dim, -1))
+        self.embed_as = "matmul"  # or "conv": the strided convolution over every patch (benchmarks)
 
-    def forward(self, image: Tensor, **context) -> Tensor:
-        x = self.proj(image)  # (B, D, H/p, W/p)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D), N = (H/p)*(W/p), row-major
-        return x + self.pos
+    def forward(self, image: Tensor, keep: Tensor | None = None, patches: Tensor | None = None, **context) -> Tensor:
+        """(B, C, H, W) -> (B, N, D) tokens with positions; with ``keep`` (B, K) only those, (B, K, D).
+        ``patches``: ``self.patchify(image)`` when the caller has it already (the MAE's target)."""
+        if self.embed_as == "conv":
+            x = self.proj(image).flatten(2).transpose(1, 2)  # (B, D, H/p, W/p) -> (B, N, D), row-major
+            x = x + self.pos
+            return x if keep is None else torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        if patches is None:
+            patches = self.patchify(image)  # (B, N, p*p*C), channel-last within a patch
+        pos = self.pos.expand(patches.shape[0], -1, -1)  # (B, N, D)
+        if keep is not None:
+            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, P)
+            pos = torch.gather(pos, 1, keep[..., None].expand(-1, -1, pos.shape[-1]))  # (B, K, D)
+        # The conv weight (D, C, p, p) in patchify's (p, p, C) order: (D, P).
+        weight = self.proj.weight.permute(0, 2, 3, 1).reshape(self.dim, -1)
+        return torch.addmm(self.proj.bias, patches.flatten(0, 1), weight.t()).view(*patches.shape[:2], -1) + pos
 
     def patchify(self, image: Tensor) -> Tensor:
         return patchify(image, self.patch_size)  # (B, N, p*p*C)

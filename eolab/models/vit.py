@@ -65,13 +65,17 @@ class ViTEncoder(nn.Module):
         learned ``token`` (iBOT, SimMIM), keeping their position code: the tokeniser's output for
         an all-zero input, which is its positional (and group, date) encoding plus the projection bias.
         """
-        x = self.tokenizer(image, **context)  # (B, N, D) with positions added
-        if hide is not None:
-            mask, token = hide
-            blank = self.tokenizer(torch.zeros_like(image), **context)  # (B, N, D) positions only
-            x = torch.where(mask[..., None], blank + token.to(x.dtype), x)
-        if keep is not None:
-            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        if hide is None and getattr(self.tokenizer, "selects_tokens", False):  # embeds the kept tokens only
+            x = self.tokenizer(image, keep=keep, **context)  # (B, K, D) (or (B, N, D)) with positions
+        else:
+            context.pop("patches", None)  # the tokeniser's own patches of `image` (and of the blank below)
+            x = self.tokenizer(image, **context)  # (B, N, D) with positions added
+            if hide is not None:
+                mask, token = hide
+                blank = self.tokenizer(torch.zeros_like(image), **context)  # (B, N, D) positions only
+                x = torch.where(mask[..., None], blank + token.to(x.dtype), x)
+            if keep is not None:
+                x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
 
     def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False,

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from eolab.history import LOSS_WINDOW, ends
 from eolab.intervals import bootstrap_ci
+from eolab.reports import history as history_report
 from eolab.runner.store import (
     HISTORY_NAME,
     RUNS_DIRNAME,
@@ -184,6 +185,41 @@ def plot_health(results: AblationResults) -> Figure | None:
     axes[0][-1].legend(title="run", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def arm_labels(results: AblationResults) -> dict[str, str]:
+    """Run id -> its arm: the ablated values other than the seed (``objective=mae``), so that the
+    seeds of one arm share a colour; the readable run id where runs.csv lacks them."""
+    runs = results.runs
+    keys = [k for k in results.grid_keys if k in runs.columns and k != "seed"]
+    if runs.empty or "run_id" not in runs:
+        return {r: run_label(r) for r in results.histories.get("run_id", pd.Series(dtype=str)).unique()}
+    return {row["run_id"]: ", ".join(f"{k}={row[k]}" for k in keys) if keys else run_label(row["run_id"])
+            for _, row in runs.iterrows()}
+
+
+def quality_curves(results: AblationResults) -> pd.DataFrame:
+    """Every run's in-loop k-NN accuracy against its training seconds and FLOPs (``flops_per_step``
+    from runs.csv x the step), with its arm: ``eolab.reports.history.quality_curves``."""
+    runs = results.runs
+    flops = dict(zip(runs["run_id"], runs["flops_per_step"], strict=True)) if {"run_id", "flops_per_step"} <= set(runs) else {}
+    return history_report.quality_curves(results.histories, arm_labels(results), flops)
+
+
+def plot_time_to_quality(results: AblationResults) -> Figure | None:
+    """k-NN accuracy against wall-clock seconds and training FLOPs per arm: which arm reaches a
+    given quality first, not only which ends highest."""
+    curves = quality_curves(results)
+    if curves.empty:
+        print("No in-loop k-NN accuracy in the histories (knn_every 0, or runs from before it was logged).")
+        return None
+    return history_report.plot_time_to_quality(curves, title=results.spec.get("name", ""))
+
+
+def time_to_quality(results: AblationResults, level: float | None = None) -> pd.DataFrame:
+    """Per arm, the seconds and TFLOPs its runs took to first reach k-NN accuracy ``level`` (default:
+    the lowest of the arms' best, which every arm reaches): ``eolab.reports.history.time_to_reach``."""
+    return history_report.time_to_reach(quality_curves(results), level).round(4)
 
 
 COMPUTE_COLUMNS = {"flops_per_step": "GFLOP/step", "train_steps": "steps", "train_flops": "train TFLOP",

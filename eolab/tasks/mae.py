@@ -52,11 +52,15 @@ class MaskedAutoencoder(nn.Module):
         b, n, groups = image.shape[0], tok.num_tokens, tok.groups
         keep, masked = self.mask_fn(b, n, self.mask_ratio, generator, image.device, groups=groups)  # (B, K), (B, M)
 
-        latent = self.encoder(image, keep=keep, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
+        # Pixels per token (B, N, P): the reconstruction target, and the encoder's input when its
+        # tokeniser embeds patches itself (computed once for both).
+        patches = tok.patchify(image)
+        shared = {"patches": patches} if getattr(tok, "selects_tokens", False) else {}
+        latent = self.encoder(image, keep=keep, **shared, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
         pred = self.decoder.predict_masked(latent, keep, masked, self.mask_token)  # (B, M, P): masked tokens only
 
         cells = n // groups
-        target = tok.patchify(image)  # (B, N, P), zero-padded where a group has fewer bands
+        target = patches  # (B, N, P), zero-padded where a group has fewer bands
         target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, P)
         group = masked // cells  # (B, M) group (band group, modality or date) of each masked token
         # Real target entries (B, M, P), or None when no group is zero-padded (skips the masking).

@@ -41,7 +41,7 @@ def quick_params() -> dict:
 
 
 def terminal_shot(command: str, out: Path, wait_for: str, workdir: Path, cols: int = 150, rows: int = 16,
-                  timeout_s: float = 900) -> None:
+                  settle_s: float = 5.0, timeout_s: float = 900) -> None:
     """Run `command` in a detached tmux session; when the screen shows `wait_for`, photograph it."""
     session = f"eolab-shot-{secrets.token_hex(3)}"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows), "-c", str(workdir),
@@ -53,9 +53,15 @@ def terminal_shot(command: str, out: Path, wait_for: str, workdir: Path, cols: i
             screen = subprocess.run(["tmux", "capture-pane", "-e", "-p", "-t", session], capture_output=True,
                                     text=True, check=True).stdout
             if wait_for in screen:
-                time.sleep(4.0)  # a few more refreshes, so the line carries a rate and a time left
-                screen = subprocess.run(["tmux", "capture-pane", "-e", "-p", "-t", session], capture_output=True,
-                                        text=True, check=True).stdout
+                # a few more refreshes (a rate, a time left), keeping the last screen that still shows it
+                until = time.monotonic() + settle_s
+                while time.monotonic() < until:
+                    time.sleep(0.5)
+                    later = subprocess.run(["tmux", "capture-pane", "-e", "-p", "-t", session], capture_output=True,
+                                           text=True, check=True).stdout
+                    if wait_for not in later:
+                        break
+                    screen = later
                 break
         else:
             raise TimeoutError(f"{command!r} never showed {wait_for!r}; last screen:\n{screen}")
@@ -86,16 +92,17 @@ def free_port() -> int:
 def jupyterlab_shot(out: Path, workdir: Path, timeout_s: float = 900) -> None:
     """Open the pre-training notebook (quick parameters) in JupyterLab, run all cells, photograph the bar."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = parameterize_notebook(nbformat.read(REPO / "notebooks" / "pretrain.ipynb", as_version=4),
+    nb = parameterize_notebook(load_notebook_node(str(REPO / "notebooks" / "pretrain.ipynb")),
                                {**quick_params(), "output_dir": str(workdir / "run"), "progress": "bar"})
     nbformat.write(nb, workdir / "quick.ipynb")
     port, token = free_port(), secrets.token_hex(16)
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir}", "--ServerApp.open_browser=False",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.news_url=", "--allow-root", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, "CI": "", "PYTHONPATH": str(REPO)})
     try:
@@ -114,6 +121,10 @@ def jupyterlab_shot(out: Path, workdir: Path, timeout_s: float = 900) -> None:
             cdp.send("Page.enable")
             cdp.send("Runtime.enable")
             cdp.send("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+            # a headless tab has no focus, and JupyterLab tracks the current notebook by focus events:
+            # without these, its commands see no notebook to act on
+            cdp.send("Emulation.setFocusEmulationEnabled", enabled=True)
+            cdp.send("Page.bringToFront")
             cdp.send("Page.navigate", url=f"{base}/lab/tree/quick.ipynb?token={token}")
 
             def js(expr: str):
@@ -123,35 +134,51 @@ def jupyterlab_shot(out: Path, workdir: Path, timeout_s: float = 900) -> None:
                 deadline = time.monotonic() + limit
                 while not js(expr):
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"JupyterLab: {what} did not happen within {limit:.0f} s")
+                        shot = out.with_suffix(".failed.png")
+                        shot.write_bytes(base64.b64decode(cdp.send("Page.captureScreenshot", format="png")["data"]))
+                        raise TimeoutError(f"JupyterLab: {what} did not happen within {limit:.0f} s (screen: {shot}; "
+                                           f"{js('location.href')}: {str(js('document.body.innerText'))[:300]!r})")
                     time.sleep(1.0)
 
             wait("!!document.querySelector('.jp-Notebook .jp-Cell') && "
                  "!!document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-Toolbar')", "the notebook opening", 180)
-            wait("Array.from(document.querySelectorAll('.jp-Toolbar-kernelStatus, .jp-Notebook-ExecutionIndicator'))"
-                 ".some(e => (e.getAttribute('data-status') || e.title || e.textContent || '').match(/idle/i))"
-                 " || !!document.querySelector('[data-status=\"idle\"]')", "the kernel starting", 180)
+            # no need to wait for the kernel: JupyterLab queues the cells until it is ready
+            # JupyterLab asks once whether to fetch its news; say no, so the question hides nothing
+            js("(() => { const b = Array.from(document.querySelectorAll('button')).find(e => e.textContent.trim() === 'No');"
+               " if (b) b.click(); return true; })()")
             time.sleep(2.0)
-            click_menu = """(async () => {
-              const press = (el) => { const r = el.getBoundingClientRect();
-                for (const type of ['mousedown', 'mouseup', 'click'])
-                  el.dispatchEvent(new MouseEvent(type, {bubbles: true, clientX: r.x + 5, clientY: r.y + 5, button: 0})); };
-              const menu = Array.from(document.querySelectorAll('.lm-MenuBar-itemLabel')).find(e => e.textContent.trim() === 'Run');
-              if (!menu) return 'no Run menu';
-              press(menu.parentElement);
-              await new Promise(r => setTimeout(r, 500));
-              const item = document.querySelector('.lm-Menu-item[data-command="notebook:run-all-cells"]');
-              if (!item) return 'no Run All Cells item';
-              press(item);
-              return 'ok';
-            })()"""
-            said = js(click_menu)
+            # Lumino's menus answer to DOM pointer events: hover the item, then press it
+            press = ("const press = (el) => { const r = el.getBoundingClientRect();"
+                     " for (const type of ['pointermove', 'mousemove', 'pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'])"
+                     " el.dispatchEvent(new (type.startsWith('pointer') ? PointerEvent : MouseEvent)(type,"
+                     " {bubbles: true, cancelable: true, clientX: r.x + 5, clientY: r.y + 5, button: 0})); };")
+            run_all = ("(() => { " + press +
+                       " const bar = Array.from(document.querySelectorAll('.lm-MenuBar-item')).find(e => e.textContent.trim() === 'Run');"
+                       " if (!bar) return 'no Run menu';"
+                       " if (!document.querySelector('.lm-Menu')) { press(bar); return 'opened'; }"
+                       " const item = Array.from(document.querySelectorAll('.lm-Menu-item')).find("
+                       "   e => /^Run All( Cells)?$/.test((e.querySelector('.lm-Menu-itemLabel') || {}).textContent || ''));"
+                       " if (!item) return 'no Run All item';"
+                       " if (item.classList.contains('lm-mod-disabled')) { press(bar); return 'disabled'; }"
+                       " press(item); return 'ok'; })()")
+            deadline, said = time.monotonic() + 180, ""
+            while time.monotonic() < deadline:
+                said = js(run_all)
+                if said == "ok":
+                    break
+                time.sleep(1.0)
             if said != "ok":
-                raise RuntimeError(f"JupyterLab: could not run the notebook ({said})")
+                shot = out.with_suffix(".failed.png")
+                shot.write_bytes(base64.b64decode(cdp.send("Page.captureScreenshot", format="png")["data"]))
+                raise RuntimeError(f"JupyterLab: could not run the notebook's cells ({said}; screen: {shot})")
             # the widget bar: tqdm's HBox with a progress bar, once it shows a step and a rate
             wait("Array.from(document.querySelectorAll('.jp-OutputArea-output')).some(e => "
                  "e.querySelector('.widget-progress, progress, .progress') && /it\\/s|s\\/it|img\\/s/.test(e.textContent))",
                  "the progress bar showing a rate", timeout_s)
+            # room for the notebook: fold the file browser away; and answer JupyterLab's news question
+            js("(() => { " + press + " const tab = document.querySelector('.jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current');"
+               " if (tab) press(tab); const no = Array.from(document.querySelectorAll('button'))"
+               ".find(e => e.textContent.trim() === 'No'); if (no) no.click(); return true; })()")
             time.sleep(3.0)
             top = js("(() => { const e = Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
                      ".find(e => e.querySelector('.widget-progress, progress, .progress'));"
@@ -181,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         if "ablate" in args.only:
             terminal_shot(f"cd {shlex_quote(str(REPO))} && {py} -m eolab ablate ablations/quick.yaml --force "
                           f"--results-root {shlex_quote(str(work / 'results'))}", args.out / "progress-ablate.png",
-                          wait_for="img/s", workdir=REPO)
+                          wait_for="img/s", workdir=REPO, rows=6)
         if "launch" in args.only:
             params = work / "quick.json"
             params.write_text(json.dumps({**quick_params(), "output_dir": str(work / "launch"), "progress": "bar"}))
             terminal_shot(f"cd {shlex_quote(str(REPO))} && {py} -m eolab.launch {shlex_quote(str(params))}",
-                          args.out / "progress-launch.png", wait_for="img/s", workdir=REPO, rows=8)
+                          args.out / "progress-launch.png", wait_for="img/s", workdir=REPO, rows=8, settle_s=1.0)
         if "jupyterlab" in args.only:
             (work / "lab").mkdir()
             jupyterlab_shot(args.out / "progress-jupyterlab.png", work / "lab")

@@ -554,13 +554,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in FORWARDING and argv[1:2] != ["--"]:
         argv = [argv[0], "--", *argv[1:]]  # their options belong to the module they forward to
     args = build_parser().parse_args(argv)  # --help ends here, before anything heavy is imported
+    from eolab.secrets import install_redacting_excepthook, known_secrets, redact
+
+    install_redacting_excepthook()  # an unexpected traceback may quote a storage URL
+    if argv and argv[0] in FORWARDING:  # their own command lines: help, usage errors and exit codes are theirs
+        return args.handler(args)
     from eolab.runner.execute import ExecutorError
     from eolab.runner.faults import BatchStopped
     from eolab.runner.notebook import KernelError
     from eolab.runner.spec import SpecError
-    from eolab.secrets import install_redacting_excepthook, known_secrets, redact
 
-    install_redacting_excepthook()  # an unexpected traceback may quote a storage URL
     try:
         return args.handler(args)
     except (SpecError, KernelError, ExecutorError, UsageError) as exc:

@@ -28,11 +28,10 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eolab.config import PretrainConfig
-from eolab.pipeline import STEPS, TRAINING_STEPS, Pipeline
-from eolab.train import slurm_layout
+if TYPE_CHECKING:  # the training stack is imported where a run needs it, so that --help is instant
+    from eolab.config import PretrainConfig
 
 SCRATCH_PREFIX = ".rank"
 """Scratch folder of a non-zero rank inside the run folder: ``<output_dir>/.rank<N>``."""
@@ -73,6 +72,8 @@ def make_config(params: dict[str, Any], output_dir: str | None = None) -> Pretra
     otherwise silently run the default)."""
     if output_dir is not None:
         params = {**params, "output_dir": output_dir}
+    from eolab.config import PretrainConfig
+
     return PretrainConfig.from_params(params)
 
 
@@ -96,6 +97,8 @@ def run(cfg: PretrainConfig, rank: int | None = None) -> dict | None:
     rank = global_rank() if rank is None else rank
     mine = for_rank(cfg, rank)
     try:
+        from eolab.pipeline import STEPS, TRAINING_STEPS, Pipeline
+
         return Pipeline(mine).run_all(STEPS if rank == 0 else TRAINING_STEPS)
     finally:
         if rank != 0:
@@ -110,6 +113,8 @@ def worker_main(parameters: dict[str, Any], notebook: str | Path | None = None) 
     params = dict(parameters)
     if notebook is not None:
         params = {**notebook_defaults(notebook), **params}
+    from eolab.config import PretrainConfig
+
     run(PretrainConfig.from_params(params))
 
 
@@ -148,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:  # unreadable file, unknown or invalid parameter
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from eolab.train import slurm_layout
+
     layout = slurm_layout()
     if layout is not None:  # the record says what ran: fit resolves these the same way
         cfg = dataclasses.replace(cfg, devices=str(layout[1]) if cfg.devices == "auto" else cfg.devices,

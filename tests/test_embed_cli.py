@@ -137,7 +137,7 @@ def _all_commands():
 
 def test_every_command_explains_its_options_without_importing_torch():
     """--help of every command, in a fresh interpreter: it prints its options and never imports torch."""
-    commands = [c for c in _all_commands() if c[0] not in ("bench", "benchmark", "launch")]  # these forward
+    commands = [c for c in _all_commands() if c[0] != "bench"]  # benchmark and launch forward: their help too
     script = (
         "import sys\nfrom eolab.__main__ import main\nfor argv in %r:\n"
         "    try:\n        main([*argv, '--help'])\n    except SystemExit:\n        pass\n"
@@ -149,4 +149,14 @@ def test_every_command_explains_its_options_without_importing_torch():
     assert "--results-root DIR" in out and "--quiet" in out and "--checkpoint ENC.pt" in out
     assert "RESULTS_ROOT" in out and "REFERENCE_DIR" in out
     for argv in commands:
-        assert f"usage: python -m eolab {' '.join(argv)}" in out
+        assert f"usage: python -m eolab {' '.join(argv)}" in out or (argv == ["launch"] and "usage: python -m eolab.launch" in out)
+
+
+def test_benchmark_help_defaults_are_the_batterys():
+    """The benchmark's --help spells its defaults out (no torch to print it): they must be the battery's."""
+    from eolab.cli import benchmark
+    from eolab.evaluate import battery
+
+    assert benchmark.DEFAULT_PROTOCOLS.split(",") == list(battery.PROTOCOLS)
+    assert benchmark.DEFAULT_SPLITS.split(",") == list(battery.SPLITS)
+    assert benchmark.DEFAULT_BASELINES.split(",") == list(battery.BASELINES)

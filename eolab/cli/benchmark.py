@@ -14,14 +14,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from ..checkpoint import CheckpointError
-from ..data.downstream import UnknownTaskError, check_task_names, task_names
-from ..evaluate.battery import BASELINES, PROTOCOLS, SPLITS, Settings, evaluate
-from ..reports.benchmark import diagnostics, headline, write_leaderboard
 from ..text import split_names
+
+# The battery's defaults, spelled out so that --help needs no torch (tests/test_benchmark.py checks
+# they equal eolab.evaluate.battery's PROTOCOLS, SPLITS and BASELINES).
+DEFAULT_PROTOCOLS = "linear,knn,few_shot,robustness,diagnostics,leakage"
+DEFAULT_SPLITS = "random,blocked,official"
+DEFAULT_BASELINES = "random_init,band_stats"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,9 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
     parser.add_argument("--tasks", default=None,
                         help="comma-separated task names or task files (*.yaml, see docs/benchmark.md); default: all")
-    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--splits", default=",".join(SPLITS))
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="random_init,band_stats (default), flat_series,series_summary (time series), or ''")
+    parser.add_argument("--protocols", default=DEFAULT_PROTOCOLS, help=f"comma-separated (default {DEFAULT_PROTOCOLS})")
+    parser.add_argument("--splits", default=DEFAULT_SPLITS, help=f"comma-separated (default {DEFAULT_SPLITS})")
+    parser.add_argument("--baselines", default=DEFAULT_BASELINES, help="random_init,band_stats (default), flat_series,series_summary (time series), or ''")
     parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
     parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
     parser.add_argument("--data-root", default=None)
@@ -46,6 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
                              "(probes refitted), with cached results; print the wall times")
     args = parser.parse_args(argv)
+    # the training stack, only once there is work to do (--help and usage errors stay fast)
+    import pandas as pd
+    import torch
+
+    from ..checkpoint import CheckpointError
+    from ..data.downstream import UnknownTaskError, check_task_names, task_names
+    from ..evaluate.battery import Settings, evaluate
+    from ..reports.benchmark import diagnostics, headline, write_leaderboard
+
     tasks = split_names(args.tasks) if args.tasks else task_names()
     try:  # an unknown name or a missing task file is a usage error, before any work
         check_task_names(tasks)

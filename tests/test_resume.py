@@ -181,13 +181,14 @@ def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, whole
 PACKED_SCRIPT = SCRIPT.replace(
     "torch.manual_seed(0)\n",
     "from eolab.data.stream import PackedDataset, open_corpus\n"
-    "Images = lambda: PackedDataset(open_corpus(sys.argv[4]))\n"
+    "Images = lambda: PackedDataset(open_corpus(sys.argv[5]))\n"
     "torch.manual_seed(0)\n",
 ).replace("health_every=0,", "health_every=0, num_workers=2,")
 
 
 def _run_packed(script, out, kill_at, corpus):
-    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), "mae", str(corpus)], capture_output=True,
+    # argv: out, kill_at, objective, fit() options (none), the corpus
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at), "mae", "{}", str(corpus)], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
             path.write_text(new, encoding="utf-8", errors="surrogateescape")
             changed += 1
         for left in leftovers(new):
-            print(f"{path.relative_to(ROOT)}: still holds {left}", file=sys.stderr)
+            print(f"{path.resolve().relative_to(ROOT)}: still holds {left}", file=sys.stderr)
     print(f"rewrote {changed} file(s)")
     return 0
 

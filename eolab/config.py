@@ -22,7 +22,7 @@ from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.downstream import is_task_file
 from .data.pretraining import DATASET_BANDS, TIME_SERIES, dataset_bands, is_packed
 from .data.sampling import parse_spec
-from .data.sources import SourceError, builtin_sources, load_source, source_bands
+from .data.sources import SourceError, builtin_sources, load_source
 from .models.vit import POOLS, SIZES, TOKENIZERS
 from .progress import PROGRESS_MODES
 from .tasks import AUGMENTATIONS, LATENT_LOSSES, MASKS, TaskParams, parse_objective
@@ -170,14 +170,12 @@ class PretrainConfig:
         except ValueError as exc:
             problems.append(str(exc))
         try:  # a packed corpus's bands are in its manifest: an unreachable location is named here, before training
-            known_bands = dataset_bands(self.dataset)
+            # scene sources with a problem are reported by the 'sources' check; their bands are unknown
+            readable = self.source_list if self.dataset == "scenes" and not source_problems(self.source_list) else ()
+            known_bands = dataset_bands(self.dataset, readable)
         except ValueError as exc:  # ShardError
             known_bands = None  # unknown: the dataset's problem is the one to report
             problems.append(f"parameter 'dataset': {exc}")
-        if self.dataset == "scenes" and self.source_list and not source_problems(self.source_list):
-            # scene sources say which bands they have (their cards): what all of them have can be read
-            provided = [source_bands(s) for s in self.source_list]
-            known_bands = tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
         # are not numbers, patch_size 0) is reported without hiding the others.
         checks = [

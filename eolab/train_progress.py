@@ -161,7 +161,6 @@ def quiet_library_noise() -> None:
 
 def progress_callbacks(mode: str, log_path: str | Path | None) -> list[L.Callback]:
     """The callbacks of a resolved ``progress`` mode: the bar (``bar``) and the run log (``bar``, ``log``)."""
-    quiet_library_noise()
     callbacks: list[L.Callback] = []
     if mode == "bar":
         callbacks.append(StepProgressBar())

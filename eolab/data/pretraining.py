@@ -20,6 +20,7 @@ from .bands import S2_L2A
 from .cache import PatchDataset, build_scene_cache
 from .pairs import S1_BANDS, PairedS1S2
 from .sampling import Pool, Selection, pool_reference, select
+from .sources import source_bands
 from .stream import PackedColumn, PackedDataset, open_corpus
 from .timeseries import SloveniaSeries, SSL4EOSeries
 
@@ -39,11 +40,15 @@ def is_packed(dataset: str) -> bool:
     return dataset.startswith(PACKED)
 
 
-def dataset_bands(dataset: str) -> tuple[str, ...]:
+def dataset_bands(dataset: str, sources: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The bands a dataset can provide; a packed corpus's from its manifest (read now: an
-    unreachable location raises ``ShardError`` naming it)."""
+    unreachable location raises ``ShardError`` naming it); scene tiles from ``sources``, the bands
+    all of them have (their cards say which)."""
     if is_packed(dataset):
         return open_corpus(dataset.removeprefix(PACKED)).bands
+    if dataset == "scenes" and sources:
+        provided = [source_bands(s) for s in sources]
+        return tuple(b for b in provided[0] if all(b in p for p in provided[1:]))
     return DATASET_BANDS.get(dataset, ())
 
 

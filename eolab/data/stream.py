@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..io import write_bytes_atomic
 from .paths import REPO_ROOT, cache_root
 from .shards import MANIFEST, SHARD_FORMAT, ShardError
 
@@ -102,15 +102,11 @@ class PackedCorpus:
             return data
         except FileNotFoundError:
             pass
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             data = self._fs().cat_file(self.url(name))
         except Exception as exc:  # noqa: BLE001 - any transport error, named
             raise ShardError(f"shard {self.url(name)} cannot be fetched: {type(exc).__name__}: {exc}") from exc
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local)  # workers sharing the cache never see half a shard
+        write_bytes_atomic(local, data)  # workers sharing the cache never see half a shard
         self._evict(keep=local)
         return data
 

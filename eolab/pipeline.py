@@ -331,6 +331,18 @@ def _cost(cfg: PretrainConfig, run: PretrainResult) -> dict[str, float]:
     return {"cpu_hours": (usage.ru_utime + usage.ru_stime) / 3600, "gpu_hours": gpus * run.train_time_s / 3600}
 
 
+def loss_metrics(history: pd.DataFrame) -> dict[str, float]:
+    """The loss's mean over the first and the last 10 % of steps and whether it fell (1.0 / 0.0). A
+    run of a single optimiser step has no trend: its ends are that step's loss and "fell" is NaN
+    (undecided), so the record is still written."""
+    trend = ends(history, "loss")
+    if trend is None:
+        only = float(history["loss"].dropna().iloc[-1]) if "loss" in history and history["loss"].notna().any() else float("nan")
+        return {"loss_first10pct": only, "loss_last10pct": only, "loss_fell": float("nan")}
+    first, last = trend
+    return {"loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first)}
+
+
 def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, evaluation: Evaluation,
                  started: float | None = None, benchmark: pd.DataFrame | None = None) -> dict:
     """Write ``record.json`` into the run folder and return it. ``benchmark`` is the embedding
@@ -338,14 +350,14 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     wrote it."""
     scores = evaluation.scores
     h = run.history
-    first, last = ends(h, "loss")
+    loss = loss_metrics(h)
     summary = scores.groupby("encoder")["accuracy"].agg(["mean", "std"])
     metrics = {f"{enc}_acc_{stat}": float(summary.loc[enc, stat]) for enc in summary.index for stat in ("mean", "std")}
     # Health, and the reconstruction error per band group or date where the objective reports it.
     tracked = ["embedding_std", "effective_rank", "knn_accuracy", *(c for c in h.columns if "recon_" in c)]
     health = {name.replace("/", "_"): ends(h, name) for name in tracked}
     metrics.update({
-        "loss_first10pct": first, "loss_last10pct": last, "loss_fell": float(last < first),
+        **loss,
         "train_steps": int(h["step"].max()), "train_time_s": run.train_time_s,
         "train_images_per_s": float(len(h) * cfg.batch_size * cfg.accumulate / run.train_time_s),  # a row per optimiser step
         **{f"final_{name}": v[1] for name, v in health.items() if v},
@@ -358,7 +370,7 @@ def write_record(cfg: PretrainConfig, data: PreparedData, run: PretrainResult, e
     # Collapse while the loss falls is the silent failure of self-supervised runs: flag it.
     collapsed_batch = health["effective_rank"] is not None and health["effective_rank"][1] < 2.0
     metrics["collapsed"] = float(collapsed_batch or bool(evaluation.diagnostics.get("pretrained_collapsed", 0.0)))
-    metrics["collapsed_while_loss_fell"] = float(metrics["collapsed"] and last < first)
+    metrics["collapsed_while_loss_fell"] = float(metrics["collapsed"] and loss["loss_fell"] == 1.0)
     record = {
         "run_id": Path(cfg.output_dir).resolve().name,
         "task": cfg.objective,

@@ -6,6 +6,7 @@ skipped locally with `-m "not slow"`.
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,3 +126,26 @@ def test_scene_run_with_sampler_held_out_loss_and_benchmark(tmp_path):
     pretrained = era5[era5["encoder"] == "pretrained"]
     assert len(pretrained) and pretrained["not_applicable"].str.contains("lacks bands").all()  # said, not faked
     assert (table[(table["task"] == "eurosat") & (table["encoder"] == "pretrained")]["value"].notna()).any()
+
+
+def test_loss_metrics_of_one_step_is_undecided_not_an_error():
+    from eolab.pipeline import loss_metrics
+
+    one = loss_metrics(pd.DataFrame({"step": [1], "loss": [0.8]}))
+    assert one["loss_first10pct"] == one["loss_last10pct"] == 0.8 and np.isnan(one["loss_fell"])
+    falling = loss_metrics(pd.DataFrame({"step": range(1, 21), "loss": np.linspace(1.0, 0.5, 20)}))
+    assert falling["loss_fell"] == 1.0 and falling["loss_first10pct"] > falling["loss_last10pct"]
+
+
+def test_a_single_optimiser_step_run_writes_its_record(tmp_path):
+    """One optimiser step (a smoke test of a new configuration) used to fail in write_record."""
+    import eolab.pipeline as ex
+
+    cfg = ex.PretrainConfig(**TINY, sources="hydro", n_pretrain=16, batch_size=16, knn_every=0,
+                            probe_baselines=False, output_dir=str(tmp_path))
+    data = ex.prepare_data(cfg)
+    run = ex.pretrain(cfg, data)
+    record = ex.write_record(cfg, data, run, ex.evaluate(cfg, data, run))
+    metrics = record["metrics"]
+    assert metrics["train_steps"] == 1 and np.isfinite(metrics["loss_last10pct"]) and np.isnan(metrics["loss_fell"])
+    assert (tmp_path / "record.json").exists()

@@ -227,3 +227,21 @@ def test_interrupt_marks_runs_failed_and_writes_tables(tmp_path, notebook, signu
     assert "nterrupt" in runs.loc[ids[7], "error"] and set(table["run_id"]) == {ids[1]}
     assert not RunStore(results / "faults").is_done(ids[7])
     assert not (results / "faults" / "runs" / ids[7] / "claim").exists()  # released: a re-run may take it
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """Writers that want a file name (netCDF, pandas CSV) go through eolab.io.write_atomic too."""
+    from eolab.io import write_atomic
+
+    target = tmp_path / "rows.csv"
+    target.write_text("old\n")
+
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt  # a kill between writing and renaming
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+    write_atomic(target, lambda tmp: tmp.write_text("new\n"))
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from ..data.paths import cache_root
+from ..io import write_atomic
 
 ENGINE = "netcdf4"
 
@@ -46,20 +45,6 @@ def code_version(*modules) -> str:
 def _safe(text: str) -> str:
     """A file-name-safe rendering of a key part."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _write_atomic(ds: xr.Dataset, path: Path) -> None:
-    """Write netCDF into a temporary file beside ``path`` and rename it: a killed write never
-    leaves a half-written file that a later call would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _coords(samples: dict) -> dict:
@@ -162,7 +147,7 @@ class EmbeddingStore:
         ds = embeddings_dataset(compute(), samples() if callable(samples) else samples,
                                 {**attrs, "task": key.task, "task_fingerprint": key.task_fingerprint,
                                  "pool": key.pool, "block": key.block, "variant": key.variant, "code_version": key.code})
-        _write_atomic(ds, self.path(key))
+        write_atomic(self.path(key), lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
         return ds
 
     def rows(self, encoder: str, task: str, key: dict, compute: Callable[[], list[dict]]) -> list[dict]:
@@ -175,11 +160,7 @@ class EmbeddingStore:
             table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""], "ci_low": [""], "ci_high": [""]})
             return table.to_dict(orient="records")
         rows = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
         return rows
 
     def samples(self, task: str, task_fingerprint: str, load) -> dict:
@@ -189,5 +170,5 @@ class EmbeddingStore:
             with xr.open_dataset(path, engine=ENGINE) as ds:
                 return samples_from_dataset(ds.load())
         batch = load()
-        _write_atomic(samples_dataset(batch), path)
+        write_atomic(path, lambda tmp: samples_dataset(batch).to_netcdf(tmp, engine=ENGINE))
         return samples_from_dataset(samples_dataset(batch))

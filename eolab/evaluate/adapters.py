@@ -452,16 +452,15 @@ class EmbeddingsEncoder(BenchEncoder):
     def rows_for(self, ids, lonlat) -> tuple[np.ndarray, str]:
         """Row of the file for each sample (-1: none) and how they were joined."""
         ids = [str(i) for i in ids]
+        by_lonlat = self.join != "id" and self.tolerance_m is not None and self.lonlat is not None
         if self.join in ("auto", "id") and self._index:
             rows = np.array([self._index.get(i, -1) for i in ids])
-            if self.join == "id" or (rows >= 0).all():
+            if (rows >= 0).all() or not by_lonlat:
                 return rows, "id"
         if self.join == "id":
             raise MissingEmbeddings(f"{self.path}: no id column {self.columns[0]!r} to join by id")
-        if self.tolerance_m is None or self.lonlat is None:
-            found = int((np.array([self._index.get(i, -1) for i in ids]) >= 0).sum()) if self._index else 0
-            raise MissingEmbeddings(f"{len(ids) - found} of {len(ids)} samples have no embedding in {self.path} by id"
-                                    + ("" if self.lonlat is None else "; give tolerance_m to join by lon/lat"))
+        if not by_lonlat:
+            raise MissingEmbeddings(f"{self.path}: no ids, and no tolerance_m to join by lon/lat")
         return _nearest(np.asarray(lonlat, dtype=float), self.lonlat, self.tolerance_m), "lonlat"
 
     def features(self, task, batch, plan, pool="mean", block=-1, drop=()) -> np.ndarray:
@@ -469,7 +468,8 @@ class EmbeddingsEncoder(BenchEncoder):
         rows, how = self.rows_for(batch["id"], lonlat if lonlat is not None else np.full((len(batch["id"]), 2), np.nan))
         missing = int((rows < 0).sum())
         if missing:
-            where = "by id" if how == "id" else f"within {self.tolerance_m:g} m by lon/lat"
+            where = f"within {self.tolerance_m:g} m by lon/lat" if how == "lonlat" else "by id" + (
+                "; give tolerance_m to join the others by lon/lat" if self.lonlat is not None and self.tolerance_m is None else "")
             raise MissingEmbeddings(f"{missing} of {len(rows)} samples of {task.name} have no embedding in "
                                     f"{self.path.name} ({where})")
         return self.vectors[rows]

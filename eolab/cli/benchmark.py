@@ -1,6 +1,8 @@
 """The embedding benchmark from the command line: one or more checkpoints through every task.
 
     python -m eolab benchmark --checkpoint results/.../encoder.pt --output results/benchmark
+    python -m eolab benchmark --encoder torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO --tasks eurosat
+    python -m eolab benchmark --encoder torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO@moco.pth --encoder my_timm.yaml
     python -m eolab benchmark --checkpoint results/.../encoder.pt --timing
     python -m eolab benchmark --checkpoint results/.../encoder.pt --tasks eurosat,path/to/my_task.yaml
 """
@@ -25,7 +27,10 @@ DEFAULT_BASELINES = "random_init,band_stats"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eolab benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, action="append", help="eolab encoder checkpoint (repeatable)")
+    parser.add_argument("--checkpoint", action="append", default=[], help="eolab encoder checkpoint (repeatable)")
+    parser.add_argument("--encoder", action="append", default=[], metavar="SPEC",
+                        help="another encoder (repeatable): torchgeo:<Weights>.<NAME>[@weights.pth|@random], "
+                             "embeddings:<file.parquet|.zarr|.nc>, or an encoder YAML file (docs/benchmark.md)")
     parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
     parser.add_argument("--tasks", default=None,
                         help="comma-separated task names or task files (*.yaml, see docs/benchmark.md); default: all")
@@ -45,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run three times (a fresh cache unless --cache-dir): from scratch, with cached embeddings "
                              "(probes refitted), with cached results; print the wall times")
     args = parser.parse_args(argv)
+    if not args.checkpoint and not args.encoder:
+        parser.error("give --checkpoint or --encoder (either repeatable)")
     # the training stack, only once there is work to do (--help and usage errors stay fast)
     import pandas as pd
     import torch
@@ -65,7 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               "blocks": [int(b) for b in split_names(args.blocks)], "data_root": args.data_root,
               "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
               "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed)}
-    encoder = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
+    from ..evaluate.adapters import AdapterError, spec_encoder
+
+    try:  # every encoder is built before any work: a bad spec is named now
+        others = [spec_encoder(spec, seed=args.seed) for spec in args.encoder]
+    except AdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    items = [*args.checkpoint, *others]
+    encoder = items if len(items) > 1 else items[0]
     try:
         if args.timing:
             with tempfile.TemporaryDirectory(prefix="eolab-bench-") as tmp:

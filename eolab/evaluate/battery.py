@@ -52,6 +52,7 @@ from ..models import vit as _vit
 from ..provenance import git_commit
 from ..run_folder import BENCHMARK_NAME
 from ..tasks.augment import AUGMENTATIONS
+from . import adapters as _adapters
 from . import diagnostics as _diagnostics
 from . import encoders as _encoders
 from . import leakage as _leakage
@@ -72,9 +73,9 @@ TEMPORAL_BASELINES = ("flat_series", "series_summary")
 DROPS: dict[str, tuple[str, ...]] = {"no_swir": ("B11", "B12"), "no_s1": ("VV", "VH")}
 """Robustness scenarios: bands missing at test time (a scenario applies when the encoder reads some,
 not all, of its bands)."""
-EMBED_VERSION = code_version(_encoders, _probe, _vit, _tokenizers)
+EMBED_VERSION = code_version(_encoders, _adapters, _probe, _vit, _tokenizers)
 """Part of every cached embedding's key: editing the adapters or the model code recomputes them."""
-CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _probe, _intervals)
+CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _adapters, _probe, _intervals)
 """Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
 COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
            "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke", "note")
@@ -107,7 +108,7 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
                      seed: int = 0) -> list[BenchEncoder]:
     """The encoders to benchmark: ``encoder`` (a checkpoint path, an ``EolabEncoder`` or other
     ``BenchEncoder``, or a list of them) followed by the requested baselines, derived from the
-    first eolab encoder: ``random_init`` (same architecture, seeded) and ``band_stats`` (restricted
+    first eolab encoder (else the first torch-module-backed one): ``random_init`` (same architecture, seeded) and ``band_stats`` (restricted
     to its bands), and on request the temporal ``flat_series`` and ``series_summary`` (time series only)."""
     items = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
     encoders = []
@@ -120,11 +121,14 @@ def resolve_encoders(encoder, baselines: Sequence[str] = BASELINES, name: str | 
             raise TypeError(f"cannot benchmark {type(item).__name__}: pass a checkpoint path, an EolabEncoder, or "
                             "wrap a function or module as FunctionEncoder(fn, bands=..., unit=...) to declare its inputs")
     first = next((e for e in encoders if isinstance(e, EolabEncoder)), None)
+    # without an eolab encoder, the first one backed by a torch module (timm, torchgeo, ...) is copied
+    first = first or next((e for e in encoders if _adapters.module_backed(e)), None)
     for b in baselines:
         if b == "random_init":
             if first is None:
-                raise ValueError("the random_init baseline needs an eolab encoder to copy the architecture of")
-            encoders.append(first.random_init(seed))
+                raise ValueError("the random_init baseline needs an eolab encoder or a torch-module encoder to copy "
+                                 "the architecture of (precomputed embeddings and plain functions have none)")
+            encoders.append(first.random_init(seed) if isinstance(first, EolabEncoder) else _adapters.random_twin(first, seed))
         elif b == "band_stats":
             encoders.append(BandStats(first.bands if first else None))
         elif b == "flat_series":
@@ -376,7 +380,7 @@ def _views_apply(task: Task) -> bool:
 def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Plan, axes, x: np.ndarray) -> list[dict]:
     s = run.settings
     rows = [_subsample_row(ctx, "effective_rank", lambda i: effective_rank(x[i]), len(x), s)]
-    if not _views_apply(run.task):
+    if not _views_apply(run.task) or not getattr(enc, "reads_images", True):  # precomputed embeddings see no views
         return rows
     transforms = AUGMENTATIONS[s.augment]
 

@@ -10,7 +10,7 @@ SPEC ?= ablations/mask_ratio.yaml
 DEMO_RESULTS ?= demo-results
 NAME = $(basename $(notdir $(SPEC)))
 
-.PHONY: demo quick check-results test test-fast lint env clean-results
+.PHONY: demo quick own-data check-results test test-fast lint env clean-results
 
 env: $(VENV)/.installed
 
@@ -27,6 +27,14 @@ demo: env
 
 quick: env
 	$(PY) -m eolab ablate ablations/quick.yaml --force --results-root $(DEMO_RESULTS)
+
+# Your own corpus, no Python: TerraMesh S2 L2A + BigEarthNet-S2, each a card + source file, packed into
+# .cache/corpora/own_data/ (a re-run keeps the finished shards), then ablations/own_data.yaml pre-trains on
+# the same windows read as scenes and streamed from the packed corpus; compared with results/own_data.
+own-data: env
+	$(PY) -m eolab data pack sources/terramesh_s2l2a.yaml,sources/bigearthnet_s2.yaml --out .cache/corpora/own_data
+	$(PY) -m eolab ablate ablations/own_data.yaml --force --results-root $(DEMO_RESULTS)
+	$(PY) -m eolab results diff $(DEMO_RESULTS)/own_data results/own_data
 
 # Which committed results were made by a commit older than the last change to eolab/ or notebooks/.
 check-results: env

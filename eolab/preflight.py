@@ -10,8 +10,9 @@ JSON to stdout::
 
     {"problems": [{"label": ..., "message": ...}, ...], "data_roots": [...], "runs": N}
 
-Every problem of every run is listed: each bad parameter value (`PretrainConfig.problems`) and each
-input folder the run would not find (`eolab.data.inputs.missing_inputs`).
+Every problem of every run is listed: each bad parameter value (`PretrainConfig.problems`), each
+input folder the run would not find (`eolab.data.inputs.missing_inputs`), and a packed corpus
+(`dataset: packed:<folder>`) that is not packed yet, with the `data pack` command that writes it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,48 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from eolab.config import ParameterError, PretrainConfig
 from eolab.data.inputs import missing_inputs, resolve_root
+from eolab.data.paths import REPO_ROOT
+from eolab.data.pretraining import PACKED, is_packed
+from eolab.data.shards import MANIFEST
+
+DEFAULT_SOURCES = next(f.default for f in dataclasses.fields(PretrainConfig) if f.name == "sources")
+
+
+def corpus_folder(dataset: str) -> Path | None:
+    """The local folder a run with ``dataset: packed:<folder>`` reads (None: not packed, or a URL).
+
+    A run's notebook starts in notebooks/ and a spec's relative paths are relative to the repository
+    root, so a relative folder is the repository's (as ``open_corpus`` finds it from a notebook), not
+    the current directory's of whoever called ``ablate``.
+    """
+    location = dataset.removeprefix(PACKED).rstrip("/")
+    if not is_packed(dataset) or not location or ("://" in location and not location.startswith("file://")):
+        return None
+    folder = Path(location.removeprefix("file://")).expanduser()
+    return folder if folder.is_absolute() else REPO_ROOT / folder
+
+
+def missing_corpus(dataset: str, sources: str) -> str | None:
+    """Why the packed corpus of ``dataset`` is not there (with the command that packs it), or None."""
+    folder = corpus_folder(dataset)
+    if folder is None or (folder / MANIFEST).is_file():
+        return None
+    location = dataset.removeprefix(PACKED)
+    shown = location if Path(location.removeprefix("file://")).expanduser().is_absolute() else f"{location} ({folder})"
+    what = "has no manifest.json (a pack that never finished?)" if folder.is_dir() else "does not exist"
+    # the run's own sources when it names them: for a corpus packed from them, the exact command
+    packed_from = sources if sources and sources != DEFAULT_SOURCES else "SOURCES"
+    elsewhere = Path.cwd() / location
+    hint = (f"; {elsewhere} has one: give its absolute path, dataset: packed:{elsewhere}"
+            if not Path(location).is_absolute() and (elsewhere / MANIFEST).is_file() else "")
+    out = location if Path.cwd().resolve() == REPO_ROOT.resolve() else folder  # --out is relative to where pack runs
+    return (f"parameter 'dataset': packed corpus {shown} {what}: pack it first with "
+            f"`python -m eolab data pack {packed_from} --out {out}`{hint}")
 
 
 def check_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -33,10 +72,17 @@ def check_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     seen_inputs: dict[tuple, list[str]] = {}
     for run in runs:
         label, params = run["label"], {k: v for k, v in run["params"].items() if k in fields}
+        unpacked = None
+        if isinstance(params.get("dataset"), str):
+            unpacked = missing_corpus(params["dataset"], str(params.get("sources", DEFAULT_SOURCES)))
+        if unpacked:
+            problems.append({"label": label, "message": unpacked})
         try:
             cfg = PretrainConfig(**params)
         except ParameterError as exc:
-            problems += [{"label": label, "message": m} for m in exc.problems]
+            # the config's own message for an unreadable corpus ("cannot read manifest.json") says less
+            said = [m for m in exc.problems if not (unpacked and m.startswith("parameter 'dataset': packed corpus"))]
+            problems += [{"label": label, "message": m} for m in said]
             continue
         key = (cfg.data_root, cfg.dataset, cfg.source_list, cfg.val_source_list, cfg.eurosat)
         if key not in seen_inputs:

@@ -207,3 +207,29 @@ def test_digital_numbers_declared_as_reflectance_are_named_with_the_task_and_ban
                                          unit="dn", bands=["B02", "B03", "B04"]))
     assert any("task scaled: bands declared as digital numbers hold reflectance-like values: B02" in n
                for n in scaled.load()["notes"])
+
+
+# ----------------------------------------------------------------------------------------------
+# A task's files are decoded once: the check before pre-training and the benchmark after it share it
+
+
+def test_a_file_keyed_task_is_read_from_its_files_once_until_they_change(tmp_path, monkeypatch, caplog):
+    from eolab.data import taskfile
+    from eolab.data.paths import cache_root
+    from eolab.data.taskdef import TASK_CACHE
+
+    monkeypatch.setenv("EOLAB_CACHE", str(tmp_path / "cache"))
+    reads = []
+    read_arrays = taskfile._read_arrays
+    monkeypatch.setattr(taskfile, "_read_arrays", lambda *a: reads.append(1) or read_arrays(*a))
+    path = _arrays_task(tmp_path, _dn(), sensor="sentinel2_l2a", bands=["B02", "B03", "B04"])
+    first, second = load_task_file(path).load(), load_task_file(path).load()
+    assert len(reads) == 1 and torch.equal(first["image"], second["image"]) and first["notes"] == second["notes"]
+    np.save(tmp_path / "cardtask" / "x.npy", _dn(seed=5))  # new content: a new key, read again
+    third = load_task_file(path).load()
+    assert len(reads) == 2 and not torch.equal(first["image"], third["image"])
+    for entry in (cache_root() / TASK_CACHE).glob("cardtask-*.pkl"):
+        entry.write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING):
+        again = load_task_file(path).load()
+    assert len(reads) == 3 and torch.equal(again["image"], third["image"]) and "unreadable" in caplog.text

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .paths import data_root
+from ..io import write_bytes_atomic
+from .paths import cache_root, data_root
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,37 @@ class Task:
         units = [self.units[self.bands.index(b)] for b in bands]
         return "+".join(dict.fromkeys(units))
 
-    def load(self, root: str | Path | None = None) -> dict:
+    def load(self, root: str | Path | None = None, key: str | None = None) -> dict:
         """The loader's batch, checked against the declaration and normalised (``normalise_batch``:
-        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit)."""
-        batch = self.loader(data_root(root))
+        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit).
+
+        The loader's output of a task keyed by its files (see ``fingerprint``) is kept in
+        ``<EOLAB_CACHE>/tasks``, so a later load in any process reads it back instead of decoding the
+        files again: a pre-training run checks its benchmark tasks before training and scores them
+        after it, and every encoder of a sweep is benchmarked on the same tasks. ``key``: the task's
+        fingerprint, where the caller has it already."""
+        root = data_root(root)
+        batch = self._loaded(root, key)
         _check_batch(self, batch)
         return normalise_batch(self, batch)
+
+    def _loaded(self, root: Path, key: str | None) -> dict:
+        if not self.files or loader_identity(self.loader) is None:  # keyed by its content: nothing to look up
+            return self.loader(root)
+        path = cache_root() / TASK_CACHE / f"{_safe_name(self.name)}-{key or self.fingerprint(root)}.pkl"
+        if path.is_file():
+            try:
+                with path.open("rb") as handle:
+                    return pickle.load(handle)
+            except Exception as exc:  # a damaged entry is read again from the files, never trusted
+                log.warning("task %s: cached batch %s unreadable (%s: %s); reading the files", self.name, path,
+                            type(exc).__name__, exc)
+        batch = self.loader(root)
+        try:
+            write_bytes_atomic(path, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:  # the cache is an optimisation
+            log.warning("task %s: batch not cached (%s: %s)", self.name, type(exc).__name__, exc)
+        return batch
 
     def fingerprint(self, root: str | Path | None = None, batch: Callable[[], dict] | None = None) -> str:
         """Hash of the task definition and of its content: a changed input or label set gives a new
@@ -100,6 +126,14 @@ class Task:
         else:
             h.update(batch_digest(batch() if batch is not None else self.load(root)).encode())
         return h.hexdigest()[:16]
+
+
+TASK_CACHE = "tasks"
+"""Folder under ``cache_root()`` of the loaded batches of file-keyed tasks (``Task.load``)."""
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 HASH_CONTENT_BYTES = 8 << 20

@@ -20,6 +20,10 @@ and the field). Four kinds of data:
               ``axes`` (any of sample, time, band, y, x); targets, coordinates, groups, test flags,
               months or days of year from arrays of the same samples
 
+Bands: declared inline (name, wavelength, bandwidth, unit, scale, ...) or taken from a sensor card
+(``sensor: sentinel2_l2a`` or a card's path; bands by name, or all of the card's), inline fields
+overriding the card's (``_bands_from_card``).
+
 Values: ``value = raw * scale + offset`` per band (a scale whose inverse is an integer, such as
 0.0001, divides by that integer: exact in float32); ``nodata`` raw values become no-data, which the
 benchmark fills and counts (``downstream.normalise_batch``). Labels: any values, mapped to named

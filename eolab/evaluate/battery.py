@@ -178,7 +178,7 @@ class TaskRun:
     def batch(self) -> dict:
         if self._batch is None:
             t0 = time.perf_counter()
-            self._batch = self.task.load(self.root)
+            self._batch = self.task.load(self.root, key=getattr(self, "fingerprint", None))  # unset while a content-keyed task is fingerprinted
             log.info("%s: loaded in %.1f s", self.task.name, time.perf_counter() - t0)
         return self._batch
 

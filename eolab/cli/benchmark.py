@@ -23,6 +23,7 @@ from ..text import split_names
 DEFAULT_PROTOCOLS = "linear,knn,few_shot,robustness,diagnostics,leakage"
 DEFAULT_SPLITS = "random,blocked,official"
 DEFAULT_BASELINES = "random_init,band_stats"
+TEMPORAL_POOLINGS = "mean,concat,probe"  # eolab.evaluate.encoders.TEMPORAL_POOLINGS (checked by the tests)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baselines", default=DEFAULT_BASELINES, help="random_init,band_stats (default), flat_series,series_summary (time series), or ''")
     parser.add_argument("--pools", default="mean", help="ViT pooling axis, e.g. mean,cls,mean_std")
     parser.add_argument("--blocks", default="-1", help="ViT depth axis, e.g. -1,-2 (last, the one before)")
+    parser.add_argument("--temporal-pooling", default="mean",
+                        help="axis for single-date encoders on time series: per-date embeddings pooled by mean "
+                             "(default), concat (T x D, date order) or probe (attention learned per fold), e.g. mean,concat")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: <EOLAB_CACHE>/embeddings)")
     parser.add_argument("--no-leakage-record", action="store_true", help="do not rebuild pre-training footprints")
@@ -52,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.encoder:
         parser.error("give --checkpoint or --encoder (either repeatable)")
+    temporal = tuple(split_names(args.temporal_pooling))
+    if not temporal or set(temporal) - set(TEMPORAL_POOLINGS.split(",")):
+        parser.error(f"--temporal-pooling: choose from {TEMPORAL_POOLINGS} (comma-separated), got {args.temporal_pooling!r}")
     # the training stack, only once there is work to do (--help and usage errors stay fast)
     import pandas as pd
     import torch
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "baselines": split_names(args.baselines), "pools": split_names(args.pools),
               "blocks": [int(b) for b in split_names(args.blocks)], "data_root": args.data_root,
               "pretraining": None if args.no_leakage_record else "auto", "name": args.name,
-              "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed)}
+              "settings": Settings(folds=args.folds, repeats=args.repeats, seed=args.seed, temporal_pooling=temporal)}
     from ..evaluate.adapters import AdapterError, spec_encoder
 
     try:  # every encoder is built before any work: a bad spec is named now

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .paths import data_root
+from ..io import write_bytes_atomic
+from .paths import cache_root, data_root
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,17 @@ class Task:
     wavelengths: tuple[float | None, ...] = ()  # centre wavelength (nm) per band, where declared
     bandwidths: tuple[float | None, ...] = ()  # bandwidth (nm) per band, where declared
     source: str = ""  # the task file it was read from, if any
+    conversions: tuple[tuple[tuple[str, float, float], ...], ...] = ()
+    """Per band (or empty): affine conversions (unit, scale, offset) from the band's unit to another,
+    ``value_in_unit = value * scale + offset``, as a sensor card declares them (e.g. digital numbers
+    to reflectance); the benchmark applies one when an encoder reads that unit."""
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         if not len(self.bands) == len(self.units) == len(self.modality):
             raise ValueError(f"task {self.name}: bands, units and modality must have one entry per band")
-        for name in ("wavelengths", "bandwidths"):
+        for name in ("wavelengths", "bandwidths", "conversions"):
             if getattr(self, name) and len(getattr(self, name)) != len(self.bands):
                 raise ValueError(f"task {self.name}: {name} must have one entry per band")
 
@@ -68,12 +73,37 @@ class Task:
         units = [self.units[self.bands.index(b)] for b in bands]
         return "+".join(dict.fromkeys(units))
 
-    def load(self, root: str | Path | None = None) -> dict:
+    def load(self, root: str | Path | None = None, key: str | None = None) -> dict:
         """The loader's batch, checked against the declaration and normalised (``normalise_batch``:
-        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit)."""
-        batch = self.loader(data_root(root))
+        labels made contiguous, no-data filled and counted, missing coordinates and groups made explicit).
+
+        The loader's output of a task keyed by its files (see ``fingerprint``) is kept in
+        ``<EOLAB_CACHE>/tasks``, so a later load in any process reads it back instead of decoding the
+        files again: a pre-training run checks its benchmark tasks before training and scores them
+        after it, and every encoder of a sweep is benchmarked on the same tasks. ``key``: the task's
+        fingerprint, where the caller has it already."""
+        root = data_root(root)
+        batch = self._loaded(root, key)
         _check_batch(self, batch)
         return normalise_batch(self, batch)
+
+    def _loaded(self, root: Path, key: str | None) -> dict:
+        if not self.files or loader_identity(self.loader) is None:  # keyed by its content: nothing to look up
+            return self.loader(root)
+        path = cache_root() / TASK_CACHE / f"{_safe_name(self.name)}-{key or self.fingerprint(root)}.pkl"
+        if path.is_file():
+            try:
+                with path.open("rb") as handle:
+                    return pickle.load(handle)
+            except Exception as exc:  # a damaged entry is read again from the files, never trusted
+                log.warning("task %s: cached batch %s unreadable (%s: %s); reading the files", self.name, path,
+                            type(exc).__name__, exc)
+        batch = self.loader(root)
+        try:
+            write_bytes_atomic(path, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:  # the cache is an optimisation
+            log.warning("task %s: batch not cached (%s: %s)", self.name, type(exc).__name__, exc)
+        return batch
 
     def fingerprint(self, root: str | Path | None = None, batch: Callable[[], dict] | None = None) -> str:
         """Hash of the task definition and of its content: a changed input or label set gives a new
@@ -96,6 +126,14 @@ class Task:
         else:
             h.update(batch_digest(batch() if batch is not None else self.load(root)).encode())
         return h.hexdigest()[:16]
+
+
+TASK_CACHE = "tasks"
+"""Folder under ``cache_root()`` of the loaded batches of file-keyed tasks (``Task.load``)."""
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 HASH_CONTENT_BYTES = 8 << 20
@@ -233,34 +271,47 @@ def normalise_batch(task: Task, batch: dict) -> dict:
                      f"e.g. in sample {where} band {task.bands[int(first[2])]}")
         log.warning("task %s: %s", task.name, notes[-1])
         batch["image"] = values
-    suspect = _unit_mismatch(task, batch["image"])
+    suspect = unit_mismatch(task.name, task.bands, task.units, batch["image"])
     if suspect:
         notes.append(suspect)
-        log.warning("task %s: %s", task.name, suspect)
+        log.warning("%s", suspect)
     batch["notes"] = tuple(notes)
     return batch
 
 
 REFLECTANCE_MEDIAN_MAX = 1.5
-"""A band declared as reflectance whose median exceeds this holds digital numbers, most likely."""
+"""A band declared as reflectance whose median exceeds this holds digital numbers, most likely (and
+one declared as digital numbers whose values all lie below it holds reflectance already)."""
 
 
-def _unit_mismatch(task: Task, image: torch.Tensor) -> str:
-    """A note when bands declared as reflectance hold values of another scale (e.g. digital numbers,
-    10,000 x reflectance: an encoder would read them 10,000 x off without a word)."""
-    off = []
-    for c, (band, unit) in enumerate(zip(task.bands, task.units, strict=True)):
-        if unit != "reflectance":
+def unit_mismatch(task: str, bands, units, image: torch.Tensor, after: str = "") -> str:
+    """A warning, naming the task and the bands, when bands declared as reflectance hold values of
+    another scale (e.g. digital numbers, 10,000 x reflectance: an encoder would read them 10,000 x
+    off without a word), or bands declared as digital numbers hold reflectance-like fractions;
+    ``after``: the conversion the values went through (for the message). '' when none looks off."""
+    big, small = [], []
+    for c, (band, unit) in enumerate(zip(bands, units, strict=True)):
+        if unit not in ("reflectance", "dn"):
             continue
         values = image[:, :, c]
         sample = values.flatten()[:: max(1, values.numel() // 100_000)]  # a strided sample: enough for a median
+        sample = sample[torch.isfinite(sample)]
+        if not len(sample):
+            continue
         median = float(sample.median())
-        if median > REFLECTANCE_MEDIAN_MAX:
-            off.append(f"{band} (median {median:.4g})")
-    if not off:
-        return ""
-    return (f"bands declared as reflectance hold larger values: {', '.join(off[:4])}" + (" ..." if len(off) > 4 else "")
-            + "; digital numbers? declare the unit, or a scale (e.g. 0.0001) in the task file")
+        if unit == "reflectance" and median > REFLECTANCE_MEDIAN_MAX:
+            big.append(f"{band} (median {median:.4g})")
+        elif unit == "dn" and float(sample.abs().max()) <= REFLECTANCE_MEDIAN_MAX and median != 0:
+            small.append(f"{band} (median {median:.4g})")
+    out = []
+    if big:
+        out.append(f"task {task}: bands declared as reflectance{after} hold larger values: {', '.join(big[:4])}"
+                   + (" ..." if len(big) > 4 else "") + "; digital numbers? declare the unit, or a scale (e.g. 0.0001) "
+                   "in the task file, or its sensor card")
+    if small:
+        out.append(f"task {task}: bands declared as digital numbers hold reflectance-like values: {', '.join(small[:4])}"
+                   + (" ..." if len(small) > 4 else "") + "; already scaled? declare unit: reflectance (and no scale)")
+    return "; ".join(out)
 
 
 def contiguous_labels(target, classes=None) -> tuple[np.ndarray, tuple[str, ...], str]:

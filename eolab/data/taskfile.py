@@ -20,6 +20,10 @@ and the field). Four kinds of data:
               ``axes`` (any of sample, time, band, y, x); targets, coordinates, groups, test flags,
               months or days of year from arrays of the same samples
 
+Bands: declared inline (name, wavelength, bandwidth, unit, scale, ...) or taken from a sensor card
+(``sensor: sentinel2_l2a`` or a card's path; bands by name, or all of the card's), inline fields
+overriding the card's (``_bands_from_card``).
+
 Values: ``value = raw * scale + offset`` per band (a scale whose inverse is an integer, such as
 0.0001, divides by that integer: exact in float32); ``nodata`` raw values become no-data, which the
 benchmark fills and counts (``downstream.normalise_batch``). Labels: any values, mapped to named
@@ -46,8 +50,8 @@ from .taskdef import KINDS, Task, make_batch, resolve_files
 from .timeseries import day_of_year
 
 FORMATS = ("geotiff", "table", "arrays", "scenes")
-TOP_FIELDS = {"name", "kind", "description", "data", "bands", "unit", "scale", "offset", "nodata", "modality",
-              "steps", "size", "gsd_m", "labels", "splits", "smoke"}
+TOP_FIELDS = {"name", "kind", "description", "data", "sensor", "processing_baseline", "bands", "unit", "scale", "offset",
+              "nodata", "modality", "steps", "size", "gsd_m", "labels", "splits", "smoke"}
 BAND_FIELDS = {"name", "wavelength_nm", "bandwidth_nm", "unit", "scale", "offset", "nodata", "modality", "column"}
 DATA_FIELDS = {
     "geotiff": {"format", "root", "files", "label", "documented_split"},
@@ -90,7 +94,7 @@ def read_task_file(path: str | Path) -> dict:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise TaskFileError(f"{path}: not valid YAML ({exc})") from exc
-    _fields(path, "", spec, TOP_FIELDS, ("name", "kind", "data", "bands", "gsd_m"))
+    _fields(path, "", spec, TOP_FIELDS, ("name", "kind", "data") + (() if "sensor" in spec else ("bands", "gsd_m")))
     if spec["kind"] not in ("classification", "regression", "segmentation"):
         _fail(path, "kind", f"task files support 'classification', 'regression' and 'segmentation' (of {KINDS}), "
               f"got {spec['kind']!r}")
@@ -103,14 +107,18 @@ def read_task_file(path: str | Path) -> dict:
     if data["format"] == "scenes" and "labels" not in data:
         _fail(path, "data.labels", "missing (required): the label raster of each scene, e.g. LULC/{stem}.tif")
     _fields(path, "data", data, DATA_FIELDS[data["format"]], ("files",) if data["format"] != "arrays" else ("inputs", "axes", "target"))
+    if isinstance(spec.get("bands"), dict) and "card" in spec["bands"]:
+        _fail(path, "bands.card", "name the card with the top-level field sensor: (a card name or a card YAML path), "
+              "then list the bands by name, or leave bands: out to take all of the card's")
+    if "sensor" in spec:
+        spec = {**spec, **_bands_from_card(path, spec)}
+    elif "processing_baseline" in spec:
+        _fail(path, "processing_baseline", "applies to a sensor card's digital numbers: give sensor: as well")
     bands = spec["bands"]
-    if isinstance(bands, dict) and "card" in bands:
-        _fail(path, "bands.card", "sensor cards are not available in this version; declare the bands inline "
-              "(name, wavelength_nm, bandwidth_nm)")
     if not isinstance(bands, list) or not bands:
         _fail(path, "bands", "a list of bands (name, wavelength_nm, bandwidth_nm, ...)")
     for i, band in enumerate(bands):
-        _fields(path, f"bands[{i}]", band, BAND_FIELDS, ("name",))
+        _fields(path, f"bands[{i}]", band, BAND_FIELDS | CARD_FIELDS, ("name",))
         for key in ("wavelength_nm", "bandwidth_nm", "scale", "offset"):
             if key in band and not isinstance(band[key], int | float):
                 _fail(path, f"bands[{i}].{key}", f"a number, got {band[key]!r}")
@@ -133,6 +141,79 @@ def read_task_file(path: str | Path) -> dict:
     if blocked.get("by") not in ("coordinates", "group"):
         _fail(path, "splits.blocked.by", f"'coordinates' or 'group', got {blocked.get('by')!r}")
     return spec
+
+
+CARD_FIELDS = {"raw_offset", "converts"}
+"""Band fields a sensor card fills in (never written in a task file): the digital-number offset of a
+processing baseline, added before ``scale``, and the affine conversions ``[unit, scale, offset]``
+from the band's loaded unit to others (the benchmark applies one when an encoder reads that unit)."""
+SENSOR_MODALITY = {"sentinel2": "s2", "sentinel1": "s1"}
+"""A card's sensor -> eolab's modality name (other sensors: none; their bands go by wavelength)."""
+CARD_UNIT = {"db": "dB", "kelvin": "K"}
+"""A card's unit -> the spelling tasks and encoders use (the others are spelled alike)."""
+
+
+def _card_unit(unit: str) -> str:
+    return CARD_UNIT.get(unit, unit)
+
+
+def _bands_from_card(path, spec: dict) -> dict:
+    """``bands`` (and ``gsd_m``, where not given) filled in from the task's sensor card.
+
+    Each band is a card band's name (any spelling the card knows, e.g. ``B2`` or ``blue``: the task
+    uses the card's own name) or a mapping with ``name`` and inline fields, which override the card's.
+    No ``bands``: every band of the card, in its order. The unit a band is loaded in: the band's or
+    the task's ``unit`` where given, else the card's physical unit (``to``). Loaded in that unit, the
+    card's ``scale``/``offset`` (and a ``processing_baseline``'s digital-number offset) convert the
+    stored numbers on reading, as an inline ``scale`` would; loaded in the card's raw unit (``unit:
+    dn``), the numbers stay as stored and the conversion is declared for encoders that read the other."""
+    from .cards import CardError, load_card
+
+    try:
+        card = load_card(spec["sensor"], base=Path(path).parent)
+    except CardError as exc:
+        _fail(path, "sensor", str(exc))
+    baseline = spec.get("processing_baseline")
+    if baseline is not None and not card.baseline_offsets:
+        _fail(path, "processing_baseline", f"card {card.name} ({card.where}) declares no processing-baseline offsets")
+    dn = card.baseline_offset(str(baseline)) if baseline is not None else 0.0
+    given = spec.get("bands", list(card.band_names))
+    if not isinstance(given, list) or not given:
+        _fail(path, "bands", f"a list of band names of card {card.name} (or leave it out for all: {list(card.band_names)})")
+    bands = []
+    for i, item in enumerate(given):
+        band = {"name": item} if isinstance(item, str | int) else item
+        _fields(path, f"bands[{i}]", band, BAND_FIELDS, ("name",))
+        try:
+            cb = card.band(str(band["name"]))
+        except (KeyError, ValueError):
+            _fail(path, f"bands[{i}].name", f"{band['name']!r} is not a band of sensor card {card.name} ({card.where}); "
+                  f"its bands: {', '.join(card.band_names)}")
+        raw, to = _card_unit(card.unit), _card_unit(cb.to)
+        unit = band.get("unit", spec.get("unit", to))
+        out = {**band, "name": cb.name, "unit": unit}
+        for key in ("wavelength_nm", "bandwidth_nm"):
+            value = band.get(key, getattr(cb, key))
+            if value is not None:
+                out[key] = value
+        out["nodata"] = band.get("nodata", spec.get("nodata", card.nodata))
+        out["modality"] = band.get("modality", spec.get("modality", SENSOR_MODALITY.get(card.sensor, "")))
+        scale = band.get("scale", spec.get("scale"))
+        offset = band.get("offset", spec.get("offset"))
+        if unit == to and raw != to:  # converted on reading: (stored + baseline) * scale + offset
+            out["scale"] = cb.scale if scale is None else scale
+            out["offset"] = cb.offset if offset is None else offset
+            out["raw_offset"] = dn
+            s, o = float(out["scale"]), float(out["offset"])
+            out["converts"] = [[raw, 1 / s, (-o / s - dn) or 0.0]]  # the inverse, for an encoder that reads digital numbers
+        elif unit == raw and raw != to:  # kept as stored; the card's conversion is declared for the benchmark
+            out["scale"], out["offset"] = (1.0 if scale is None else scale), (0.0 if offset is None else offset)
+            out["converts"] = [[to, cb.scale, cb.offset + dn * cb.scale]]
+        else:  # the card converts nothing (e.g. dB to dB), or the task file names another unit: its own fields
+            out["scale"], out["offset"] = (1.0 if scale is None else scale), (0.0 if offset is None else offset)
+        bands.append(out)
+    gsd = spec.get("gsd_m", min(card.band(b["name"]).gsd_m for b in bands))
+    return {"bands": bands, "gsd_m": gsd, "sensor_card": str(card.where)}
 
 
 def _band(spec: dict, band: dict, key: str, default=None):
@@ -171,20 +252,25 @@ def load_task_file(path: str | Path) -> Task:
         loader=functools.partial(load_from_spec, spec_text, str(path)), files=patterns,
         split="; ".join(split), smoke=bool(spec.get("smoke", False)),
         wavelengths=tuple(b.get("wavelength_nm") for b in bands), bandwidths=tuple(b.get("bandwidth_nm") for b in bands),
-        source=str(path))
+        source=str(path),
+        conversions=tuple(tuple((str(u), float(a), float(c)) for u, a, c in b.get("converts", ())) for b in bands)
+        if any(b.get("converts") for b in bands) else ())
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading the data
 
 
-def scale_values(raw: np.ndarray, scale: float, offset: float, nodata) -> np.ndarray:
-    """Raw values (any dtype) -> float32 ``raw * scale + offset``, no-data as NaN. A scale whose
-    inverse is an integer divides by it (exact in float32, and what digital-number readers do)."""
+def scale_values(raw: np.ndarray, scale: float, offset: float, nodata, raw_offset: float = 0.0) -> np.ndarray:
+    """Raw values (any dtype) -> float32 ``(raw + raw_offset) * scale + offset``, no-data as NaN
+    (``raw_offset``: a processing baseline's digital-number offset). A scale whose inverse is an
+    integer divides by it (exact in float32, and what digital-number readers do)."""
     out = np.asarray(raw).astype(np.float32)
     missing = ~np.isfinite(out)
     if nodata is not None:
         missing |= np.asarray(raw) == nodata
+    if raw_offset:
+        out = out + np.float32(raw_offset)
     if scale != 1:
         inverse = 1 / scale
         out = out / np.float32(round(inverse)) if abs(inverse - round(inverse)) < 1e-6 else out * np.float32(scale)
@@ -210,7 +296,8 @@ def load_from_spec(spec_text: str, path: str, root: Path) -> dict:
     image = out.pop("raw")  # (N, T, C, H, W) raw values
     bands = spec["bands"]
     scaled = np.stack([scale_values(image[:, :, c], float(_band(spec, b, "scale", 1.0)),
-                                    float(_band(spec, b, "offset", 0.0)), _band(spec, b, "nodata"))
+                                    float(_band(spec, b, "offset", 0.0)), _band(spec, b, "nodata"),
+                                    float(b.get("raw_offset", 0.0)))
                        for c, b in enumerate(bands)], 2)  # (N, T, C, H, W) float32
     target, keep, classes, notes = _labels(spec, path, out.pop("target"))
     lonlat = out.pop("lonlat")

@@ -29,6 +29,7 @@ split), or percentiles over subsamples (diagnostics); the ``ci_method`` column s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import sys
 import time
@@ -59,7 +60,17 @@ from . import leakage as _leakage
 from . import probe as _probe
 from . import protocols as P
 from .diagnostics import alignment, effective_rank, knn_consistency, uniformity
-from .encoders import BandStats, BenchEncoder, EolabEncoder, FlatSeries, NotApplicable, Plan, SeriesSummary
+from .encoders import (
+    TEMPORAL_POOLINGS,
+    BandStats,
+    BenchEncoder,
+    EolabEncoder,
+    FlatSeries,
+    NotApplicable,
+    Plan,
+    SeriesSummary,
+    pool_dates,
+)
 from .leakage import overlaps, pretraining_footprints
 from .store import EmbeddingKey, EmbeddingStore, code_version
 
@@ -77,10 +88,15 @@ EMBED_VERSION = code_version(_encoders, _adapters, _probe, _vit, _tokenizers)
 """Part of every cached embedding's key: editing the adapters or the model code recomputes them."""
 CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _adapters, _probe, _intervals)
 """Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
-COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "value",
-           "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke", "note")
+COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "temporal_pooling", "variant", "adapter", "metric",
+           "value", "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke", "note")
 """``note``: what the row's numbers rest on beyond the protocol (fewer folds than asked, labels
-remapped, no-data filled, samples without coordinates)."""
+remapped, no-data filled, samples without coordinates). ``temporal_pooling``: how a single-date
+encoder's per-date embeddings of a series were pooled (``TEMPORAL_POOLINGS``; '' where it does not
+apply); a pooling other than the mean is also appended to ``pool`` ("mean+concat"), so that reports
+grouping by (encoder, pool, block) keep the poolings apart."""
+PROBE_ONLY = ("knn", "few_shot", "diagnostics")
+"""Protocols that read fixed features: not applicable to the learned temporal probe (``probe``)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ class Settings:
     subsamples: int = 20  # diagnostics interval: 80 % subsamples
     leakage_margin_m: float = 0.0
     seed: int = 0
+    temporal_pooling: tuple[str, ...] = ("mean",)  # an axis: how per-date embeddings of a series are pooled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +182,7 @@ class TaskRun:
     def batch(self) -> dict:
         if self._batch is None:
             t0 = time.perf_counter()
-            self._batch = self.task.load(self.root)
+            self._batch = self.task.load(self.root, key=getattr(self, "fingerprint", None))  # unset while a content-keyed task is fingerprinted
             log.info("%s: loaded in %.1f s", self.task.name, time.perf_counter() - t0)
         return self._batch
 
@@ -248,10 +265,18 @@ class TaskRun:
 
     def features(self, enc: BenchEncoder, plan: Plan, pool: str, block: int, block_label: str, variant: str = "",
                  rows: np.ndarray | None = None, drop: tuple[str, ...] = (),
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-        """Embeddings of the samples (``rows`` of them), from the store or computed and stored."""
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, temporal: str = "mean") -> np.ndarray:
+        """Embeddings of the samples (``rows`` of them), from the store or computed and stored.
+
+        A per-date plan stores the embeddings of every step once, (N, T x D), whatever the temporal
+        pooling; ``temporal`` pools them on the way out (``pool_dates``)."""
+        per_date = plan.per_date
+        if per_date:
+            variant += "|per-date"
         if plan.encoder_bands:  # bands matched by wavelength: which task band fed which encoder band is part of the key
             variant += "|" + ",".join(f"{e}<-{t}" for e, t in zip(plan.encoder_bands, plan.bands, strict=True))
+        if plan.conversions:  # values converted to the encoder's unit: the conversion is part of the key
+            variant += "|units:" + ",".join(f"{c.band}:{c.describe()}" for c in plan.conversions)
         key = EmbeddingKey(enc.fingerprint(), self.task.name, self.fingerprint, pool if enc.has_axes else "-",
                            block_label.replace("/", "of") or "-", variant, EMBED_VERSION)
 
@@ -266,9 +291,11 @@ class TaskRun:
             return {"id": [s["id"][i] for i in rows], "lonlat": s["lonlat"][rows],
                     "time": None if s["time"] is None else [s["time"][i] for i in rows]}
 
-        ds = self.store.get(key, samples, lambda: enc.features(self.task, batch(), plan, pool, block, drop),
-                            {**enc.describe(), "bands_read": list(plan.bands), "adapter": plan.adapter})
-        return ds["embedding"].values
+        compute = (lambda: enc.features(self.task, batch(), plan, pool, block, drop, per_date=True)) if per_date else \
+            (lambda: enc.features(self.task, batch(), plan, pool, block, drop))
+        ds = self.store.get(key, samples, compute, {**enc.describe(), "bands_read": list(plan.bands), "adapter": plan.adapter})
+        x = ds["embedding"].values
+        return pool_dates(x, self.task.num_dates, temporal) if per_date else x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,12 +312,14 @@ class RowContext:
     n_samples: int
     notes: tuple[str, ...] = ()
     split_notes: dict[str, str] = field(default_factory=dict)
+    temporal: str = ""  # the temporal pooling of a per-date plan, '' where none applies
 
     def row(self, protocol: str, split: str, metric: str, value: float, ci=(np.nan, np.nan), ci_method: str = "",
             n: int = 0, variant: str = "", not_applicable: str = "", note: str = "") -> dict:
         note = "; ".join(x for x in (*self.notes, self.split_notes.get(split, ""), note) if x)
         return {"task": self.task.name, "encoder": self.encoder, "protocol": protocol, "split": split,
-                "pool": self.pool, "block": self.block, "variant": variant, "adapter": self.adapter, "metric": metric,
+                "pool": self.pool, "block": self.block, "temporal_pooling": self.temporal, "variant": variant,
+                "adapter": self.adapter, "metric": metric,
                 "value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "ci_method": ci_method,
                 "n": int(n), "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke,
                 "note": note}
@@ -332,6 +361,21 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
                 protocols: Sequence[str], splits: Sequence[str]) -> list[dict]:
     s, y, kind = run.settings, run.samples["target"], run.task.kind
     rows = []
+    learned = ctx.temporal == "probe"  # the temporal probe stands in for the linear probe; fixed-feature protocols do not apply
+    if learned:
+        reason = (f"temporal_pooling 'probe' is a learned head of the linear protocol; {', '.join(PROBE_ONLY)} read "
+                  "fixed features (see temporal_pooling mean or concat)")
+        rows += _not_applicable(ctx, [p for p in PROBE_ONLY if p in protocols and p != "diagnostics"], reason)
+        protocols = [p for p in protocols if p not in PROBE_ONLY]
+        if kind not in P.CLASSIFICATION and kind != "regression":
+            return rows + _not_applicable(ctx, [p for p in ("linear", "robustness") if p in protocols],
+                                          f"the temporal probe supports classification and regression, not {kind}")
+
+    def linear(yt):
+        if learned:
+            return P.TemporalProbe(kind, run.task.num_dates, s.seed)
+        return P.linear_model(kind, s.seed, y_train=yt)
+
     for split in splits:
         folds = run.folds[split]
         if isinstance(folds, str):
@@ -339,7 +383,7 @@ def _probe_rows(run: TaskRun, ctx: RowContext, x: np.ndarray, variants: dict[str
             continue
         robust = variants if split == run.robustness_split(splits) else {}
         if "linear" in protocols or robust:
-            results = P.run_probe(lambda yt: P.linear_model(kind, s.seed, y_train=yt), x, y, folds, robust)
+            results = P.run_probe(linear, x, y, folds, robust)
             if "linear" in protocols:
                 rows += _summary_rows(ctx, "linear", split, y, results)
             for name in robust:
@@ -391,7 +435,8 @@ def _diagnostic_rows(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan: Pla
                 image = t(image, g)
             return image
 
-        return run.features(enc, plan, *axes, variant=f"view:{s.augment}:{seed}", transform=transform)
+        return run.features(enc, plan, *axes, variant=f"view:{s.augment}:{seed}", transform=transform,
+                            temporal=ctx.temporal or "mean")
 
     v1, v2 = view(s.seed + 1), view(s.seed + 2)
     k = min(s.diagnostics_k, int(0.8 * len(x)) - 2)  # neighbours within an 80 % subsample
@@ -493,6 +538,9 @@ def evaluate(encoder, tasks: Sequence[str | Task] | None = None, protocols: Sequ
     unknown = [p for p in protocols if p not in PROTOCOLS] + [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown protocol(s)/split(s) {unknown}; protocols: {PROTOCOLS}, splits: {SPLITS}")
+    pooling = [t for t in settings.temporal_pooling if t not in TEMPORAL_POOLINGS]
+    if pooling or not settings.temporal_pooling:
+        raise ValueError(f"temporal_pooling: unknown value(s) {pooling or '(none given)'}; choose from {TEMPORAL_POOLINGS}")
     root = resolve_data_root(data_root)
     encoders = resolve_encoders(encoder, baselines, name, settings.seed)
     store = EmbeddingStore(Path(cache_dir)) if cache_dir else EmbeddingStore()
@@ -557,7 +605,8 @@ def _robustness_features(run: TaskRun, ctx: RowContext, enc: BenchEncoder, plan:
     test = np.unique(np.concatenate([f.test for f in run.folds[split]]))
     variants = {}
     for name, bands in drops.items():
-        part = run.features(enc, plan, *axes, variant=f"drop:{','.join(bands)}:{split}", rows=test, drop=bands)
+        part = run.features(enc, plan, *axes, variant=f"drop:{','.join(bands)}:{split}", rows=test, drop=bands,
+                            temporal=ctx.temporal or "mean")
         variants[name] = np.full((run.n, part.shape[1]), np.nan, dtype=part.dtype)
         variants[name][test] = part
     return variants
@@ -576,14 +625,20 @@ def _encoder_rows(run: TaskRun, enc: BenchEncoder, protocols, splits, pools, blo
     rows = []
     if "leakage" in protocols:
         rows += _leakage_rows(run, RowContext(run.task, enc.name, "", "", plan.adapter, run.n, run.notes), footprints.value)
-    for pool, block, pool_label, block_label in _axes(enc, plan, pools, blocks):
-        ctx = RowContext(run.task, enc.name, pool_label, block_label, plan.adapter, run.n, run.notes, run.fold_notes)
+    temporals = list(run.settings.temporal_pooling) if plan.per_date else [""]
+    for (pool, block, pool_label, block_label), temporal in itertools.product(_axes(enc, plan, pools, blocks), temporals):
+        label = pool_label if temporal in ("", "mean") else f"{pool_label}+{temporal}" if pool_label else temporal
+        ctx = RowContext(run.task, enc.name, label, block_label, plan.adapter_with(temporal, run.task.num_dates), run.n,
+                         run.notes, run.fold_notes, temporal)
         axes = (pool, block, block_label)
-        x = run.features(enc, plan, *axes)
+        x = run.features(enc, plan, *axes, temporal=temporal or "mean")
         variants = _robustness_features(run, ctx, enc, plan, axes, splits, rows) if "robustness" in protocols else {}
         rows += _probe_rows(run, ctx, x, variants, protocols, splits)
-        if "diagnostics" in protocols:
+        if "diagnostics" in protocols and temporal != "probe":
             rows += _diagnostic_rows(run, ctx, enc, plan, axes, x)
+        elif "diagnostics" in protocols:
+            rows += _not_applicable(ctx, ["diagnostics"], "temporal_pooling 'probe' learns its pooling per fold: the "
+                                    "label-free diagnostics read fixed features (see temporal_pooling mean or concat)")
     return rows
 
 

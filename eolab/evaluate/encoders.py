@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,10 +44,13 @@ from ..checkpoint import load_encoder
 from ..data.bands import BANDS as KNOWN_BANDS
 from ..data.downstream import Task
 from ..data.stats import Normalization
+from ..data.taskdef import unit_mismatch
 from ..data.timeseries import one_per_day, spread_pick
 from ..models.tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer
 from ..models.vit import SIZES, ViTEncoder, build_encoder, encoder_config
 from .probe import embed
+
+log = logging.getLogger(__name__)
 
 WAVELENGTH_TOLERANCE_NM = 25.0
 """An encoder band reads the task band of nearest centre wavelength when they are at most this far
@@ -62,10 +66,25 @@ class Plan:
 
     bands: tuple[str, ...]
     unit: str
-    dates: str  # "single" (T = 1) | "mean" (every step embedded, averaged) | "select" (k of T steps)
+    dates: str  # "single" (T = 1) | "mean" (every step embedded, then pooled) | "select" (k of T steps)
+    #             | "stats" / "series" (baselines: statistics over the steps, the series itself)
     spatial: str  # "as_is" | "broadcast" (pixel to image) | "tiles" (scene tiled, dense features)
     adapter: str = ""  # the adapters in words; empty when the encoder reads the task as it is
     encoder_bands: tuple[str, ...] = ()  # the encoder's name for each of ``bands`` (where matched by wavelength)
+    conversions: tuple[UnitConversion, ...] = ()  # task bands converted to the encoder's unit before encoding
+
+    @property
+    def per_date(self) -> bool:
+        """Every step is embedded on its own (a single-date encoder on a series): the per-date
+        embeddings are pooled over time afterwards (``TEMPORAL_POOLINGS``)."""
+        return self.dates == "mean"
+
+    def adapter_with(self, temporal: str, steps: int) -> str:
+        """``adapter`` with the temporal pooling of a per-date plan in words (``TEMPORAL_WORDS``)."""
+        if not self.per_date or not temporal:
+            return self.adapter
+        marker = "steps embedded"
+        return self.adapter.replace(marker, f"{marker}, {TEMPORAL_WORDS[temporal].format(t=steps)}", 1)
 
     @property
     def as_bands(self) -> tuple[str, ...]:
@@ -76,6 +95,76 @@ class Plan:
 @dataclass(frozen=True)
 class NotApplicable:
     reason: str
+
+
+@dataclass(frozen=True)
+class UnitConversion:
+    """One task band's values converted to the unit an encoder reads: ``affine`` (``x * scale +
+    offset``, as a sensor card declares it), ``db_to_linear`` (``10 ** (x / 10)``: backscatter in
+    decibels to linear power) or ``linear_to_db`` (``10 log10 x``, non-positive power as NaN)."""
+
+    band: str
+    source: str
+    target: str
+    kind: str = "affine"
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, x: Tensor) -> Tensor:
+        if self.kind == "db_to_linear":
+            return torch.pow(10.0, x / 10)
+        if self.kind == "linear_to_db":
+            return 10 * torch.log10(x.clamp_min(torch.finfo(x.dtype).tiny))
+        inverse = 1 / self.scale
+        if abs(inverse - round(inverse)) < 1e-6 and round(inverse) != 0:  # exact in float32, as taskfile.scale_values
+            x = x / float(round(inverse))
+        elif self.scale != 1:
+            x = x * self.scale
+        return x + self.offset if self.offset else x
+
+    def describe(self) -> str:
+        if self.kind == "db_to_linear":
+            how = "10^(x/10)"
+        elif self.kind == "linear_to_db":
+            how = "10 log10(x)"
+        else:
+            how = f"x * {self.scale:.6g}" + (f" {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}" if self.offset else "")
+        return f"{self.source} -> {self.target} ({how})"
+
+
+POWER_CONVERSIONS = {("dB", "linear"): "db_to_linear", ("linear", "dB"): "linear_to_db"}
+"""Unit conversions that need no card: SAR backscatter between decibels and linear power."""
+
+
+def unit_conversions(task: Task, band: str) -> dict[str, UnitConversion]:
+    """The units a task band can be converted to: its card's (``Task.conversions``) and dB <-> linear."""
+    i = task.bands.index(band)
+    unit = task.units[i]
+    out = {target: UnitConversion(band, unit, target, kind) for (source, target), kind in POWER_CONVERSIONS.items()
+           if source == unit}
+    for target, scale, offset in (task.conversions[i] if task.conversions else ()):
+        out[target] = UnitConversion(band, unit, target, "affine", scale, offset)
+    return out
+
+
+def convert_units(image: Tensor, bands: tuple[str, ...], conversions: tuple[UnitConversion, ...]) -> Tensor:
+    """(N, T, C, H, W) in ``bands`` order with the ``conversions``' bands converted (a new tensor)."""
+    if not conversions:
+        return image
+    image = image.clone()
+    for conv in conversions:
+        if conv.band in bands:
+            c = bands.index(conv.band)
+            image[:, :, c] = conv.apply(image[:, :, c])
+    return image
+
+
+def conversions_text(conversions: tuple[UnitConversion, ...]) -> str:
+    """The conversions in words, bands of the same conversion together (for the ``adapter`` column)."""
+    groups: dict[str, list[str]] = {}
+    for conv in conversions:
+        groups.setdefault(conv.describe(), []).append(conv.band)
+    return "; ".join(f"units {how} for {', '.join(bands)}" for how, bands in groups.items())
 
 
 def band_wavelength(band) -> float | None:
@@ -166,9 +255,15 @@ class BenchEncoder:
             adapters.append(f"no tokens for absent band groups {[list(g) for g in lost]}")
         bands = tuple(match[b][0] for b in self.bands if match[b][0] is not None)  # task names, encoder order
         encoder_bands = tuple(b for b in self.bands if match[b][0] is not None)
-        unit = task.unit_of(bands)
+        conversions = self._unit_plan(task, bands)
+        if isinstance(conversions, NotApplicable):
+            return conversions
+        converted = {c.band: c.target for c in conversions}
+        unit = "+".join(dict.fromkeys(converted.get(b, task.units[task.bands.index(b)]) for b in bands))
         if unit != self.unit and not (absent and unit in self.unit.split("+")):
             return NotApplicable(f"{task.name} provides {list(bands)} in {unit!r}; {self.name} reads {self.unit!r}")
+        if conversions:
+            adapters.append(conversions_text(conversions))
         dates = self._date_plan(task)
         if isinstance(dates, NotApplicable):
             return dates
@@ -177,7 +272,24 @@ class BenchEncoder:
             return spatial
         adapters += [a for a in (dates[1], spatial[1]) if a]
         return Plan(bands, unit, dates[0], spatial[0], "; ".join(adapters),
-                    encoder_bands if encoder_bands != bands else ())
+                    encoder_bands if encoder_bands != bands else (), conversions)
+
+    def _unit_plan(self, task: Task, bands: tuple[str, ...]) -> tuple[UnitConversion, ...] | NotApplicable:
+        """The conversion of each task band whose unit is not one the encoder reads (its ``unit``,
+        or a part of a combined unit such as 'reflectance+dB'), or why one is impossible."""
+        wanted = self.unit.split("+") if self.unit else []
+        out = []
+        for band in bands:
+            unit = task.units[task.bands.index(band)]
+            if not wanted or unit in wanted:
+                continue
+            options = [c for target, c in unit_conversions(task, band).items() if target in wanted]
+            if not options:
+                return NotApplicable(f"{task.name} provides {band} in {unit!r}; {self.name} reads {self.unit!r}, and no "
+                                     f"conversion from {unit!r} to {self.unit!r} is declared (a sensor card's scale "
+                                     "and offset, or dB <-> linear)")
+            out.append(options[0])
+        return tuple(out)
 
     def _date_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
         if self.num_dates > 1:
@@ -189,7 +301,7 @@ class BenchEncoder:
             return "select", f"{self.num_dates} of {task.num_dates} dates" if task.num_dates > self.num_dates else ""
         if task.num_dates == 1:
             return "single", ""
-        return "mean", f"each of {task.num_dates} steps embedded, mean over steps"
+        return "mean", f"each of {task.num_dates} steps embedded"  # pooled over steps as ``temporal_pooling`` says
 
     def _spatial_plan(self, task: Task) -> tuple[str, str] | NotApplicable:
         if task.kind == "segmentation":
@@ -208,10 +320,11 @@ class BenchEncoder:
     # -- features ------------------------------------------------------------------------------
 
     def features(self, task: Task, batch: dict, plan: Plan, pool: str = "mean", block: int = -1,
-                 drop: tuple[str, ...] = ()) -> np.ndarray:
+                 drop: tuple[str, ...] = (), per_date: bool = False) -> np.ndarray:
         """Features (N, D) of every sample of ``batch``; the ``drop`` bands missing at test time
         (encoded without their token groups where they form whole groups, else replaced by their
-        mean over the task, i.e. mean imputation)."""
+        mean over the task, i.e. mean imputation). A ``plan.per_date`` plan embeds every step: the
+        mean over steps, or with ``per_date`` the (N, T x D) embeddings of the steps in date order."""
         if drop:
             whole = [g for g in self.group_bands if set(g) <= set(drop)]
             if whole and {b for g in whole for b in g} >= set(drop) & set(plan.bands):
@@ -222,21 +335,30 @@ class BenchEncoder:
                 batch = impute(batch, drop)
         channels = [batch["bands"].index(b) for b in plan.bands]
         image = batch["image"][:, :, channels]  # (N, T, C', H, W) in the encoder's band order
+        if plan.conversions:
+            image = convert_units(image, plan.bands, plan.conversions)
+            units = tuple(next((c.target for c in plan.conversions if c.band == b), "") for b in plan.bands)
+            suspect = unit_mismatch(task.name, plan.bands, units, image, after=" after conversion")
+            if suspect:
+                log.warning("%s (%s)", suspect, conversions_text(plan.conversions))
         doy = batch.get("doy")
         if plan.dates == "select":
             steps = choose_dates(batch, self.num_dates)
             image, doy = image[:, steps], None if doy is None else np.asarray(doy)[:, steps]
         if plan.spatial == "tiles":
-            return self._dense_features(batch, image, plan, block, doy)
-        return self._sample_features(image, plan, pool, block, doy)
+            x = self._dense_features(batch, image, plan, block, doy)  # (N, T', D)
+        else:
+            x = self._sample_features(image, plan, pool, block, doy)  # (N, T', D)
+        return x.reshape(len(x), -1) if per_date and plan.per_date else pool_dates(x.reshape(len(x), -1), x.shape[1])
 
     def _sample_features(self, image: Tensor, plan: Plan, pool: str, block: int, doy) -> np.ndarray:
+        """(N, T', D): one embedding per step (T' = 1 for a temporal encoder or a single date)."""
         size = self.img_size if plan.spatial == "broadcast" else None
         if plan.dates == "select":
-            return self._encode(image, plan, pool, block, doy, size)
+            return self._encode(image, plan, pool, block, doy, size)[:, None]
         n, t = image.shape[:2]
         x = self._encode(image.flatten(0, 1), plan, pool, block, None, size)  # (N*T, D)
-        return x.reshape(n, t, -1).mean(1)  # (N, T, D) -> (N, D); T = 1 for single images
+        return x.reshape(n, t, -1)  # (N*T, D) -> (N, T, D)
 
     def _dense_features(self, batch: dict, image: Tensor, plan: Plan, block: int, doy) -> np.ndarray:
         """Per-pixel features of a segmentation task's sampled pixels: scenes tiled into windows of
@@ -260,7 +382,7 @@ class BenchEncoder:
         grid = maps.reshape(s, steps, nh, nw, d, win, win).permute(0, 1, 4, 2, 5, 3, 6)  # (S, T', D, nh, win, nw, win)
         grid = grid.reshape(s, steps, d, hp, wp)
         scene, row, col = (torch.as_tensor(a) for a in np.asarray(batch["pixel"]).T)
-        return grid[scene, :, :, row, col].mean(1).numpy()  # (N, T', D) -> (N, D)
+        return grid[scene, :, :, row, col].numpy()  # (N, T', D)
 
     def _encode(self, images: Tensor, plan: Plan, pool: str, block: int, doy, size: int | None) -> np.ndarray:
         """(B, C, H, W) or (B, T, C, H, W) in ``plan.bands`` order -> (B, D)."""
@@ -269,6 +391,24 @@ class BenchEncoder:
     def _encode_dense(self, images: Tensor, plan: Plan, block: int, doy) -> np.ndarray:
         """Windows (B, [T,] C, s, s) -> patch feature maps (B, D, g, g)."""
         raise NotImplementedError
+
+
+TEMPORAL_POOLINGS = ("mean", "concat", "probe")
+"""How a single-date encoder's per-date embeddings of a series become features: their mean, their
+concatenation in date order (T x D), or (``probe``) the concatenation read by a small attention
+probe learned on each fold's training part (``protocols.TemporalProbe``)."""
+TEMPORAL_WORDS = {"mean": "mean over steps", "concat": "concatenated in date order ({t} x D)",
+                  "probe": "attention over steps learned on each fold's training part"}
+
+
+def pool_dates(x: np.ndarray, steps: int, how: str = "mean") -> np.ndarray:
+    """(N, T x D) per-date embeddings in date order -> (N, D) mean, or (N, T x D) as they are
+    (``concat``, and ``probe``, whose model reads the dates itself)."""
+    if how == "mean":
+        return x.reshape(len(x), steps, -1).mean(1)  # (N, T*D) -> (N, T, D) -> (N, D)
+    if how in ("concat", "probe"):
+        return x
+    raise ValueError(f"unknown temporal pooling {how!r}; choose from {TEMPORAL_POOLINGS}")
 
 
 def impute(batch: dict, bands: tuple[str, ...]) -> dict:
@@ -474,7 +614,7 @@ class BandStats(BenchEncoder):
         # In the encoder's band order where restricted (the same features whatever order a task stores them in)
         bands = tuple(b for b in (self.restrict or task.bands) if b in task.bands)
         note = f"the encoder's {len(bands)} bands" if bands and self.restrict else f"all {len(task.bands)} task bands"
-        return Plan(bands or task.bands, "", "mean", "as_is", note)
+        return Plan(bands or task.bands, "", "stats", "as_is", note)  # statistics over steps and pixels
 
     def features(self, task, batch, plan, pool="mean", block=-1, drop=()):
         if drop:

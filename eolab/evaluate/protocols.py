@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 from sklearn.metrics import average_precision_score, f1_score
@@ -27,6 +28,7 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+from torch import nn
 
 from ..data.splits import spatial_blocks
 from .probe import C_GRID, fit_linear_probe
@@ -282,3 +284,94 @@ def bootstrap_test_ci(kind: str, y: np.ndarray, result: FoldResult, variant: str
     lo, hi = (1 - level) / 2, (1 + level) / 2
     return {m: (float(np.nanquantile([d[m] for d in draws], lo)), float(np.nanquantile([d[m] for d in draws], hi)))
             for m in draws[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# A learned temporal probe over per-date embeddings (``temporal_pooling: probe``)
+
+
+class TemporalProbe:
+    """A small attention pooling over the per-date embeddings of a series, then a linear head.
+
+    ``fit(x, y)`` takes (N, T x D) features (per-date embeddings concatenated in date order) of the
+    training part only: the features are standardised with that part's statistics, each date gets a
+    score ``w . h_t + b_t`` (``b_t``: a learned bias per date, so a season can weigh more; a linear
+    score, as a hidden layer over-fits the few hundred samples of a task's training part),
+    the scores are softmaxed over dates, the weighted mean of the dates goes through a linear layer
+    (logits, or the standardised target of a regression). Trained full-batch with AdamW for a fixed
+    number of epochs from a seeded initialisation (no early stopping: nothing is held out of the
+    training part, and the same data and seed give the same probe). ``predict`` as scikit-learn's.
+    """
+
+    def __init__(self, kind: str, steps: int, seed: int = 0, epochs: int = 200, lr: float = 1e-2,
+                 weight_decay: float = 1e-2):
+        if kind not in CLASSIFICATION and kind != "regression":
+            raise ValueError(f"the temporal probe supports classification and regression tasks, not {kind!r}")
+        self.kind, self.steps, self.seed = kind, steps, seed
+        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+
+    def _series(self, x: np.ndarray):
+        n = len(x)
+        x = np.asarray(x, dtype=np.float32).reshape(n, self.steps, -1)  # (N, T*D) -> (N, T, D)
+        return torch.from_numpy((x - self.mean_) / self.std_)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> TemporalProbe:
+        n = len(x)
+        series = np.asarray(x, dtype=np.float32).reshape(n, self.steps, -1)  # (N, T, D)
+        self.mean_ = series.mean((0, 1))
+        self.std_ = series.std((0, 1)) + 1e-6
+        h = self._series(x)
+        d = h.shape[-1]
+        if self.kind in CLASSIFICATION:
+            self.classes_, target = np.unique(y, return_inverse=True)
+            target = torch.as_tensor(target, dtype=torch.long)
+            out, loss_fn = len(self.classes_), nn.functional.cross_entropy
+        else:
+            y = np.asarray(y, dtype=np.float64)
+            self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) or 1.0
+            target = torch.as_tensor((y - self.y_mean_) / self.y_std_, dtype=torch.float32)[:, None]
+            out, loss_fn = 1, nn.functional.mse_loss
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(self.seed)
+            self.net_ = _AttentionPool(d, self.steps, out)
+        optimiser = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny problems: one thread is faster on shared cores, and the sums keep their order
+        try:
+            for _ in range(self.epochs):
+                optimiser.zero_grad()
+                loss = loss_fn(self.net_(h), target)
+                loss.backward()
+                optimiser.step()
+        finally:
+            torch.set_num_threads(threads)
+        self.net_.eval()
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self.net_(self._series(x)).numpy()
+        if self.kind in CLASSIFICATION:
+            return self.classes_[out.argmax(1)]
+        return out[:, 0] * self.y_std_ + self.y_mean_
+
+    def attention(self, x: np.ndarray) -> np.ndarray:
+        """(N, T) weights the fitted probe gives each date of each sample."""
+        with torch.no_grad():
+            return self.net_.weights(self._series(x)).numpy()
+
+
+class _AttentionPool(nn.Module):
+    """(N, T, D) -> (N, out): softmax over dates of ``w . h_t + b_t``, weighted mean, linear."""
+
+    def __init__(self, dim: int, steps: int, out: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        self.date_bias = nn.Parameter(torch.zeros(steps))
+        self.head = nn.Linear(dim, out)
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        return (self.score(h)[..., 0] + self.date_bias).softmax(1)  # (N, T, D) -> (N, T)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head((self.weights(h)[..., None] * h).sum(1))  # (N, T, D) -> (N, D) -> (N, out)

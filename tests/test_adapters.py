@@ -422,6 +422,16 @@ def test_dofa_weights_file_random_and_normalisation(dofa_base, tmp_path):
     assert isinstance(twin, DOFAEncoder) and _features(twin, task).shape == (12, 32)
 
 
+def test_dofa_through_the_battery(tmp_path):
+    """Rows of a DOFA on a band set no other adapter reads, its wavelengths in the adapter column
+    (and its embeddings stored, metadata included)."""
+    task = _wl_task(HYPER, n=24, name="hyper")
+    rows = evaluate(_tiny_dofa(), tasks=[task], baselines=(), protocols=("linear",), splits=("random",),
+                    settings=SETTINGS, cache_dir=tmp_path / "cache", pretraining=None)
+    assert len(rows) and (rows["not_applicable"] == "").all()
+    assert rows["adapter"].str.contains("hs_031 0.551, hs_032 0.556, hs_090 0.845").all()
+
+
 def test_dofa_specs(tmp_path):
     assert spec_encoder("dofa:DOFABase16_Weights.DOFA_MAE@random").source == "random (seed 0)"
     (tmp_path / "d.yaml").write_text("kind: dofa\nweights_file: random\npixel_size: 32\nmean: 0.1\nname: mine\n")

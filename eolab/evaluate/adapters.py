@@ -402,7 +402,9 @@ class DOFAEncoder(ModuleEncoder):
         return self.fn.module.model
 
     def describe(self) -> dict:
-        return {**super().describe(), "wavelength_conditioned": True, "pixel_size": self.pixel_size}
+        # str and int only: the store writes these as netCDF attributes
+        return {**super().describe(), "encoder_reads": f"every band with a centre wavelength, in {self.unit}",
+                "pixel_size": self.pixel_size}
 
     def plan(self, task: Task) -> Plan | NotApplicable:
         wavelengths = task_wavelengths(task)

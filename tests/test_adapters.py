@@ -2,6 +2,8 @@
 embeddings and random twins, on tiny synthetic tasks with random weights and locally written weight
 files (no download)."""
 
+import zlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +15,11 @@ from eolab.data.bands import S2_L1C
 from eolab.data.downstream import Task
 from eolab.evaluate.adapters import (
     AdapterError,
+    DOFAEncoder,
     EmbeddingsEncoder,
     MissingEmbeddings,
     ModuleEncoder,
+    dofa_encoder,
     random_twin,
     spec_encoder,
     timm_encoder,
@@ -301,3 +305,139 @@ def test_command_line_encoder_specs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--tasks", "eurosat"])
     assert exc.value.code == 2 and "--checkpoint or --encoder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# DOFA: wavelength-conditioned, any band set
+
+LANDSAT = (("SR_B2", 482.0), ("SR_B3", 561.5), ("SR_B4", 654.5), ("SR_B5", 865.0), ("SR_B6", 1608.5))
+HYPER = (("hs_031", 551.0), ("hs_032", 556.0), ("hs_090", 845.0))
+
+
+def _wl_task(bands, size=16, n=12, name="wltoy", extra=()) -> Task:
+    """``n`` images of ``bands`` ((name, wavelength nm) pairs, reflectance) plus ``extra`` bands
+    without a wavelength (name, unit), 3 classes."""
+    names = tuple(b for b, _ in bands) + tuple(b for b, _ in extra)
+    units = ("reflectance",) * len(bands) + tuple(u for _, u in extra)
+    wavelengths = tuple(w for _, w in bands) + (None,) * len(extra)
+
+    def load(root):
+        target = np.arange(n) % 3
+        # each band's values drawn from its name: the same data whatever order the bands are stored in
+        image = np.stack([np.random.default_rng(zlib.crc32(b.encode())).normal(0.15, 0.05, (n, 1, size, size))
+                          for b in names], 2).astype(np.float32)  # (N, 1, C, H, W)
+        image += target[:, None, None, None, None] * 0.05
+        return {"image": torch.from_numpy(image), "bands": names, "units": units, "modality": ("",) * len(names),
+                "target": target, "id": [f"w/{i}" for i in range(n)], "lonlat": np.c_[np.arange(n) * 1e-3, np.zeros(n)],
+                "group": np.arange(n) // 4, "time": None, "doy": None, "is_test": None, "classes": ("a", "b", "c")}
+
+    return Task(name, "classification", names, units, ("",) * len(names), num_dates=1, size=size, gsd_m=30.0,
+                dated=False, loader=load, wavelengths=wavelengths)
+
+
+def _tiny_dofa(seed=0, **kwargs):
+    """A 1-block DOFA (torchgeo's class, 224 px grid, patch 16) so that the tests run in seconds."""
+    from torchgeo.models.dofa import DOFA
+
+    torch.manual_seed(seed)
+    model = DOFA(embed_dim=32, depth=1, num_heads=2, num_classes=0)
+    with torch.no_grad():
+        model.pos_embed.normal_(0, 0.5)  # a position table that matters
+    return DOFAEncoder(model, name="tiny_dofa", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dofa_base():
+    return dofa_encoder("DOFABase16_Weights.DOFA_MAE", weights_file="random")
+
+
+def test_dofa_reads_every_band_with_a_wavelength_whatever_its_name():
+    enc = _tiny_dofa()
+    landsat = _wl_task(LANDSAT, extra=(("VV", "dB"), ("NDVI", "index")))
+    plan = enc.plan(landsat)
+    assert plan.bands == tuple(b for b, _ in LANDSAT)  # no band matched by name; radar and index left out
+    assert plan.encoder_bands == ("482nm", "561.5nm", "654.5nm", "865nm", "1608.5nm")
+    assert "SR_B5 0.865" in plan.adapter and "left out: VV (no wavelength), NDVI (no wavelength)" in plan.adapter
+    assert _features(enc, landsat).shape == (12, 32)
+    hyper = _wl_task(HYPER, name="hyper")
+    assert enc.plan(hyper).bands == ("hs_031", "hs_032", "hs_090") and _features(enc, hyper).shape == (12, 32)
+    none = enc.plan(_wl_task((), extra=(("VV", "dB"), ("VH", "dB"))))
+    assert isinstance(none, NotApplicable) and "none (bands: VV (no wavelength), VH (no wavelength))" in none.reason
+    assert isinstance(enc.plan(_s2_task(size=8)), NotApplicable)  # smaller than a patch: never resampled
+
+
+def test_dofa_is_given_the_wavelengths_not_the_band_order():
+    enc = _tiny_dofa()
+    a = _features(enc, _wl_task(LANDSAT))
+    b = _features(enc, _wl_task(LANDSAT[::-1], name="reversed"))  # channels reordered with their wavelengths
+    assert np.allclose(a, b, atol=1e-4)
+    shifted = tuple((n, w + 100) for n, w in LANDSAT)  # the same values declared at other wavelengths
+    assert not np.allclose(a, _features(enc, _wl_task(shifted, name="shifted")), atol=1e-3)
+
+
+def test_dofa_position_embeddings_follow_the_task_grid():
+    from timm.layers import resample_abs_pos_embed
+    from torchgeo.models.dofa import DOFA
+
+    enc = _tiny_dofa()
+    model, reader = enc.module.eval(), enc.fn.module
+    wl = (0.48, 0.56, 0.65)
+    reader.wavelengths_um = wl
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(reader(x), model.forward_features(x, list(wl)), atol=1e-5)  # torchgeo's own path at 224
+        small = DOFA(img_size=64, embed_dim=32, depth=1, num_heads=2, num_classes=0).eval()
+        state = {**model.state_dict(), "pos_embed": resample_abs_pos_embed(model.pos_embed, [4, 4], num_prefix_tokens=1)}
+        small.load_state_dict(state)
+        x = x[..., :64, :64]
+        assert torch.allclose(reader(x), small.forward_features(x, list(wl)), atol=1e-5)  # 4 x 4 grid at 64 px
+    plan = enc.plan(_s2_task(size=64))
+    assert plan.spatial == "as_is" and "interpolated from 14x14 to 4x4 patches" in plan.adapter
+    pixel = enc.plan(_wl_task(HYPER, size=1, name="pixels"))
+    assert pixel.spatial == "broadcast" and "constant 48 px image (3x3 patches" in pixel.adapter
+    assert _features(enc, _wl_task(HYPER, size=1, name="pixels")).shape == (12, 32)
+
+
+def test_dofa_weights_file_random_and_normalisation(dofa_base, tmp_path):
+    task = _wl_task(LANDSAT)
+    assert dofa_base.source == "random (seed 0)" and len(dofa_base.module.blocks) == 12
+    assert dofa_base.normalisation() == {"scale": 1.0, "mean": [pytest.approx(0.15)], "std": [pytest.approx(0.1)]}
+    other = dofa_encoder(weights_file="random", seed=1).module.state_dict()
+    torch.save(other, tmp_path / "dofa.pth")
+    loaded = dofa_encoder(weights_file=tmp_path / "dofa.pth")
+    assert torch.equal(loaded.module.patch_embed.fclayer.w1.weight, other["patch_embed.fclayer.w1.weight"])
+    assert loaded.fingerprint() != dofa_base.fingerprint() and loaded.source == str(tmp_path / "dofa.pth")
+    assert not np.allclose(_features(loaded, task), _features(dofa_base, task))
+    x = torch.rand(2, 5, 16, 16)
+    tiny = _tiny_dofa(mean=0.1, std=0.2, scale=2.0)
+    tiny.fn.module.wavelengths_um = (0.48, 0.56, 0.65, 0.86, 1.6)
+    with torch.no_grad():
+        tiny.fn.eval()
+        assert torch.allclose(tiny.fn(x), tiny.fn.module((2 * x - 0.1) / 0.2))
+    with pytest.raises(AdapterError, match="not DOFA weights"):
+        dofa_encoder(MOCO, weights_file="random")
+    with pytest.raises(AdapterError, match="one number"):
+        _tiny_dofa(mean=[0.1, 0.2])
+    twin = random_twin(_tiny_dofa())
+    assert isinstance(twin, DOFAEncoder) and _features(twin, task).shape == (12, 32)
+
+
+def test_dofa_through_the_battery(tmp_path):
+    """Rows of a DOFA on a band set no other adapter reads, its wavelengths in the adapter column
+    (and its embeddings stored, metadata included)."""
+    task = _wl_task(HYPER, n=24, name="hyper")
+    rows = evaluate(_tiny_dofa(), tasks=[task], baselines=(), protocols=("linear",), splits=("random",),
+                    settings=SETTINGS, cache_dir=tmp_path / "cache", pretraining=None)
+    assert len(rows) and (rows["not_applicable"] == "").all()
+    assert rows["adapter"].str.contains("hs_031 0.551, hs_032 0.556, hs_090 0.845").all()
+
+
+def test_dofa_specs(tmp_path):
+    assert spec_encoder("dofa:DOFABase16_Weights.DOFA_MAE@random").source == "random (seed 0)"
+    (tmp_path / "d.yaml").write_text("kind: dofa\nweights_file: random\npixel_size: 32\nmean: 0.1\nname: mine\n")
+    enc = spec_encoder(str(tmp_path / "d.yaml"))
+    assert enc.name == "mine" and enc.pixel_size == 32 and enc.normalisation()["mean"] == [pytest.approx(0.1)]
+    with pytest.raises(AdapterError, match="DOFA reads any band set: dofa_encoder"):
+        spec_encoder("torchgeo:DOFABase16_Weights.DOFA_MAE@random")
+    with pytest.raises(AdapterError, match="encoder 'dofa:Nope.X@random'.*unknown torchgeo weights"):
+        spec_encoder("dofa:Nope.X@random")

@@ -4,6 +4,7 @@ precomputed embedding products, and a random-init twin of any torch module.
     torchgeo_encoder("ResNet18_Weights.SENTINEL2_ALL_MOCO")            # downloads through torchgeo
     torchgeo_encoder("ResNet18_Weights.SENTINEL2_ALL_MOCO", weights_file="moco.pth")   # offline
     torchgeo_encoder("ResNet18_Weights.SENTINEL2_ALL_MOCO", weights_file="random")     # architecture only
+    dofa_encoder("DOFABase16_Weights.DOFA_MAE", weights_file="random")  # any band with a wavelength
     timm_encoder("resnet18", bands=card_bands("sentinel2_l1c"), unit="reflectance")
     EmbeddingsEncoder("major_tom_embeddings.parquet", tolerance_m=50)
     random_twin(encoder, seed=0)
@@ -16,7 +17,9 @@ into one per-band affine map); only what the metadata cannot say is declared her
 transforms read (``STORED_VALUES``: SSL4EO-S12 stores Sentinel-2 as reflectance x 10000 and
 Sentinel-1 in dB). The transforms' ``Resize``/``CenterCrop`` are not applied: sizes are never
 resampled (that would change the ground sampling distance); a CNN reads any size, a ViT its
-declared ``img_size`` (its position embeddings resampled to that grid when loaded).
+declared ``img_size`` (its position embeddings resampled to that grid when loaded). DOFA is
+wavelength-conditioned: it reads every task band with a centre wavelength, given those wavelengths,
+at the task's own size (its position embeddings interpolated to each task's grid).
 
 Features are the pooled features before the classification head (timm's ``num_classes=0``).
 ``spec_encoder`` turns a command-line spec or an encoder YAML file into an encoder (see
@@ -38,7 +41,7 @@ from torch import Tensor, nn
 from ..data.bands import Band, card_bands
 from ..data.cards import CardError, load_card
 from ..data.downstream import Task
-from .encoders import BenchEncoder, FunctionEncoder, NotApplicable, Plan
+from .encoders import BenchEncoder, FunctionEncoder, NotApplicable, Plan, task_wavelengths
 
 STORED_VALUES: dict[tuple[str, str], tuple[str, float]] = {
     # (pre-training data set in the weights' meta, sensor) -> (eolab unit, factor from that unit to the
@@ -246,8 +249,9 @@ def torchgeo_inputs(weights, unit: str | None = None, input_scale: float | None 
     meta = w.meta
     names = meta.get("bands")
     if not names:
+        hint = "; DOFA reads any band set: dofa_encoder / --encoder dofa:" if type(w).__name__.startswith("DOFA") else ""
         raise AdapterError(f"{w!r}: its metadata declares no bands (supported: weights whose meta lists "
-                           "Sentinel-2 or Sentinel-1 bands)")
+                           f"Sentinel-2 or Sentinel-1 bands{hint})")
     if not w.name.startswith(("SENTINEL1", "SENTINEL2")):  # Landsat's B1..B7 are not Sentinel-2's B01..B07
         raise AdapterError(f"{w!r}: bands {list(names)} are not Sentinel-2 or Sentinel-1 bands (other sensors: "
                            "wrap the model with ModuleEncoder and that sensor card's bands)")
@@ -309,6 +313,197 @@ def torchgeo_encoder(weights, weights_file: str | Path | None = None, img_size: 
                         batch_size=batch_size, fingerprint=fp)
     enc.skipped_transforms = info.skipped
     return enc
+
+
+# ----------------------------------------------------------------------------------------------
+# DOFA: a wavelength-conditioned encoder that reads any band set
+
+DOFA_MEAN, DOFA_STD = 0.15, 0.10
+"""DOFA's stated standardisation of reflectance, ``(x - 0.15) / 0.10`` for every band. DOFA was
+pre-trained on each sensor standardised by that data set's own per-band mean and std, and torchgeo
+declares none ("sensor-dependent"); for a band set of any sensor eolab uses one constant of the order
+of DOFA's own reflectance statistics (its HySpecNet-11k band means lie within 0.05-0.26, standard
+deviations within 0.05-0.15, in DOFA's normalize_dataset.py). Pass ``mean``/``std`` to change it."""
+DOFA_PIXEL_SIZE = 48
+"""A pixel time series is broadcast to a constant image of this size: 3 x 3 patches, the smallest
+grid with a patch clear of the zero padding of DOFA's patch convolution."""
+
+
+def dofa_grid(size: int, patch: int) -> int:
+    """Patches per side that DOFA's patch embedding yields on ``size`` px: a ``patch``-strided
+    convolution with 1 px zero padding (torchgeo's ``DOFAEmbedding``), 14 at 224 px with patch 16."""
+    return max(0, (size + 2 - patch) // patch + 1)
+
+
+class DOFAReader(nn.Module):
+    """torchgeo's DOFA read at any size: its ``forward_features`` (dynamic patch embedding from the
+    wavelengths, class token, blocks, mean of the patch tokens, ``fc_norm``), with the position
+    embeddings - held for its 224 px grid - interpolated to the grid of the images it is given
+    (bicubic, timm's ``resample_abs_pos_embed``, as the ViT adapter does when it loads weights).
+    ``wavelengths_um``: the centre wavelength of each input channel in micrometres, set before a call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.wavelengths_um: tuple[float, ...] = ()
+
+    def forward(self, x: Tensor) -> Tensor:
+        from timm.layers import resample_abs_pos_embed
+
+        m = self.model
+        if len(self.wavelengths_um) != x.shape[1]:
+            raise ValueError(f"DOFA: {x.shape[1]} channels but {len(self.wavelengths_um)} wavelengths")
+        waves = torch.tensor(self.wavelengths_um, dtype=torch.float32, device=x.device)
+        tokens, _ = m.patch_embed(x, waves)  # (B, C, H, W) -> (B, g*g, D)
+        g = dofa_grid(x.shape[-1], m.patch_size)
+        pos = m.pos_embed
+        if pos.shape[1] != 1 + g * g:
+            native = int(round((pos.shape[1] - 1) ** 0.5))
+            pos = resample_abs_pos_embed(pos, [g, g], old_size=[native, native], num_prefix_tokens=1)
+        x = tokens + pos[:, 1:]  # (B, g*g, D)
+        cls = (m.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], 1)  # (B, 1 + g*g, D)
+        for block in m.blocks:
+            x = block(x)
+        return m.fc_norm(x[:, 1:].mean(1))  # global pool without the class token, as DOFA's global_pool
+
+
+def _wavelength_label(nm: float) -> str:
+    """The name a DOFA plan gives the channel it reads for a task band: its centre wavelength."""
+    return f"{nm:.6g}nm"
+
+
+class DOFAEncoder(ModuleEncoder):
+    """DOFA (torchgeo's ``DOFABase16_Weights``/``DOFALarge16_Weights``): reads every task band that
+    has a centre wavelength, in the task's own order, whatever the sensor and band names, and is
+    given those wavelengths (micrometres, as torchgeo's DOFA takes them). No band is matched by name.
+
+    Bands without a wavelength (radar, indices, climate) or in another unit than ``unit`` are left
+    out and named in the plan's adapter text; a task with none left is not applicable. Sizes: each
+    task is read at its own size (never resampled), the position embeddings interpolated to that
+    grid; a pixel time series is broadcast to a constant ``pixel_size`` image; images smaller than a
+    patch and segmentation tasks (no dense features here) are not applicable."""
+
+    def __init__(self, model: nn.Module, unit: str = "reflectance", mean: float = DOFA_MEAN, std: float = DOFA_STD,
+                 scale: float = 1.0, name: str = "dofa", native_size: int = 224, pixel_size: int = DOFA_PIXEL_SIZE,
+                 source: str = "", batch_size: int = 64, fingerprint: str | None = None):
+        for what, v in (("mean", mean), ("std", std)):
+            if np.ndim(v):
+                raise AdapterError(f"{name}: {what} must be one number (DOFA reads any band set), got {v!r}")
+        self.patch = int(model.patch_size)
+        if dofa_grid(pixel_size, self.patch) < 1:
+            raise AdapterError(f"{name}: pixel_size {pixel_size} is smaller than a {self.patch} px patch")
+        self.pixel_size = int(pixel_size)
+        super().__init__(DOFAReader(model), (), unit, mean, std, scale, name, native_size=native_size,
+                         source=source, batch_size=batch_size, fingerprint=fingerprint)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.fn.module.model
+
+    def describe(self) -> dict:
+        # str and int only: the store writes these as netCDF attributes
+        return {**super().describe(), "encoder_reads": f"every band with a centre wavelength, in {self.unit}",
+                "pixel_size": self.pixel_size}
+
+    def plan(self, task: Task) -> Plan | NotApplicable:
+        wavelengths = task_wavelengths(task)
+        keep = [i for i, wl in enumerate(wavelengths) if wl is not None and task.units[i] == self.unit]
+        left_out = [f"{b} ({'no wavelength' if wl is None else task.units[i]})"
+                    for i, (b, wl) in enumerate(zip(task.bands, wavelengths, strict=True)) if i not in keep]
+        if not keep:
+            return NotApplicable(f"{self.name} reads bands with a centre wavelength in {self.unit!r}; {task.name} has "
+                                 f"none (bands: {', '.join(left_out)})")
+        bands = tuple(task.bands[i] for i in keep)
+        read = ", ".join(f"{task.bands[i]} {wavelengths[i] / 1000:.4g}" for i in keep)
+        adapters = [f"wavelength-conditioned: {len(keep)} bands with their centre wavelengths (um): {read}"]
+        if left_out:
+            adapters.append(f"left out: {', '.join(left_out)}")
+        n = self.fn
+        adapters.append(f"standardised (x * {n.scale:g} - {n.mean.item():g}) / {n.std.item():g}")
+        dates = self._date_plan(task)
+        spatial = self._dofa_spatial(task)
+        for p in (dates, spatial):
+            if isinstance(p, NotApplicable):
+                return p
+        adapters += [a for a in (dates[1], spatial[1]) if a]
+        return Plan(bands, task.unit_of(bands), dates[0], spatial[0], "; ".join(adapters),
+                    tuple(_wavelength_label(wavelengths[i]) for i in keep))
+
+    def _dofa_spatial(self, task: Task) -> tuple[str, str] | NotApplicable:
+        native = dofa_grid(self.native_size, self.patch)
+        if task.kind == "segmentation":
+            return NotApplicable(f"{self.name} yields one vector per image here; the segmentation task {task.name} "
+                                 "needs dense (per-patch) features")
+        if task.size == 1:
+            g = dofa_grid(self.pixel_size, self.patch)
+            return "broadcast", (f"pixel values broadcast to a constant {self.pixel_size} px image ({g}x{g} patches, "
+                                 f"position embeddings interpolated from {native}x{native})")
+        g = dofa_grid(task.size, self.patch)
+        if g < 1:
+            return NotApplicable(f"{self.name} reads images of at least {self.patch - 2} px (one {self.patch} px "
+                                 f"patch); {task.name} samples are {task.size} px (not resampled)")
+        if g == native:
+            return "as_is", ""
+        unread = task.size - (g * self.patch - 1)
+        tail = f"; its last {unread} px rows and columns fall outside the patch grid" if unread > 1 else ""
+        return "as_is", (f"read at {task.size} px (not resampled; trained at {self.native_size} px): position "
+                         f"embeddings interpolated from {native}x{native} to {g}x{g} patches{tail}")
+
+    def _encode(self, images, plan, pool, block, doy, size):
+        self.fn.module.wavelengths_um = tuple(float(b[:-2]) / 1000 for b in plan.encoder_bands)  # nm -> um
+        return super()._encode(images, plan, pool, block, doy, self.pixel_size if plan.spatial == "broadcast" else None)
+
+
+def _sincos_pos_embed(model: nn.Module) -> None:
+    """Fill a freshly built DOFA's position embedding (torchgeo leaves it at zeros: it is a fixed
+    table loaded with the weights) with the 2D sine-cosine table MAE-style encoders fix it to."""
+    from torchgeo.models.scale_mae import get_2d_sincos_pos_embed_with_resolution
+
+    g = int(round((model.pos_embed.shape[1] - 1) ** 0.5))
+    table = get_2d_sincos_pos_embed_with_resolution(model.pos_embed.shape[-1], g, torch.ones(1), cls_token=True)
+    with torch.no_grad():
+        model.pos_embed.copy_(table)  # (1, 1 + g*g, D)
+
+
+def dofa_encoder(weights="DOFABase16_Weights.DOFA_MAE", weights_file: str | Path | None = None,
+                 unit: str = "reflectance", mean: float = DOFA_MEAN, std: float = DOFA_STD, input_scale: float = 1.0,
+                 pixel_size: int = DOFA_PIXEL_SIZE, name: str | None = None, seed: int = 0, progress: bool = False,
+                 batch_size: int = 64) -> DOFAEncoder:
+    """DOFA as a wavelength-conditioned encoder (see ``DOFAEncoder``).
+
+    ``weights``: ``DOFABase16_Weights.DOFA_MAE`` or ``DOFALarge16_Weights.DOFA_MAE`` (or the member).
+    ``weights_file``: None downloads through torchgeo (``weights.get_state_dict``), a path loads a
+    local state dict, ``"random"`` keeps the architecture at a ``seed``ed initialisation (position
+    embeddings: the 2D sine-cosine table). Inputs in ``unit``, standardised as
+    ``(x * input_scale - mean) / std`` for every band (``DOFA_MEAN``, ``DOFA_STD``: why these)."""
+    from torchgeo.models import get_model
+
+    w = torchgeo_weights(weights)
+    model_name = _builder(w)
+    if not model_name.startswith("dofa"):
+        raise AdapterError(f"{w!r} are not DOFA weights (torchgeo builds them with {model_name}); use torchgeo_encoder")
+    torch.manual_seed(seed)
+    model = get_model(model_name, None, num_classes=0)  # 224 px, patch 16: the grid the weights hold
+    if weights_file is None:
+        state, source = w.get_state_dict(progress=progress), w.url
+        identity = w.url
+    elif str(weights_file) == "random":
+        state, source = None, f"random (seed {seed})"
+        identity = f"random:{seed}"
+        _sincos_pos_embed(model)
+    else:
+        state, source = read_state_dict(weights_file), str(weights_file)
+        identity = _file_sha1(Path(weights_file))
+    if state is not None:
+        _head_tolerant_load(model, state, f"{w!r} from {source}")
+    label = name or (f"{w!r}" if weights_file is None else
+                     f"{w!r} ({'random weights' if state is None else Path(str(weights_file)).name})")
+    # identity of the weights (URL, file bytes or seed) and every declared input, not a re-hash of 86M weights
+    fp = hashlib.sha1(json.dumps(["dofa-v1", repr(w), identity, unit, float(mean), float(std), float(input_scale),
+                                  int(pixel_size)]).encode()).hexdigest()
+    return DOFAEncoder(model, unit, mean, std, input_scale, label, native_size=224, pixel_size=pixel_size,
+                       source=source, batch_size=batch_size, fingerprint=fp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,9 +770,10 @@ def write_embeddings(path: str | Path, ids, lonlat, vectors) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Specs: the command line's --encoder and encoder YAML files
 
-SPEC_KINDS = ("torchgeo", "timm", "embeddings")
+SPEC_KINDS = ("torchgeo", "dofa", "timm", "embeddings")
 YAML_FIELDS = {
     "torchgeo": {"kind", "name", "weights", "weights_file", "img_size", "unit", "input_scale", "seed"},
+    "dofa": {"kind", "name", "weights", "weights_file", "unit", "mean", "std", "input_scale", "pixel_size", "seed"},
     "timm": {"kind", "name", "model", "weights_file", "pretrained", "bands", "card", "unit", "mean", "std",
              "input_scale", "img_size", "seed"},
     "embeddings": {"kind", "name", "path", "id_column", "lon_column", "lat_column", "vector_column", "tolerance_m", "join"},
@@ -586,16 +782,20 @@ YAML_FIELDS = {
 
 def spec_encoder(spec: str, seed: int = 0) -> BenchEncoder:
     """An encoder from a spec: ``torchgeo:<Enum>.<MEMBER>[@weights.pth|@random]``,
-    ``embeddings:<path>``, or an encoder YAML file (``kind: torchgeo | timm | embeddings`` and that
-    kind's fields; a timm model's bands need one). AdapterError naming the spec on bad input."""
+    ``dofa:[<Enum>.<MEMBER>][@weights.pth|@random]`` (default ``DOFABase16_Weights.DOFA_MAE``),
+    ``embeddings:<path>``, or an encoder YAML file (``kind: torchgeo | dofa | timm | embeddings`` and
+    that kind's fields; a timm model's bands need one). AdapterError naming the spec on bad input."""
     try:
         if spec.endswith((".yaml", ".yml")):
             return _yaml_encoder(Path(spec), seed)
         kind, sep, rest = spec.partition(":")
         if not sep or kind not in SPEC_KINDS or not rest:
-            raise AdapterError("expected torchgeo:<Weights>[@file], embeddings:<path> or an encoder YAML file")
-        if kind == "torchgeo":
+            raise AdapterError("expected torchgeo:<Weights>[@file], dofa:[<Weights>][@file], embeddings:<path> "
+                               "or an encoder YAML file")
+        if kind in ("torchgeo", "dofa"):
             weights, _, file = rest.partition("@")
+            if kind == "dofa":
+                return dofa_encoder(weights or "DOFABase16_Weights.DOFA_MAE", weights_file=file or None, seed=seed)
             return torchgeo_encoder(weights, weights_file=file or None, seed=seed)
         if kind == "embeddings":
             return EmbeddingsEncoder(rest)
@@ -627,6 +827,10 @@ def _yaml_encoder(path: Path, seed: int) -> BenchEncoder:
             raise AdapterError(f"{path}: field 'weights' (e.g. ResNet18_Weights.SENTINEL2_ALL_MOCO) is required")
         return torchgeo_encoder(raw["weights"], weights_file=rel(raw.get("weights_file")), img_size=raw.get("img_size"),
                                 unit=raw.get("unit"), input_scale=raw.get("input_scale"), name=raw.get("name"), seed=seed)
+    if kind == "dofa":
+        options = {k: raw[k] for k in ("unit", "mean", "std", "input_scale", "pixel_size", "name") if k in raw}
+        return dofa_encoder(raw.get("weights", "DOFABase16_Weights.DOFA_MAE"), weights_file=rel(raw.get("weights_file")),
+                            seed=seed, **options)
     if kind == "embeddings":
         if "path" not in raw:
             raise AdapterError(f"{path}: field 'path' is required")

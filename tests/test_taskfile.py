@@ -526,3 +526,13 @@ def test_terramesh_per_pixel_task_file_runs_with_a_dense_encoder(tmp_path, root)
     acc = table[table["metric"] == "accuracy"]
     assert (table["not_applicable"] == "").all() and set(acc["encoder"]) == {"vit32", "band_stats"}
     assert (acc["value"] > 1 / 8).all() and acc["adapter"].str.contains("scene tiled").any()
+
+
+def test_a_changed_wavelength_changes_the_task_fingerprint(tmp_path):
+    """Wavelength-matched and wavelength-conditioned encoders read the declared wavelengths: a task
+    whose wavelengths change is another task for every cache, even with the same pixels and labels."""
+    import dataclasses
+
+    task = TASKS["eurosat"]
+    shifted = dataclasses.replace(task, wavelengths=tuple(500.0 + i for i in range(len(task.bands))))
+    assert shifted.fingerprint() != task.fingerprint()

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eolab benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", default=[], help="eolab encoder checkpoint (repeatable)")
     parser.add_argument("--encoder", action="append", default=[], metavar="SPEC",
-                        help="another encoder (repeatable): torchgeo:<Weights>.<NAME>[@weights.pth|@random], "
+                        help="another encoder (repeatable): torchgeo:<Weights>.<NAME>[@weights.pth|@random], dofa:[<Weights>.<NAME>][@weights.pth|@random], "
                              "embeddings:<file.parquet|.zarr|.nc>, or an encoder YAML file (docs/benchmark.md)")
     parser.add_argument("--name", default=None, help="display name of the (single) checkpoint's encoder")
     parser.add_argument("--tasks", default=None,

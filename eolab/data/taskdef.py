@@ -118,7 +118,9 @@ class Task:
         batch anyway loads it once)."""
         root = data_root(root)
         h = hashlib.sha1(json.dumps([TASK_VERSION, _CODE, self.name, self.kind, self.bands, self.units,
-                                     self.modality, self.num_dates, self.size, self.gsd_m, self.dated]).encode())
+                                     self.modality, self.num_dates, self.size, self.gsd_m, self.dated,
+                                     # what a wavelength-matched or -conditioned encoder reads, and the unit conversions
+                                     self.wavelengths, self.bandwidths, self.conversions]).encode())
         identity = loader_identity(self.loader)
         if self.files and identity is not None:
             h.update(identity.encode())

@@ -128,7 +128,8 @@ class PackedCorpus:
                 total -= size
 
     def read_shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
-        """Shard ``i`` decoded: digital numbers (n, C, H, W) uint16 and the patches' records, checked."""
+        """Shard ``i`` decoded: its values (n, C, H, W) as packed (uint16 digital numbers or float32)
+        and the patches' records, checked."""
         from webdataset.tariterators import tar_file_iterator
 
         entry = self.shards[i]

@@ -198,7 +198,53 @@ def test_packed_dataset_parameter_selects_the_corpus(corpus):
     prov = chosen.dataset.corpus.provenance()  # what the run's record says about the corpus
     assert prov["n"] == 46 and prov["n_shards"] == 10 and len(prov["shards_sha256"]) == 64 and not prov["repeated"]
     with pytest.raises(ParameterError, match="(?s)parameter 'n_pretrain'.*parameter 'bands'"):
-        PretrainConfig(dataset=f"packed:{corpus}", bands="B02,B11", img_size=32, n_pretrain=10)
+        PretrainConfig(dataset=f"packed:{corpus}", bands="B02,B11", img_size=32, n_pretrain=1000)
     mean, std = chosen.dataset.normalization_stats()
     assert set(mean) == {"B02", "B04"} and all(v > 0 for v in std.values())
     assert np.isfinite(list(mean.values())).all()
+
+
+def test_n_pretrain_trains_on_a_seeded_subset_of_a_packed_corpus(corpus):
+    from eolab.config import ParameterError, PretrainConfig
+    from eolab.data.pretraining import pretraining_set
+
+    def chosen(n, seed):
+        cfg = PretrainConfig(dataset=f"packed:{corpus}", bands="B02,B03,B04", img_size=32, n_pretrain=n,
+                             sampling="uniform", seed=seed)
+        return pretraining_set(cfg, None)
+
+    full = PackedDataset(open_corpus(corpus))
+    by_id = {full[i]["id"]: full[i] for i in range(len(full))}
+    sub = chosen(20, seed=5)
+    data = sub.dataset
+    ids = list(sub.ids)
+    assert len(data) == 20 and len(set(ids)) == 20 and set(ids) <= set(by_id)
+    assert [data[i]["id"] for i in range(20)] == ids and sorted(sub.sources) == ["hydro"] * 20
+    for i in (0, 7, 19):  # the subset's samples are the corpus's, pixel for pixel
+        torch.testing.assert_close(data[i]["image"], by_id[ids[i]]["image"], rtol=0, atol=0)
+    assert list(chosen(20, seed=5).ids) == ids and list(chosen(20, seed=6).ids) != ids  # a function of the seed
+    assert set(chosen(46, seed=5).ids) == set(by_id)  # n = the corpus: all of it
+    assert data.corpus.provenance()["subset"] == {"n_pretrain": 20, "seed": 5, "of": 46}
+    assert len(data.corpus._positions) <= 8  # a few shards' positions held, never the whole subset's
+
+    # 2 processes x 2 workers: slots disjoint, together the whole subset (drop_last=False), resumable
+    seen = []
+    for rank in range(2):
+        sampler = ShardBatchSampler(data.corpus.sizes, 4, seed=1, workers=2, rank=rank, world=2, group=2,
+                                    drop_last=False)
+        batches = list(sampler)
+        seen += [i for b in batches for i in b]
+        for k in range(len(batches)):
+            again = ShardBatchSampler(data.corpus.sizes, 4, seed=1, workers=2, rank=rank, world=2, group=2,
+                                      drop_last=False)
+            again.skip(k)
+            assert list(again) == batches[k:]
+    assert sorted(seen) == list(range(20))
+
+    with pytest.raises(ParameterError, match=rf"parameter 'n_pretrain' must be at most the 46 patches of the packed "
+                                             rf"corpus {corpus} \(0 = all of them\), got 47"):
+        PretrainConfig(dataset=f"packed:{corpus}", bands="B02", img_size=32, n_pretrain=47, sampling="uniform")
+    with pytest.raises(ValueError, match=f"parameter 'n_pretrain' = 47, but the packed corpus {corpus} holds 46"):
+        open_corpus(corpus).subset(47, seed=0)
+    with pytest.raises(ParameterError, match="parameter 'sampling' must be 'uniform' on a packed corpus"):
+        PretrainConfig(dataset=f"packed:{corpus}", bands="B02", img_size=32, n_pretrain=10, sampling="kcenter")

@@ -44,6 +44,7 @@ from .shards import MANIFEST, SHARD_FORMAT, ShardError
 
 DEFAULT_CACHE_BYTES = 8 * 2**30  # the local shard cache of a remote corpus; $EOLAB_SHARD_CACHE_BYTES overrides
 DEFAULT_GROUP = 4  # shards decoded and shuffled together per slot
+_SUBSET = 0x5EB5E7  # seeds a subset's draws apart from the batch order's (same seed, other stream)
 
 
 def _is_url(location: str) -> bool:
@@ -64,8 +65,11 @@ class PackedCorpus:
         env = os.environ.get("EOLAB_SHARD_CACHE_BYTES")
         self.cache_bytes = int(cache_bytes if cache_bytes is not None else env if env else DEFAULT_CACHE_BYTES)
         self.shards = manifest["shards"]
-        self.sizes = np.array([s["n"] for s in self.shards], np.int64)
+        self.shard_sizes = np.array([s["n"] for s in self.shards], np.int64)  # every packed sample
+        self.sizes = self.shard_sizes  # the samples in use: all, or a subset's per-shard counts (``subset``)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])  # global index of each shard's first sample
+        self.chosen: dict | None = None  # the subset: n, seed and the corpus size it was drawn from
+        self._positions: OrderedDict[int, np.ndarray] = OrderedDict()  # a few shards' chosen positions
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -75,10 +79,45 @@ class PackedCorpus:
         return int(self.starts[-1])
 
     def provenance(self) -> dict:
-        """What a run's record says about the corpus: location, size, shards and one hash over their hashes."""
+        """What a run's record says about the corpus: location, size, shards and one hash over their hashes
+        (and, for a subset, its n, seed and the corpus size it was drawn from)."""
         digest = hashlib.sha256("\n".join(s["sha256"] for s in self.shards).encode()).hexdigest()
-        return {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
-                "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+        out = {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
+               "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+        return out | ({"subset": dict(self.chosen)} if self.chosen else {})
+
+    def subset(self, n: int, seed: int, param: str = "n_pretrain") -> PackedCorpus:
+        """The same corpus restricted to a uniform random subset of ``n`` samples, a function of ``seed``.
+
+        Drawn shard-locally so that nothing of size N is ever held: the per-shard counts are a
+        multivariate hypergeometric draw (the counts a uniform n-subset of the corpus has), and each
+        shard's positions a seeded choice within it, made when the shard is reached. Sample indices
+        stay contiguous per shard, so ``ShardBatchSampler`` over ``sizes`` keeps its slots, memory
+        bound and resume unchanged.
+        """
+        total = int(self.shard_sizes.sum())
+        if not 0 < n <= total:
+            raise ValueError(f"parameter {param!r} = {n}, but the packed corpus {self.location} holds {total} patches: "
+                             f"choose 1..{total} (0 = all of them)")
+        counts = np.random.default_rng([seed, _SUBSET]).multivariate_hypergeometric(self.shard_sizes, n, method="marginals")
+        out = PackedCorpus.__new__(PackedCorpus)
+        out.__dict__.update(self.__dict__)
+        out.sizes = counts.astype(np.int64)
+        out.starts = np.concatenate([[0], np.cumsum(out.sizes)])
+        out.chosen = {param: n, "seed": seed, "of": total}
+        out._positions = OrderedDict()
+        return out
+
+    def positions(self, i: int) -> np.ndarray:
+        """Positions within shard ``i`` of the samples in use, in shard order (all of them without a subset)."""
+        if self.chosen is None:
+            return np.arange(self.shard_sizes[i])
+        if i not in self._positions:
+            rng = np.random.default_rng([self.chosen["seed"], _SUBSET, i])
+            self._positions[i] = np.sort(rng.choice(int(self.shard_sizes[i]), int(self.sizes[i]), replace=False))
+            while len(self._positions) > 2 * DEFAULT_GROUP:
+                self._positions.popitem(last=False)
+        return self._positions[i]
 
     def _fs(self):
         import fsspec
@@ -179,9 +218,10 @@ class PackedCorpus:
         return json.loads(text)["patches"]
 
     def locate(self, index: int) -> tuple[int, int]:
-        """(shard, position in it) of global sample ``index``."""
+        """(shard, position in it) of global sample ``index`` (of the subset in use, if any)."""
         shard = int(np.searchsorted(self.starts, index, side="right") - 1)
-        return shard, int(index - self.starts[shard])
+        k = int(index - self.starts[shard])
+        return shard, k if self.chosen is None else int(self.positions(shard)[k])
 
 
 def open_corpus(location: str | Path, storage_options: dict | None = None, cache_dir: Path | None = None,
@@ -287,10 +327,13 @@ class PackedColumn(Sequence):
 
     def __iter__(self) -> Iterator:
         for i, entry in enumerate(self.corpus.shards):
+            if not self.corpus.sizes[i]:  # no sample of a subset in this shard
+                continue
             if self.field == "source":
-                yield from [entry["source"]] * entry["n"]
+                yield from [entry["source"]] * int(self.corpus.sizes[i])
             else:
-                yield from (r[self.field] for r in self.corpus.records(i))
+                records = self.corpus.records(i)
+                yield from (records[k][self.field] for k in self.corpus.positions(i))
 
 
 def rank_world() -> tuple[int, int]:

@@ -283,3 +283,50 @@ def test_n_pretrain_trains_on_a_seeded_subset_of_a_packed_corpus(corpus):
         open_corpus(corpus).subset(47, seed=0)
     with pytest.raises(ParameterError, match="parameter 'sampling' must be 'uniform' on a packed corpus"):
         PretrainConfig(dataset=f"packed:{corpus}", bands="B02", img_size=32, n_pretrain=10, sampling="kcenter")
+
+
+def test_shard_tars_are_read_as_tarfile_reads_them(tmp_path, corpus):
+    import io
+    import tarfile
+
+    from webdataset.tariterators import tar_file_iterator
+
+    from eolab.data.stream import tar_files
+
+    def by_tarfile(data):
+        return [(item["fname"], bytes(item["data"])) for item in tar_file_iterator(io.BytesIO(data))]
+
+    shard = json.loads((corpus / "manifest.json").read_text())["shards"][0]["name"]
+    data = (corpus / shard).read_bytes()
+    assert [(n, bytes(b)) for n, b in tar_files(data)] == by_tarfile(data)  # the packer's own tars, walked
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):  # other writers' tars
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for name, payload in ((f"{'d' * 60}/{'n' * 60}.image.npy", b"x" * 700), ("000001.meta.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        assert [(n, bytes(b)) for n, b in tar_files(buf.getvalue())] == by_tarfile(buf.getvalue()), fmt
+
+
+def test_a_local_shard_is_hashed_once_per_process_while_unchanged(tmp_path, corpus, monkeypatch):
+    import hashlib
+    import shutil
+
+    import eolab.data.stream as stream
+
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(stream.hashlib, "sha256", lambda data=b"": hashed.append(len(data)) or real(data))
+    c = open_corpus(copy)
+    name = c.shards[0]["name"]
+    first = c.read_shard(0)[0]
+    np.testing.assert_array_equal(open_corpus(copy).read_shard(0)[0], first)
+    assert len([n for n in hashed if n > 0]) == 1  # the same file (path, size, mtime): verified once
+    data = bytearray((copy / name).read_bytes())
+    data[5000] ^= 0xFF  # same size, a new mtime
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=f"shard .*{name}: sha256"):
+        open_corpus(copy).read_shard(0)

@@ -7,8 +7,10 @@
 ``open_corpus`` reads the manifest at once, so an unreachable location fails before training,
 naming it. Shards are fetched through fsspec into a local cache of bounded size (least recently
 used shards are deleted beyond ``cache_bytes``; a local folder is read in place), and every
-shard's bytes are checked against the manifest's sha256 each time they are read: a mismatch is a
-``ShardError`` naming the shard, never a skipped shard.
+shard's bytes are checked against the manifest's sha256 when they are read: a mismatch is a
+``ShardError`` naming the shard, never a skipped shard. A local file this process has verified is
+not hashed again while its (path, size, mtime) stay the same (``_sha256``); a remote shard's cached
+copy is hashed on every read, since marking it recently used changes its mtime.
 
 Order (``ShardBatchSampler``): per epoch the shards are permuted by (seed, epoch) and laid end to
 end; that sequence of samples is cut into ``slots = processes x max(1, DataLoader workers)`` runs of
@@ -49,6 +51,95 @@ _SUBSET = 0x5EB5E7  # seeds a subset's draws apart from the batch order's (same 
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+_VERIFIED: dict[tuple, str] = {}
+"""sha256 of the local shard files this process has verified, by (path, size, mtime_ns)."""
+
+
+def _read_file(path: Path) -> tuple[bytes, tuple | None]:
+    """A file's bytes and its identity (path, size, mtime_ns), or None as identity when the file
+    changed while it was read (then it is hashed in full, whatever was cached)."""
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        data = f.read()
+        after = os.fstat(f.fileno())
+    same = before.st_size == after.st_size == len(data) and before.st_mtime_ns == after.st_mtime_ns
+    return data, (str(path.resolve()), after.st_size, after.st_mtime_ns) if same else None
+
+
+def _sha256(data: bytes, identity: tuple | None) -> str:
+    """The shard's sha256: hashed, unless this process verified this very file (same path, size and
+    mtime) before. A change that keeps a file's size and mtime (bit rot, a rewrite within the same
+    mtime) is therefore caught by the next process, not by a later read of this one."""
+    known = _VERIFIED.get(identity) if identity is not None else None
+    return known if known is not None else hashlib.sha256(data).hexdigest()
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def tar_files(data: bytes) -> Iterator[tuple[str, memoryview]]:
+    """(name, bytes) of the regular files in an uncompressed tar, without copying them.
+
+    The shards' tars (POSIX ustar with a pax header per member, as WebDataset's writer makes them)
+    are walked header by header, each header's checksum checked; anything this walk does not read
+    (other member types, base-256 sizes, a bad checksum) goes through ``tarfile`` (WebDataset's
+    reader) instead, which reads every tar or raises.
+    """
+    files = _walk_tar(data)
+    if files is None:
+        from webdataset.tariterators import tar_file_iterator
+
+        for item in tar_file_iterator(io.BytesIO(data)):
+            yield item["fname"], memoryview(item["data"])
+        return
+    view = memoryview(data)
+    for name, start, size in files:
+        yield name, view[start : start + size]
+
+
+def _walk_tar(data: bytes) -> list[tuple[str, int, int]] | None:
+    """(name, offset, size) of the tar's regular files, or None if it holds what ``tar_files`` leaves to tarfile."""
+    out, pos, pax = [], 0, {}
+    while pos + 512 <= len(data):
+        block = data[pos : pos + 512]
+        if block == _ZERO_BLOCK:  # end of archive
+            return out
+        if block[124] & 0x80 or int(block[148:156].strip(b"\0 ") or b"0", 8) != sum(block) - sum(block[148:156]) + 256:
+            return None  # a base-256 size or a header whose checksum (field counted as 8 spaces) does not match
+        size = int(pax["size"]) if "size" in pax else int(block[124:136].strip(b"\0 ") or b"0", 8)
+        kind, start = block[156:157], pos + 512
+        pos = start + -(-size // 512) * 512
+        if kind == b"x":  # a pax header: its records apply to the next member
+            pax = _pax_records(data[start : start + size])
+        elif kind in (b"0", b"\0"):
+            name = pax.get("path") or _ustar_name(block)
+            out.append((name, start, size))
+            pax = {}
+        elif kind in (b"g", b"5"):  # a global pax header, a directory: nothing to read
+            pax = {}
+        else:
+            return None
+    return None  # no end-of-archive marker: let tarfile say what is wrong
+
+
+def _ustar_name(block: bytes) -> str:
+    name = block[0:100].split(b"\0", 1)[0].decode()
+    prefix = block[345:500].split(b"\0", 1)[0].decode() if block[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _pax_records(buf: bytes) -> dict[str, str]:
+    """A pax extended header's "<length> <key>=<value>\\n" records."""
+    records, i = {}, 0
+    while i < len(buf):
+        space = buf.index(b" ", i)
+        length = int(buf[i:space])
+        key, _, value = buf[space + 1 : i + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8")
+        i += length
+    return records
 
 
 class PackedCorpus:
@@ -127,18 +218,20 @@ class PackedCorpus:
     def url(self, name: str) -> str:
         return f"{self.location}/{name}"
 
-    def _fetch(self, name: str) -> bytes:
-        """The shard's bytes: read in place (local) or through the local cache (remote)."""
+    def _fetch(self, name: str) -> tuple[bytes, tuple | None]:
+        """The shard's bytes, read in place (local) or through the local cache (remote), and the
+        file's identity (path, size, mtime) when it was read from a local file that did not change
+        while it was read (None for bytes just fetched)."""
         if not self.remote:
             try:
-                return (Path(self.location.removeprefix("file://")) / name).read_bytes()
+                return _read_file(Path(self.location.removeprefix("file://")) / name)
             except OSError as exc:
                 raise ShardError(f"shard {self.url(name)} cannot be read: {exc}") from exc
         local = self.cache_dir / name
         try:
-            data = local.read_bytes()
-            os.utime(local)  # recently used: evicted last
-            return data
+            data, identity = _read_file(local)
+            os.utime(local)  # recently used: evicted last (a new mtime: hashed once more next time)
+            return data, identity
         except FileNotFoundError:
             pass
         try:
@@ -147,7 +240,7 @@ class PackedCorpus:
             raise ShardError(f"shard {self.url(name)} cannot be fetched: {type(exc).__name__}: {exc}") from exc
         write_bytes_atomic(local, data)  # workers sharing the cache never see half a shard
         self._evict(keep=local)
-        return data
+        return data, None
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used cached shards until the cache fits ``cache_bytes``."""
@@ -169,26 +262,25 @@ class PackedCorpus:
     def read_shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
         """Shard ``i`` decoded: its values (n, C, H, W) as packed (uint16 digital numbers or float32)
         and the patches' records, checked."""
-        from webdataset.tariterators import tar_file_iterator
-
         entry = self.shards[i]
-        data = self._fetch(entry["name"])
-        digest = hashlib.sha256(data).hexdigest()
+        data, identity = self._fetch(entry["name"])
+        digest = _sha256(data, identity)
         if digest != entry["sha256"] and self.remote:  # a damaged cached copy: fetch it once more
             (self.cache_dir / entry["name"]).unlink(missing_ok=True)
-            data = self._fetch(entry["name"])
-            digest = hashlib.sha256(data).hexdigest()
+            data, identity = self._fetch(entry["name"])
+            digest = _sha256(data, identity)
         if digest != entry["sha256"]:
             raise ShardError(f"shard {self.url(entry['name'])}: sha256 {digest[:16]}... does not match the manifest's "
                              f"{entry['sha256'][:16]}... (corrupted or changed after packing); re-pack or re-fetch it")
+        if identity is not None:  # verified: this file, unchanged, need not be hashed again in this process
+            _VERIFIED[identity] = digest
         images: dict[str, np.ndarray] = {}
         metas: dict[str, dict] = {}
         header, dtype, shape = b"", None, ()
-        for item in tar_file_iterator(io.BytesIO(data)):
-            key, _, ext = item["fname"].partition(".")
+        for fname, raw in tar_files(data):
+            key, _, ext = fname.partition(".")
             if ext == "image.npy":
-                raw = item["data"]
-                if header and raw.startswith(header):  # same dtype and shape as the last: skip parsing the header
+                if header and raw[: len(header)] == header:  # same dtype and shape as the last: skip parsing the header
                     images[key] = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
                     continue
                 images[key] = np.load(io.BytesIO(raw))
@@ -199,7 +291,7 @@ class PackedCorpus:
                     shape, fortran, dtype = read(f)
                     header = raw[: f.tell()] if not fortran else b""  # Fortran order always goes through np.load
             elif ext == "meta.json":
-                metas[key] = json.loads(item["data"])
+                metas[key] = json.loads(bytes(raw))
         keys = sorted(images)
         if len(keys) != entry["n"] or set(keys) != set(metas):
             raise ShardError(f"shard {self.url(entry['name'])}: {len(keys)} patches, the manifest says {entry['n']}")
@@ -267,7 +359,7 @@ class PackedDataset(Dataset):
         self.scale = float(corpus.manifest["scale"])
         self.unit = corpus.manifest["unit"]
         self.max_shards = max_shards
-        self._open: OrderedDict[int, tuple[np.ndarray, list[dict]]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[np.ndarray, list[dict], np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -275,11 +367,14 @@ class PackedDataset(Dataset):
     def __getstate__(self) -> dict:  # a worker (spawned, or a pickled copy) starts without decoded shards
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def _shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
+    def _shard(self, i: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        """Shard ``i``'s values, records and lon/lat (n, 2) float32, decoded once while it stays open."""
         if i in self._open:
             self._open.move_to_end(i)
         else:
-            self._open[i] = self.corpus.read_shard(i)
+            dn, metas = self.corpus.read_shard(i)
+            lonlat = np.array([(m["lon"], m["lat"]) for m in metas], np.float32).reshape(-1, 2)  # (n, 2)
+            self._open[i] = dn, metas, lonlat
             while len(self._open) > self.max_shards:
                 self._open.popitem(last=False)
         return self._open[i]
@@ -288,11 +383,12 @@ class PackedDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} of a packed corpus of {len(self)}")
         shard, k = self.corpus.locate(int(index))
-        dn, metas = self._shard(shard)
+        dn, metas, lonlat = self._shard(shard)
         meta = metas[k]
-        image = np.asarray(dn[k][self._channels], dtype=np.float32) * np.float32(self.scale)
+        # one new float32 array (C, H, W): the stored values times the scale (x 1.0 keeps float32 bit for bit)
+        image = np.multiply(dn[k][self._channels], np.float32(self.scale), dtype=np.float32)
         sample = {"image": torch.from_numpy(image), "bands": self.bands, "unit": self.unit, "source": meta["source"],
-                  "lonlat": torch.tensor([meta["lon"], meta["lat"]], dtype=torch.float32), "id": meta["id"]}
+                  "lonlat": torch.from_numpy(lonlat[k].copy()), "id": meta["id"]}
         if meta.get("time"):
             sample["time"] = meta["time"]
         return sample

@@ -262,6 +262,12 @@ class PackedCorpus:
     def read_shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
         """Shard ``i`` decoded: its values (n, C, H, W) as packed (uint16 digital numbers or float32)
         and the patches' records, checked."""
+        patches, metas = self.read_patches(i)
+        return np.stack(patches), metas
+
+    def read_patches(self, i: int) -> tuple[list[np.ndarray], list[dict]]:
+        """Shard ``i``'s patches (C, H, W each) as read-only views into the shard's checked bytes (no
+        copy: the views hold the bytes), and their records."""
         entry = self.shards[i]
         data, identity = self._fetch(entry["name"])
         digest = _sha256(data, identity)
@@ -295,7 +301,7 @@ class PackedCorpus:
         keys = sorted(images)
         if len(keys) != entry["n"] or set(keys) != set(metas):
             raise ShardError(f"shard {self.url(entry['name'])}: {len(keys)} patches, the manifest says {entry['n']}")
-        return np.stack([images[k] for k in keys]), [metas[k] for k in keys]
+        return [images[k] for k in keys], [metas[k] for k in keys]
 
     def records(self, i: int) -> list[dict]:
         """The patch records of shard ``i`` (id, source, scene, lon/lat, footprint, time), from its sidecar."""
@@ -359,7 +365,7 @@ class PackedDataset(Dataset):
         self.scale = float(corpus.manifest["scale"])
         self.unit = corpus.manifest["unit"]
         self.max_shards = max_shards
-        self._open: OrderedDict[int, tuple[np.ndarray, list[dict], np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[list[np.ndarray], list[dict], np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -367,12 +373,12 @@ class PackedDataset(Dataset):
     def __getstate__(self) -> dict:  # a worker (spawned, or a pickled copy) starts without decoded shards
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def _shard(self, i: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
-        """Shard ``i``'s values, records and lon/lat (n, 2) float32, decoded once while it stays open."""
+    def _shard(self, i: int) -> tuple[list[np.ndarray], list[dict], np.ndarray]:
+        """Shard ``i``'s patches, records and lon/lat (n, 2) float32, decoded once while it stays open."""
         if i in self._open:
             self._open.move_to_end(i)
         else:
-            dn, metas = self.corpus.read_shard(i)
+            dn, metas = self.corpus.read_patches(i)
             lonlat = np.array([(m["lon"], m["lat"]) for m in metas], np.float32).reshape(-1, 2)  # (n, 2)
             self._open[i] = dn, metas, lonlat
             while len(self._open) > self.max_shards:

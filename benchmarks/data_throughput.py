@@ -241,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"loader, local shards, {workers} workers: {rate:.0f} images/s = {rate / step:.1f}x the CPU step, "
                     f"{rate / gpu:.2f}x the H100 estimate (first batch {first:.2f} s)")
 
-            result["remote"] = remote(work / "corpus", args.batch_size, args.batches, work)
-            r = result["remote"]
-            log(f"remote, 0 workers, cold cache: local {r['local']:.0f}, HTTP {r['http']:.0f} ({r['http'] / r['local']:.2f}x), "
-                f"S3 API (moto) {r['s3']:.0f} ({r['s3'] / r['local']:.2f}x) images/s")
+            if "remote" in parts:
+                result["remote"] = remote(work / "corpus", args.batch_size, args.batches, work)
+                r = result["remote"]
+                log(f"remote, 0 workers, cold cache: local {r['local']:.0f}, HTTP {r['http']:.0f} "
+                    f"({r['http'] / r['local']:.2f}x), S3 API (moto) {r['s3']:.0f} ({r['s3'] / r['local']:.2f}x) images/s")
             shutil.rmtree(work / "corpus")
 
         result["scale"] = {}

@@ -20,9 +20,10 @@ from typing import Any
 from .data import eurosat
 from .data.downstream import TASKS as DOWNSTREAM_TASKS
 from .data.downstream import is_task_file
-from .data.pretraining import DATASET_BANDS, TIME_SERIES, dataset_bands, is_packed
+from .data.pretraining import DATASET_BANDS, PACKED, PACKED_SAMPLING, TIME_SERIES, dataset_bands, is_packed
 from .data.sampling import parse_spec
 from .data.sources import SourceError, builtin_sources, load_source
+from .data.stream import open_corpus
 from .models.vit import POOLS, SIZES, TOKENIZERS
 from .progress import PROGRESS_MODES
 from .tasks import AUGMENTATIONS, LATENT_LOSSES, MASKS, TaskParams, parse_objective
@@ -82,7 +83,7 @@ class PretrainConfig:
     sources: str = param("major_tom,hydro,ssl4eo", "scenes only: unlabelled scenes to pre-train on (comma-separated built-in names or paths to source YAML files, docs/data.md)")
     val_sources: str = param("", "scenes only: scenes held out for the proxy task's validation loss (empty: none)")
     bands: str = param("B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12", "input bands by name (s1s2 appends VV,VH and slovenia uses NDVI)")
-    n_pretrain: int = param(0, "scenes only: number of pre-training patches drawn (0 means all)")
+    n_pretrain: int = param(0, "number of pre-training patches drawn (0 means all): by `sampling` from scene tiles, a seeded uniform subset of a packed corpus")
     sampling: str = param("pandas_uniform", "scenes with n_pretrain: which patches (uniform | geo_grid | stratified:source | kcenter | kmeans | clear | mixes like 0.5*uniform+0.5*kcenter)")
     tile_stride: int = param(32, "stride (pixels) of the window grid over scenes and series")
     img_size: int = param(64, "window size in pixels")
@@ -172,8 +173,10 @@ class PretrainConfig:
         try:  # a packed corpus's bands are in its manifest: an unreachable location is named here, before training
             # scene sources with a problem are reported by the 'sources' check; their bands are unknown
             readable = self.source_list if self.dataset == "scenes" and not source_problems(self.source_list) else ()
-            known_bands = dataset_bands(self.dataset, readable)
+            packed = open_corpus(self.dataset.removeprefix(PACKED)) if is_packed(self.dataset) and len(self.dataset) > 7 else None
+            known_bands = packed.bands if packed is not None else dataset_bands(self.dataset, readable)
         except ValueError as exc:  # ShardError
+            packed = None
             known_bands = None  # unknown: the dataset's problem is the one to report
             problems.append(f"parameter 'dataset': {exc}")
         # Each check is evaluated on its own, so a value one check cannot even read (weights that
@@ -181,8 +184,12 @@ class PretrainConfig:
         checks = [
             ("dataset", lambda: self.dataset in DATASET_BANDS or (is_packed(self.dataset) and len(self.dataset) > 7),
              f"one of {sorted(DATASET_BANDS)} or packed:<folder or URL> (a corpus of python -m eolab data pack)"),
-            ("n_pretrain", lambda: not is_packed(self.dataset) or self.n_pretrain == 0,
-             "0 for a packed corpus (its packer chose the patches: data pack --sampling ... --n ...)"),
+            ("n_pretrain", lambda: packed is None or self.n_pretrain <= len(packed),
+             f"at most the {len(packed)} patches of the packed corpus {packed.location} (0 = all of them)"
+             if packed is not None else ""),
+            ("sampling", lambda: not is_packed(self.dataset) or self.sampling in PACKED_SAMPLING,
+             "'uniform' on a packed corpus (n_pretrain draws a seeded uniform subset; the packer's --sampling chose "
+             "its patches)"),
             ("mask_ratio", lambda: 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
             ("model_size", lambda: self.model_size in SIZES, f"one of {sorted(SIZES)}"),
             ("mask", lambda: self.mask in MASKS, f"one of {sorted(MASKS)}"),

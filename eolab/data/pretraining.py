@@ -116,12 +116,20 @@ def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
     return PretrainingSet(dataset, None, ids, [params.dataset] * len(dataset), None)
 
 
+PACKED_SAMPLING = ("pandas_uniform", "uniform")
+"""``sampling`` values a packed corpus takes with ``n_pretrain``: its subset is a seeded uniform draw
+(the packer's ``--sampling`` chose the corpus's patches)."""
+
+
 def packed_set(params: PretrainingParams) -> PretrainingSet:
-    """A packed corpus: the packer's sampler already chose its patches; they stream shard by shard."""
+    """A packed corpus: the packer's sampler already chose its patches; they stream shard by shard.
+    ``n_pretrain`` > 0 trains on a uniform subset of it drawn by ``seed`` (``PackedCorpus.subset``)."""
     corpus = open_corpus(params.dataset.removeprefix(PACKED))
     if params.n_pretrain:
-        raise ValueError(f"parameter 'n_pretrain' does not apply to a packed corpus ({params.dataset!r}): the packer "
-                         "chose its patches (python -m eolab data pack --sampling ... --n ...)")
+        if params.sampling not in PACKED_SAMPLING:
+            raise ValueError(f"parameter 'sampling' = {params.sampling!r} on the packed corpus {corpus.location}: "
+                             "n_pretrain draws a uniform subset of it ('uniform'); its packer's --sampling chose its patches")
+        corpus = corpus.subset(params.n_pretrain, params.seed)  # > the corpus: an error naming both
     if corpus.manifest["patch"] != params.img_size:
         raise ValueError(f"parameter 'img_size' = {params.img_size} but the packed corpus {corpus.location} holds "
                          f"{corpus.manifest['patch']} px patches")

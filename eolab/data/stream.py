@@ -7,8 +7,10 @@
 ``open_corpus`` reads the manifest at once, so an unreachable location fails before training,
 naming it. Shards are fetched through fsspec into a local cache of bounded size (least recently
 used shards are deleted beyond ``cache_bytes``; a local folder is read in place), and every
-shard's bytes are checked against the manifest's sha256 each time they are read: a mismatch is a
-``ShardError`` naming the shard, never a skipped shard.
+shard's bytes are checked against the manifest's sha256 when they are read: a mismatch is a
+``ShardError`` naming the shard, never a skipped shard. A local file this process has verified is
+not hashed again while its (path, size, mtime) stay the same (``_sha256``); a remote shard's cached
+copy is hashed on every read, since marking it recently used changes its mtime.
 
 Order (``ShardBatchSampler``): per epoch the shards are permuted by (seed, epoch) and laid end to
 end; that sequence of samples is cut into ``slots = processes x max(1, DataLoader workers)`` runs of
@@ -44,10 +46,100 @@ from .shards import MANIFEST, SHARD_FORMAT, ShardError
 
 DEFAULT_CACHE_BYTES = 8 * 2**30  # the local shard cache of a remote corpus; $EOLAB_SHARD_CACHE_BYTES overrides
 DEFAULT_GROUP = 4  # shards decoded and shuffled together per slot
+_SUBSET = 0x5EB5E7  # seeds a subset's draws apart from the batch order's (same seed, other stream)
 
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+_VERIFIED: dict[tuple, str] = {}
+"""sha256 of the local shard files this process has verified, by (path, size, mtime_ns)."""
+
+
+def _read_file(path: Path) -> tuple[bytes, tuple | None]:
+    """A file's bytes and its identity (path, size, mtime_ns), or None as identity when the file
+    changed while it was read (then it is hashed in full, whatever was cached)."""
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        data = f.read()
+        after = os.fstat(f.fileno())
+    same = before.st_size == after.st_size == len(data) and before.st_mtime_ns == after.st_mtime_ns
+    return data, (str(path.resolve()), after.st_size, after.st_mtime_ns) if same else None
+
+
+def _sha256(data: bytes, identity: tuple | None) -> str:
+    """The shard's sha256: hashed, unless this process verified this very file (same path, size and
+    mtime) before. A change that keeps a file's size and mtime (bit rot, a rewrite within the same
+    mtime) is therefore caught by the next process, not by a later read of this one."""
+    known = _VERIFIED.get(identity) if identity is not None else None
+    return known if known is not None else hashlib.sha256(data).hexdigest()
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def tar_files(data: bytes) -> Iterator[tuple[str, memoryview]]:
+    """(name, bytes) of the regular files in an uncompressed tar, without copying them.
+
+    The shards' tars (POSIX ustar with a pax header per member, as WebDataset's writer makes them)
+    are walked header by header, each header's checksum checked; anything this walk does not read
+    (other member types, base-256 sizes, a bad checksum) goes through ``tarfile`` (WebDataset's
+    reader) instead, which reads every tar or raises.
+    """
+    files = _walk_tar(data)
+    if files is None:
+        from webdataset.tariterators import tar_file_iterator
+
+        for item in tar_file_iterator(io.BytesIO(data)):
+            yield item["fname"], memoryview(item["data"])
+        return
+    view = memoryview(data)
+    for name, start, size in files:
+        yield name, view[start : start + size]
+
+
+def _walk_tar(data: bytes) -> list[tuple[str, int, int]] | None:
+    """(name, offset, size) of the tar's regular files, or None if it holds what ``tar_files`` leaves to tarfile."""
+    out, pos, pax = [], 0, {}
+    while pos + 512 <= len(data):
+        block = data[pos : pos + 512]
+        if block == _ZERO_BLOCK:  # end of archive
+            return out
+        if block[124] & 0x80 or int(block[148:156].strip(b"\0 ") or b"0", 8) != sum(block) - sum(block[148:156]) + 256:
+            return None  # a base-256 size or a header whose checksum (field counted as 8 spaces) does not match
+        size = int(pax["size"]) if "size" in pax else int(block[124:136].strip(b"\0 ") or b"0", 8)
+        kind, start = block[156:157], pos + 512
+        pos = start + -(-size // 512) * 512
+        if kind == b"x":  # a pax header: its records apply to the next member
+            pax = _pax_records(data[start : start + size])
+        elif kind in (b"0", b"\0"):
+            name = pax.get("path") or _ustar_name(block)
+            out.append((name, start, size))
+            pax = {}
+        elif kind in (b"g", b"5"):  # a global pax header, a directory: nothing to read
+            pax = {}
+        else:
+            return None
+    return None  # no end-of-archive marker: let tarfile say what is wrong
+
+
+def _ustar_name(block: bytes) -> str:
+    name = block[0:100].split(b"\0", 1)[0].decode()
+    prefix = block[345:500].split(b"\0", 1)[0].decode() if block[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _pax_records(buf: bytes) -> dict[str, str]:
+    """A pax extended header's "<length> <key>=<value>\\n" records."""
+    records, i = {}, 0
+    while i < len(buf):
+        space = buf.index(b" ", i)
+        length = int(buf[i:space])
+        key, _, value = buf[space + 1 : i + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8")
+        i += length
+    return records
 
 
 class PackedCorpus:
@@ -64,8 +156,11 @@ class PackedCorpus:
         env = os.environ.get("EOLAB_SHARD_CACHE_BYTES")
         self.cache_bytes = int(cache_bytes if cache_bytes is not None else env if env else DEFAULT_CACHE_BYTES)
         self.shards = manifest["shards"]
-        self.sizes = np.array([s["n"] for s in self.shards], np.int64)
+        self.shard_sizes = np.array([s["n"] for s in self.shards], np.int64)  # every packed sample
+        self.sizes = self.shard_sizes  # the samples in use: all, or a subset's per-shard counts (``subset``)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])  # global index of each shard's first sample
+        self.chosen: dict | None = None  # the subset: n, seed and the corpus size it was drawn from
+        self._positions: OrderedDict[int, np.ndarray] = OrderedDict()  # a few shards' chosen positions
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -75,10 +170,45 @@ class PackedCorpus:
         return int(self.starts[-1])
 
     def provenance(self) -> dict:
-        """What a run's record says about the corpus: location, size, shards and one hash over their hashes."""
+        """What a run's record says about the corpus: location, size, shards and one hash over their hashes
+        (and, for a subset, its n, seed and the corpus size it was drawn from)."""
         digest = hashlib.sha256("\n".join(s["sha256"] for s in self.shards).encode()).hexdigest()
-        return {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
-                "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+        out = {"location": self.location, "n": len(self), "n_shards": len(self.shards), "shards_sha256": digest,
+               "repeated": self.manifest.get("repeated", False), "sensors": self.manifest.get("sensors", [])}
+        return out | ({"subset": dict(self.chosen)} if self.chosen else {})
+
+    def subset(self, n: int, seed: int, param: str = "n_pretrain") -> PackedCorpus:
+        """The same corpus restricted to a uniform random subset of ``n`` samples, a function of ``seed``.
+
+        Drawn shard-locally so that nothing of size N is ever held: the per-shard counts are a
+        multivariate hypergeometric draw (the counts a uniform n-subset of the corpus has), and each
+        shard's positions a seeded choice within it, made when the shard is reached. Sample indices
+        stay contiguous per shard, so ``ShardBatchSampler`` over ``sizes`` keeps its slots, memory
+        bound and resume unchanged.
+        """
+        total = int(self.shard_sizes.sum())
+        if not 0 < n <= total:
+            raise ValueError(f"parameter {param!r} = {n}, but the packed corpus {self.location} holds {total} patches: "
+                             f"choose 1..{total} (0 = all of them)")
+        counts = np.random.default_rng([seed, _SUBSET]).multivariate_hypergeometric(self.shard_sizes, n, method="marginals")
+        out = PackedCorpus.__new__(PackedCorpus)
+        out.__dict__.update(self.__dict__)
+        out.sizes = counts.astype(np.int64)
+        out.starts = np.concatenate([[0], np.cumsum(out.sizes)])
+        out.chosen = {param: n, "seed": seed, "of": total}
+        out._positions = OrderedDict()
+        return out
+
+    def positions(self, i: int) -> np.ndarray:
+        """Positions within shard ``i`` of the samples in use, in shard order (all of them without a subset)."""
+        if self.chosen is None:
+            return np.arange(self.shard_sizes[i])
+        if i not in self._positions:
+            rng = np.random.default_rng([self.chosen["seed"], _SUBSET, i])
+            self._positions[i] = np.sort(rng.choice(int(self.shard_sizes[i]), int(self.sizes[i]), replace=False))
+            while len(self._positions) > 2 * DEFAULT_GROUP:
+                self._positions.popitem(last=False)
+        return self._positions[i]
 
     def _fs(self):
         import fsspec
@@ -88,18 +218,20 @@ class PackedCorpus:
     def url(self, name: str) -> str:
         return f"{self.location}/{name}"
 
-    def _fetch(self, name: str) -> bytes:
-        """The shard's bytes: read in place (local) or through the local cache (remote)."""
+    def _fetch(self, name: str) -> tuple[bytes, tuple | None]:
+        """The shard's bytes, read in place (local) or through the local cache (remote), and the
+        file's identity (path, size, mtime) when it was read from a local file that did not change
+        while it was read (None for bytes just fetched)."""
         if not self.remote:
             try:
-                return (Path(self.location.removeprefix("file://")) / name).read_bytes()
+                return _read_file(Path(self.location.removeprefix("file://")) / name)
             except OSError as exc:
                 raise ShardError(f"shard {self.url(name)} cannot be read: {exc}") from exc
         local = self.cache_dir / name
         try:
-            data = local.read_bytes()
-            os.utime(local)  # recently used: evicted last
-            return data
+            data, identity = _read_file(local)
+            os.utime(local)  # recently used: evicted last (a new mtime: hashed once more next time)
+            return data, identity
         except FileNotFoundError:
             pass
         try:
@@ -108,7 +240,7 @@ class PackedCorpus:
             raise ShardError(f"shard {self.url(name)} cannot be fetched: {type(exc).__name__}: {exc}") from exc
         write_bytes_atomic(local, data)  # workers sharing the cache never see half a shard
         self._evict(keep=local)
-        return data
+        return data, None
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used cached shards until the cache fits ``cache_bytes``."""
@@ -128,27 +260,33 @@ class PackedCorpus:
                 total -= size
 
     def read_shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
-        """Shard ``i`` decoded: digital numbers (n, C, H, W) uint16 and the patches' records, checked."""
-        from webdataset.tariterators import tar_file_iterator
+        """Shard ``i`` decoded: its values (n, C, H, W) as packed (uint16 digital numbers or float32)
+        and the patches' records, checked."""
+        patches, metas = self.read_patches(i)
+        return np.stack(patches), metas
 
+    def read_patches(self, i: int) -> tuple[list[np.ndarray], list[dict]]:
+        """Shard ``i``'s patches (C, H, W each) as read-only views into the shard's checked bytes (no
+        copy: the views hold the bytes), and their records."""
         entry = self.shards[i]
-        data = self._fetch(entry["name"])
-        digest = hashlib.sha256(data).hexdigest()
+        data, identity = self._fetch(entry["name"])
+        digest = _sha256(data, identity)
         if digest != entry["sha256"] and self.remote:  # a damaged cached copy: fetch it once more
             (self.cache_dir / entry["name"]).unlink(missing_ok=True)
-            data = self._fetch(entry["name"])
-            digest = hashlib.sha256(data).hexdigest()
+            data, identity = self._fetch(entry["name"])
+            digest = _sha256(data, identity)
         if digest != entry["sha256"]:
             raise ShardError(f"shard {self.url(entry['name'])}: sha256 {digest[:16]}... does not match the manifest's "
                              f"{entry['sha256'][:16]}... (corrupted or changed after packing); re-pack or re-fetch it")
+        if identity is not None:  # verified: this file, unchanged, need not be hashed again in this process
+            _VERIFIED[identity] = digest
         images: dict[str, np.ndarray] = {}
         metas: dict[str, dict] = {}
         header, dtype, shape = b"", None, ()
-        for item in tar_file_iterator(io.BytesIO(data)):
-            key, _, ext = item["fname"].partition(".")
+        for fname, raw in tar_files(data):
+            key, _, ext = fname.partition(".")
             if ext == "image.npy":
-                raw = item["data"]
-                if header and raw.startswith(header):  # same dtype and shape as the last: skip parsing the header
+                if header and raw[: len(header)] == header:  # same dtype and shape as the last: skip parsing the header
                     images[key] = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
                     continue
                 images[key] = np.load(io.BytesIO(raw))
@@ -159,11 +297,11 @@ class PackedCorpus:
                     shape, fortran, dtype = read(f)
                     header = raw[: f.tell()] if not fortran else b""  # Fortran order always goes through np.load
             elif ext == "meta.json":
-                metas[key] = json.loads(item["data"])
+                metas[key] = json.loads(bytes(raw))
         keys = sorted(images)
         if len(keys) != entry["n"] or set(keys) != set(metas):
             raise ShardError(f"shard {self.url(entry['name'])}: {len(keys)} patches, the manifest says {entry['n']}")
-        return np.stack([images[k] for k in keys]), [metas[k] for k in keys]
+        return [images[k] for k in keys], [metas[k] for k in keys]
 
     def records(self, i: int) -> list[dict]:
         """The patch records of shard ``i`` (id, source, scene, lon/lat, footprint, time), from its sidecar."""
@@ -178,9 +316,10 @@ class PackedCorpus:
         return json.loads(text)["patches"]
 
     def locate(self, index: int) -> tuple[int, int]:
-        """(shard, position in it) of global sample ``index``."""
+        """(shard, position in it) of global sample ``index`` (of the subset in use, if any)."""
         shard = int(np.searchsorted(self.starts, index, side="right") - 1)
-        return shard, int(index - self.starts[shard])
+        k = int(index - self.starts[shard])
+        return shard, k if self.chosen is None else int(self.positions(shard)[k])
 
 
 def open_corpus(location: str | Path, storage_options: dict | None = None, cache_dir: Path | None = None,
@@ -226,7 +365,7 @@ class PackedDataset(Dataset):
         self.scale = float(corpus.manifest["scale"])
         self.unit = corpus.manifest["unit"]
         self.max_shards = max_shards
-        self._open: OrderedDict[int, tuple[np.ndarray, list[dict]]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[list[np.ndarray], list[dict], np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -234,11 +373,14 @@ class PackedDataset(Dataset):
     def __getstate__(self) -> dict:  # a worker (spawned, or a pickled copy) starts without decoded shards
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def _shard(self, i: int) -> tuple[np.ndarray, list[dict]]:
+    def _shard(self, i: int) -> tuple[list[np.ndarray], list[dict], np.ndarray]:
+        """Shard ``i``'s patches, records and lon/lat (n, 2) float32, decoded once while it stays open."""
         if i in self._open:
             self._open.move_to_end(i)
         else:
-            self._open[i] = self.corpus.read_shard(i)
+            dn, metas = self.corpus.read_patches(i)
+            lonlat = np.array([(m["lon"], m["lat"]) for m in metas], np.float32).reshape(-1, 2)  # (n, 2)
+            self._open[i] = dn, metas, lonlat
             while len(self._open) > self.max_shards:
                 self._open.popitem(last=False)
         return self._open[i]
@@ -247,11 +389,12 @@ class PackedDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} of a packed corpus of {len(self)}")
         shard, k = self.corpus.locate(int(index))
-        dn, metas = self._shard(shard)
+        dn, metas, lonlat = self._shard(shard)
         meta = metas[k]
-        image = np.asarray(dn[k][self._channels], dtype=np.float32) * np.float32(self.scale)
+        # one new float32 array (C, H, W): the stored values times the scale (x 1.0 keeps float32 bit for bit)
+        image = np.multiply(dn[k][self._channels], np.float32(self.scale), dtype=np.float32)
         sample = {"image": torch.from_numpy(image), "bands": self.bands, "unit": self.unit, "source": meta["source"],
-                  "lonlat": torch.tensor([meta["lon"], meta["lat"]], dtype=torch.float32), "id": meta["id"]}
+                  "lonlat": torch.from_numpy(lonlat[k].copy()), "id": meta["id"]}
         if meta.get("time"):
             sample["time"] = meta["time"]
         return sample
@@ -286,10 +429,13 @@ class PackedColumn(Sequence):
 
     def __iter__(self) -> Iterator:
         for i, entry in enumerate(self.corpus.shards):
+            if not self.corpus.sizes[i]:  # no sample of a subset in this shard
+                continue
             if self.field == "source":
-                yield from [entry["source"]] * entry["n"]
+                yield from [entry["source"]] * int(self.corpus.sizes[i])
             else:
-                yield from (r[self.field] for r in self.corpus.records(i))
+                records = self.corpus.records(i)
+                yield from (records[k][self.field] for k in self.corpus.positions(i))
 
 
 def rank_world() -> tuple[int, int]:

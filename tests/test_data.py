@@ -142,3 +142,16 @@ def test_torchgeo_variant_reads_torchgeo_layout_with_the_same_labels(root, tmp_p
     assert by_id == expected
     assert sorted(set(data["split"])) == ["test", "train", "val"]
     assert data["image"].shape[1:] == (13, 64, 64) and data["lonlat"].shape == (len(data["id"]), 2)
+
+
+def test_stack_images_equals_torch_stack_and_keeps_what_numpy_cannot_hold():
+    from eolab.data.schema import stack_images
+
+    images = [torch.randn(3, 4, 4) for _ in range(5)]
+    assert torch.equal(stack_images(images), torch.stack(images)) and stack_images(images).dtype == torch.float32
+    dn = [torch.randint(0, 10000, (2, 3, 3), dtype=torch.int16) for _ in range(3)]
+    assert torch.equal(stack_images(dn), torch.stack(dn)) and stack_images(dn).dtype == torch.int16
+    bf16 = [x.bfloat16() for x in images]  # numpy has no bfloat16: torch.stack
+    assert torch.equal(stack_images(bf16), torch.stack(bf16)) and stack_images(bf16).dtype == torch.bfloat16
+    grads = [x.clone().requires_grad_() for x in images]
+    assert stack_images(grads).requires_grad

@@ -536,3 +536,52 @@ def test_a_changed_wavelength_changes_the_task_fingerprint(tmp_path):
     task = TASKS["eurosat"]
     shifted = dataclasses.replace(task, wavelengths=tuple(500.0 + i for i in range(len(task.bands))))
     assert shifted.fingerprint() != task.fingerprint()
+
+
+def test_a_per_pixel_task_takes_its_labels_from_a_vector_file(tmp_path):
+    """Polygons in lon/lat with class names, burnt onto a UTM scene: each sampled pixel gets the class of
+    the polygon its centre lies in, pixels outside every polygon are never samples."""
+    import json
+
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+
+    transform = from_origin(500000, 5000160, 10, 10)  # 16 x 16 px of 10 m in UTM 33N
+    (tmp_path / "scenes").mkdir()
+    with rasterio.open(tmp_path / "scenes" / "a.tif", "w", driver="GTiff", width=16, height=16, count=2, dtype="uint16",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 3000, (2, 16, 16), dtype=np.uint16))
+    to_lonlat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+
+    def box(x0, y0, x1, y1):  # a UTM rectangle as a lon/lat ring
+        return [list(to_lonlat.transform(x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+
+    # west half (columns 0-7) wheat, rows 0-3 of the east half maize, the rest of the scene unlabelled
+    features = [{"type": "Feature", "properties": {"crop": crop}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+                for crop, ring in (("wheat", box(500000, 5000000, 500080, 5000160)),
+                                   ("maize", box(500080, 5000120, 500160, 5000160)))]
+    (tmp_path / "fields.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    spec = tmp_path / "fields.yaml"
+    spec.write_text(f"""
+name: fields_vector
+kind: segmentation
+data: {{format: scenes, root: {tmp_path}, files: scenes/*.tif, labels: fields.geojson, label_field: crop,
+        pixels_per_class: 500, block_px: 8}}
+size: 16
+gsd_m: 10
+bands: [{{name: B04, wavelength_nm: 665}}, {{name: B08, wavelength_nm: 833}}]
+scale: 0.0001
+""")
+    task = get_task(str(spec))
+    batch = task.load()
+    rows, cols = batch["pixel"][:, 1], batch["pixel"][:, 2]
+    crop = np.where(cols < 8, "wheat", np.where(rows < 4, "maize", "none"))
+    assert "none" not in set(crop) and len(crop) == 16 * 8 + 4 * 8  # every labelled pixel, no other
+    assert tuple(batch["classes"]) == ("maize", "wheat")  # the file's values, sorted
+    assert [batch["classes"][int(t)] for t in batch["target"]] == list(crop)
+
+    no_field = tmp_path / "no_field.yaml"
+    no_field.write_text(spec.read_text().replace(", label_field: crop", ""))
+    with pytest.raises(TaskFileError, match="label_field"):
+        get_task(str(no_field)).load()

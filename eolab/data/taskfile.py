@@ -15,7 +15,9 @@ and the field). Four kinds of data:
               ``id_column``, ``time_column``) or ``wide`` (one row per sample, a band's columns named
               by a ``{t}`` pattern); label, coordinates, groups and the documented split from columns
     scenes    per-pixel (segmentation) tasks: scene rasters with a label raster each (``labels:
-              LULC/{stem}.tif``), labelled pixels sampled per class, blocks of ``block_px`` squares
+              LULC/{stem}.tif``) or a vector file of labelled polygons (``labels: fields.gpkg``,
+              ``label_field: crop``; GeoJSON, GeoPackage, shapefile, FlatGeobuf, GeoParquet, burnt onto
+              each scene's grid in its CRS), labelled pixels sampled per class, blocks of ``block_px`` squares
     arrays    npy, HDF5 (``file.h5:dataset``) or zarr (``store.zarr:array``) arrays with declared
               ``axes`` (any of sample, time, band, y, x); targets, coordinates, groups, test flags,
               months or days of year from arrays of the same samples
@@ -59,9 +61,12 @@ DATA_FIELDS = {
               "lat_column", "group_column", "test_column", "test_values", "filter"},
     "arrays": {"format", "root", "inputs", "axes", "target", "lonlat", "latlon", "group", "is_test", "ids", "months",
                "doy"},
-    "scenes": {"format", "root", "files", "labels", "pixels_per_class", "ignore", "block_px", "seed"},
+    "scenes": {"format", "root", "files", "labels", "label_field", "pixels_per_class", "ignore", "block_px", "seed"},
 }
 AXES = ("sample", "time", "band", "y", "x")
+VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".parquet", ".geoparquet")
+"""A ``scenes`` task's ``labels`` file with one of these suffixes is a vector file (read by pyogrio):
+its polygons, reprojected to each scene's CRS, are burnt onto the scene grid by ``label_field``."""
 
 
 class TaskFileError(ValueError):
@@ -451,19 +456,23 @@ def _read_scenes(spec: dict, path: str, root: Path) -> dict:
     scenes = resolve_files(tuple(files), base, spec["name"])
     size = int(spec.get("size", 1))
     images, labels, metas = [], [], []
+    vector_values: list = []  # a vector file's label values; pixel code i + 1 is vector_values[i], 0 is unlabelled
     for f in scenes:
         dn, meta = read_raster(f, expected_count=len(spec["bands"]))
         label_file = base / data["labels"].format(stem=f.stem, name=f.name)
         if not label_file.is_file():
-            _fail(path, "data.labels", f"no label raster {label_file} for scene {f}")
-        lab, _ = read_raster(label_file, expected_count=1)
+            _fail(path, "data.labels", f"no label file {label_file} for scene {f}")
+        if label_file.suffix.lower() in VECTOR_SUFFIXES:
+            lab = _burn_labels(label_file, data.get("label_field"), meta, dn.shape[1:], vector_values, path)[None]
+        else:
+            lab, _ = read_raster(label_file, expected_count=1)
         if dn.shape[1:] != (size, size) or lab.shape[1:] != dn.shape[1:]:
             _fail(path, "size", f"{f} is {dn.shape[1:]} px and its labels {lab.shape[1:]}, the task file declares {size}")
         images.append(dn[None])  # (1, C, H, W): one date
         labels.append(lab[0])
         metas.append(meta)
     stack = np.stack(labels)  # (S, H, W)
-    ignore = set(data.get("ignore", []))
+    ignore = set(data.get("ignore", [])) if not vector_values else {0}  # vector: pixels in no polygon
     rng = np.random.default_rng(int(data.get("seed", 0)))
     per_class = int(data.get("pixels_per_class", 150))
     picked = []
@@ -483,8 +492,48 @@ def _read_scenes(spec: dict, path: str, root: Path) -> dict:
     block = int(data.get("block_px", 32))
     _, group = np.unique(np.c_[pixel[:, 0], pixel[:, 1:] // block], axis=0, return_inverse=True)
     rel = [str(f.relative_to(base)) for f in scenes]
-    return {"raw": np.stack(images), "target": stack[pixel[:, 0], pixel[:, 1], pixel[:, 2]], "pixel": pixel,
+    target = stack[pixel[:, 0], pixel[:, 1], pixel[:, 2]]
+    if vector_values:  # codes back to the file's own values, which ``labels`` maps like any others
+        target = np.array(vector_values, dtype=object)[target - 1]
+    return {"raw": np.stack(images), "target": target, "pixel": pixel,
             "id": [f"{rel[s]}@{r},{c}" for s, r, c in pixel], "lonlat": lonlat, "group": group.ravel()}
+
+
+def _burn_labels(file: Path, field: str | None, meta: dict, shape: tuple[int, int], values: list, path: str) -> np.ndarray:
+    """A vector label file burnt onto one scene's grid: (H, W) int codes, 0 where no polygon lies,
+    i + 1 where one with ``field`` value ``values[i]`` does (``values`` grows as new values appear,
+    so codes mean the same in every scene). Polygons are reprojected to the scene's CRS first; a
+    pixel is labelled when its centre is inside (where polygons overlap, the later one wins)."""
+    import pyogrio.raw
+    import shapely
+    from pyproj import Transformer
+    from rasterio.features import rasterize
+
+    if not field:
+        _fail(path, "data.label_field", f"missing (required with a vector label file such as {file.name}): "
+              "the attribute holding each polygon's class")
+    if meta["crs"] is None:
+        _fail(path, "data.labels", f"vector labels {file} need a georeferenced scene; {meta.get('path', 'a scene')} has no CRS")
+    try:
+        info, _, wkb, columns = pyogrio.raw.read(file, columns=[field])
+    except Exception as exc:  # noqa: BLE001 - any reader error, named
+        _fail(path, "data.labels", f"{file} cannot be read as a vector file: {type(exc).__name__}: {exc}")
+    if field not in list(info["fields"]):
+        _fail(path, "data.label_field", f"{file} has no attribute {field!r} (it has {list(info['fields'])})")
+    geoms = shapely.from_wkb(wkb)
+    if info["crs"] and str(info["crs"]) != str(meta["crs"]):
+        to_scene = Transformer.from_crs(info["crs"], meta["crs"], always_xy=True)
+        geoms = shapely.transform(geoms, lambda xy: np.c_[to_scene.transform(xy[:, 0], xy[:, 1])])
+    codes = []
+    for value in columns[0]:
+        value = value.item() if isinstance(value, np.generic) else value
+        if value not in values:
+            values.append(value)
+        codes.append(values.index(value) + 1)
+    shapes = [(g, c) for g, c in zip(geoms, codes, strict=True) if g is not None and not g.is_empty]
+    if not shapes:
+        return np.zeros(shape, np.int64)
+    return rasterize(shapes, out_shape=shape, transform=meta["transform"], fill=0, dtype="int32").astype(np.int64)
 
 
 def _read_frame(file: Path) -> pd.DataFrame:

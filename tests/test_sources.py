@@ -345,3 +345,16 @@ def test_bands_parameter_follows_the_sources_cards() -> None:
         PretrainConfig.from_params({"sources": s1})  # the default bands are Sentinel-2's
     with pytest.raises(ParameterError, match="parameter 'bands'"):
         PretrainConfig.from_params({"sources": f"hydro,{s1}", "bands": "VV"})  # hydro has no VV
+
+
+def test_a_one_file_per_band_source_says_which_of_its_cards_bands_its_folders_hold(tmp_path):
+    """The Sentinel-1 card has VV, VH, HH and HV; SSL4EO-S12's folders hold VV and VH only, which the
+    source declares (bands.names), so packing or training on it without --bands reads those two."""
+    from eolab.data.sources import source_bands
+
+    assert source_bands(str(ROOT / "sources" / "ssl4eo_s1.yaml")) == ("VV", "VH")
+    spec = yaml.safe_load((ROOT / "sources" / "ssl4eo_s1.yaml").read_text())
+    spec["bands"]["names"] = ["VV", "B04"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SourceError, match=r"bad\.yaml.*'bands'.*B04.*sentinel1"):
+        source_bands(str(tmp_path / "bad.yaml"))

@@ -765,14 +765,20 @@ def source_globs(ref: str) -> tuple[str, ...]:
 
 
 def source_bands(ref: str) -> tuple[str, ...]:
-    """The bands a source can provide, by name: the file's band order where the source declares one,
-    else its card's bands; for a source of several products, the bands every product has."""
+    """The bands a source can provide, by name: the file's band order where the source declares one
+    (``bands.order``; for one file per band, ``bands.names``: the bands its folders hold), else its
+    card's bands; for a source of several products, the bands every product has."""
     spec = load_source(ref)
     per_product = []
     for p in spec.products:
         how = p.get("bands")
-        order = how.get("order") if isinstance(how, dict) else None
-        names = [p.card.canonical(str(b)) for b in order] if isinstance(order, list) and order else list(p.card.band_names)
+        # the file's band order, or the bands a one-file-per-band folder holds (bands.names), else the card's
+        order = (how.get("order") or how.get("names")) if isinstance(how, dict) else None
+        try:
+            names = [p.card.canonical(str(b)) for b in order] if isinstance(order, list) and order else list(p.card.band_names)
+        except KeyError as exc:
+            raise SourceError(f"{p.where}: field 'bands': {exc.args[0]} is not a band of card {p.card.where} "
+                              f"(it has {list(p.card.band_names)})") from None
         per_product.append(names)
     first = per_product[0] if per_product else []
     return tuple(b for b in first if all(b in names for names in per_product[1:]))

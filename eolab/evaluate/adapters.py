@@ -166,11 +166,8 @@ def read_state_dict(path: str | Path) -> dict:
 
 
 def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def _card_bands(names, card: str) -> tuple[Band, ...]:

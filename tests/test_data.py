@@ -149,6 +149,7 @@ def test_stack_images_equals_torch_stack_and_keeps_what_numpy_cannot_hold():
 
     images = [torch.randn(3, 4, 4) for _ in range(5)]
     assert torch.equal(stack_images(images), torch.stack(images)) and stack_images(images).dtype == torch.float32
+    assert stack_images(images).data_ptr() % 64 == 0  # torch's alignment: kernels sum in the same order as on torch.stack's
     dn = [torch.randint(0, 10000, (2, 3, 3), dtype=torch.int16) for _ in range(3)]
     assert torch.equal(stack_images(dn), torch.stack(dn)) and stack_images(dn).dtype == torch.int16
     bf16 = [x.bfloat16() for x in images]  # numpy has no bfloat16: torch.stack

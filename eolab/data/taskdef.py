@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..io import write_bytes_atomic
+from ..text import file_safe
 from .paths import cache_root, data_root
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Task:
     def _loaded(self, root: Path, key: str | None) -> dict:
         if not self.files or loader_identity(self.loader) is None:  # keyed by its content: nothing to look up
             return self.loader(root)
-        path = cache_root() / TASK_CACHE / f"{_safe_name(self.name)}-{key or self.fingerprint(root)}.pkl"
+        path = cache_root() / TASK_CACHE / f"{file_safe(self.name)}-{key or self.fingerprint(root)}.pkl"
         if path.is_file():
             try:
                 with path.open("rb") as handle:
@@ -132,10 +133,6 @@ class Task:
 
 TASK_CACHE = "tasks"
 """Folder under ``cache_root()`` of the loaded batches of file-keyed tasks (``Task.load``)."""
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 HASH_CONTENT_BYTES = 8 << 20

@@ -29,6 +29,7 @@ import xarray as xr
 
 from ..data.paths import cache_root
 from ..io import write_atomic
+from ..text import file_safe
 
 ENGINE = "netcdf4"
 
@@ -40,11 +41,6 @@ def code_version(*modules) -> str:
     for m in modules:
         h.update(inspect.getsource(m).encode())
     return h.hexdigest()[:10]
-
-
-def _safe(text: str) -> str:
-    """A file-name-safe rendering of a key part."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def _coords(samples: dict) -> dict:
@@ -105,7 +101,7 @@ class EmbeddingKey:
 
     def filename(self) -> str:
         variant = f"-{hashlib.sha1(self.variant.encode()).hexdigest()[:10]}" if self.variant else ""
-        return _safe(f"{self.task}-{self.task_fingerprint}-{self.pool}-b{self.block}{variant}-c{self.code}.nc")
+        return file_safe(f"{self.task}-{self.task_fingerprint}-{self.pool}-b{self.block}{variant}-c{self.code}.nc")
 
 
 @dataclass
@@ -154,7 +150,7 @@ class EmbeddingStore:
         """Result rows of one encoder on one task for the settings in ``key`` (protocols, splits, axes,
         protocol parameters, code version): read back, or ``compute()``-d and stored as CSV."""
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = self.root / "results" / encoder[:16] / _safe(f"{task}-{digest}.csv")
+        path = self.root / "results" / encoder[:16] / file_safe(f"{task}-{digest}.csv")
         if path.is_file():
             self.result_hits += 1
             table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""], "ci_low": [""], "ci_high": [""]})
@@ -165,7 +161,7 @@ class EmbeddingStore:
 
     def samples(self, task: str, task_fingerprint: str, load) -> dict:
         """A task's sample table, from the cache or from ``load()`` (the full batch, then stored)."""
-        path = self.root / "tasks" / _safe(f"{task}-{task_fingerprint}.nc")
+        path = self.root / "tasks" / file_safe(f"{task}-{task_fingerprint}.nc")
         if path.is_file():
             with xr.open_dataset(path, engine=ENGINE) as ds:
                 return samples_from_dataset(ds.load())

@@ -358,6 +358,27 @@ def cmd_results_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_results_seeds(args: argparse.Namespace) -> int:
+    """Arms of one or more ablations over their seeds: per arm and score (the run's EuroSAT probe and
+    every linear-probe task and split of its embedding benchmark), the mean over seeds, the seed sd,
+    the interquartile mean, and the paired difference to band statistics and to the random-init
+    encoder (with --versus KEY=VALUE also to the arm that differs only there) with a bootstrap
+    interval over seeds and folds; writes seeds.csv and seeds.md (eolab.reports.seeds)."""
+    from eolab.reports.seeds import SeedsError, write_seeds
+
+    folders = [Path(p) for p in args.results_dirs]
+    missing = [str(p) for p in folders if not p.is_dir()]
+    if missing:
+        raise UsageError(f"results folder(s) not found: {', '.join(missing)}")
+    try:
+        csv_path, md_path = write_seeds(folders, Path(args.out) if args.out else folders[0], versus=args.versus or "")
+    except SeedsError as exc:
+        raise UsageError(str(exc)) from exc
+    print(md_path.read_text(), end="")
+    print(f"{_shown(md_path)}\n{_shown(csv_path)}")
+    return EXIT_OK
+
+
 def cmd_results_check(args: argparse.Namespace) -> int:
     """Say which results under RESULTS_ROOT were made by a commit older than the last change to the
     code that produces them (eolab/ and notebooks/): each record's git_commit against `git log`.
@@ -497,13 +518,17 @@ COMMANDS: dict[str, Command | Group] = {
         ),
     ),
     "results": Group(
-        "results under results/: `index` lists them, `check` which are stale, `diff` a re-run against a reference",
+        "results under results/: `index` lists them, `check` which are stale, `seeds` arms over seeds, `diff` a re-run against a reference",
         {
             "index": Command(cmd_results_index, "write results/index.md and index.csv: every results folder, runs, best, date, commit",
                              (arg("--root", metavar="DIR", help="folder of result folders (default: <repo>/results)"),)),
             "check": Command(cmd_results_check, "say which results were made by a commit older than the last code change",
                              (arg("results_root", nargs="?", default="results", metavar="RESULTS_ROOT",
                                   help="folder of result folders (default: results)"),)),
+            "seeds": Command(cmd_results_seeds, "arms over seeds: means, seed sd, IQM, paired intervals against the baselines",
+                             (arg("results_dirs", nargs="+", metavar="RESULTS_DIR", help="results folders of ablations with seeds"),
+                              arg("--versus", metavar="KEY=VALUE", help="also pair every arm with the one that differs only in KEY=VALUE"),
+                              arg("--out", metavar="DIR", help="where seeds.csv and seeds.md go (default: the first folder)"))),
             "diff": Command(cmd_results_diff, "compare an ablation's runs with a reference's: fold accuracies identical or not",
                             (arg("new", metavar="NEW_DIR", help="results folder of the re-run, e.g. demo-results/mask_ratio"),
                              arg("reference", metavar="REFERENCE_DIR", help="the reference, e.g. results/mask_ratio"),

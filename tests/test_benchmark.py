@@ -75,6 +75,13 @@ def test_table_is_tidy_with_intervals(toy_table):
     assert done["value"].notna().all() and (done["ci_low"] <= done["ci_high"]).all()
     lin = done[(done["protocol"] == "linear") & (done["metric"] == "accuracy")]
     assert (lin["value"] > 0.5).all()  # the classes differ in brightness: every feature set finds it
+    # Rows over folds carry every fold's metric, so encoders can be paired fold by fold; the row's
+    # value is their mean. A single documented test metric has none.
+    over_folds = lin[lin["split"] != "official"]
+    for _, row in over_folds.iterrows():
+        folds = [float(v) for v in row["fold_values"].split(";")]
+        assert len(folds) == row["n"] and np.isclose(np.nanmean(folds), row["value"])
+    assert (lin.loc[lin["split"] == "official", "fold_values"] == "").all()
     # No robustness scenario removes some but not all of B02, B03, B04, B08: said, not skipped silently.
     robust = table[table["protocol"] == "robustness"]
     assert len(robust) and (robust["not_applicable"].str.contains("no scenario")).all()

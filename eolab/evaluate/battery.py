@@ -89,8 +89,10 @@ EMBED_VERSION = code_version(_encoders, _adapters, _probe, _vit, _tokenizers)
 CODE_VERSION = code_version(sys.modules[__name__], P, _diagnostics, _leakage, _encoders, _adapters, _probe, _intervals)
 """Part of every cached result's key: editing the probes, adapters or this module recomputes them."""
 COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "temporal_pooling", "variant", "adapter", "metric",
-           "value", "ci_low", "ci_high", "ci_method", "n", "n_samples", "not_applicable", "smoke", "note")
-"""``note``: what the row's numbers rest on beyond the protocol (fewer folds than asked, labels
+           "value", "ci_low", "ci_high", "ci_method", "n", "fold_values", "n_samples", "not_applicable", "smoke", "note")
+"""``fold_values``: the metric of every fold (or draw) the row's mean is over, in fold order, joined
+by ';' ('' for a single test metric): the folds of one seed are the same for every encoder, so
+reports can pair two encoders fold by fold, and pool folds over pre-training seeds. ``note``: what the row's numbers rest on beyond the protocol (fewer folds than asked, labels
 remapped, no-data filled, samples without coordinates). ``temporal_pooling``: how a single-date
 encoder's per-date embeddings of a series were pooled (``TEMPORAL_POOLINGS``; '' where it does not
 apply); a pooling other than the mean is also appended to ``pool`` ("mean+concat"), so that reports
@@ -315,13 +317,15 @@ class RowContext:
     temporal: str = ""  # the temporal pooling of a per-date plan, '' where none applies
 
     def row(self, protocol: str, split: str, metric: str, value: float, ci=(np.nan, np.nan), ci_method: str = "",
-            n: int = 0, variant: str = "", not_applicable: str = "", note: str = "") -> dict:
+            n: int = 0, variant: str = "", not_applicable: str = "", note: str = "",
+            fold_values: Sequence[float] = ()) -> dict:
         note = "; ".join(x for x in (*self.notes, self.split_notes.get(split, ""), note) if x)
         return {"task": self.task.name, "encoder": self.encoder, "protocol": protocol, "split": split,
                 "pool": self.pool, "block": self.block, "temporal_pooling": self.temporal, "variant": variant,
                 "adapter": self.adapter, "metric": metric,
                 "value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "ci_method": ci_method,
-                "n": int(n), "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke,
+                "n": int(n), "fold_values": ";".join(format(float(v), ".17g") for v in fold_values),
+                "n_samples": self.n_samples, "not_applicable": not_applicable, "smoke": self.task.smoke,
                 "note": note}
 
 
@@ -340,7 +344,8 @@ def _summary_rows(ctx: RowContext, protocol: str, split: str, y: np.ndarray, res
     pooled = kind == "multilabel"  # folds of a handful of samples: metrics over pooled out-of-fold predictions
     per_fold = P.fold_metrics(kind, y, results, variant_key, pooled)
     method = f"bootstrap over {'repeats (pooled folds)' if pooled else over}"
-    return [ctx.row(protocol, split, m, np.nanmean(v := [f[m] for f in per_fold]), bootstrap_ci(v), method, len(v), variant)
+    return [ctx.row(protocol, split, m, np.nanmean(v := [f[m] for f in per_fold]), bootstrap_ci(v), method, len(v), variant,
+                    fold_values=v)
             for m in P.METRICS[kind]]
 
 

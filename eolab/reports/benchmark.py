@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 TEXT_COLUMNS = ("task", "encoder", "protocol", "split", "pool", "block", "variant", "adapter", "metric", "ci_method",
-                "not_applicable", "note")
+                "fold_values", "temporal_pooling", "not_applicable", "note")
 SPLIT_ORDER = ("random", "blocked", "official")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A ``benchmark.csv`` as ``evaluate`` returned it (empty text cells stay empty strings)."""
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
     for col in TEXT_COLUMNS:
         if col not in table:  # a table written before the column existed
             table[col] = ""

@@ -822,6 +822,9 @@ def source_globs(ref: str) -> tuple[str, ...]:
             out.append(str(p.get("catalog")))
         elif p.kind == "xarray":
             out.append(str(p.get("path")))
+        elif p.kind == "eopatch":  # the band arrays of each EOPatch folder
+            bands = (p.get("arrays") or {}).get("bands") or {}
+            out += [f"{p.get('path')}/{f}" for f in (bands.values() if isinstance(bands, dict) else ())]
     return tuple(out)
 
 

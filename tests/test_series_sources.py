@@ -126,3 +126,14 @@ def test_a_pair_whose_second_sensor_has_no_date_is_an_error_naming_the_folder_an
     path = _variant(tmp_path, "s1s2", undated)
     with pytest.raises(SourceError, match=r"ssl4eo-s12/s1/0000200/S1A.*: cannot read its acquisition date .* field 'pair.time'"):
         window_dataset(str(path), root, ("B02", "VV", "VH"), 64, 32)
+
+
+@pytest.mark.parametrize("name, bands", [("slovenia", ("NDVI",)), ("ssl4eo_series", ("B02", "B03")),
+                                         ("s1s2", ("B02", "VV", "VH"))])
+def test_windowed_datasets_pickle_for_loader_workers_without_their_memo(root, name, bands):
+    import pickle
+
+    ds = window_dataset(name, root, bands, 64, 32)
+    again = pickle.loads(pickle.dumps(ds))
+    assert not again._stacks._items and len(again) == len(ds)
+    assert describe(again[len(ds) - 1]) == describe(ds[len(ds) - 1])

@@ -10,7 +10,13 @@ Each kind is an existing library underneath, so the common cases need no Python:
   mapped to bands through the card's band names and aliases (or an explicit ``assets`` map);
 - ``xarray``: a zarr or netCDF cube with named dimensions, time optional (xarray);
 - ``torchgeo``: a torchgeo ``GeoDataset`` class by name with its arguments; each file it indexes
-  is a scene.
+  is a scene;
+- ``eopatch``: eo-learn EOPatch folders of ``.npy`` arrays with the time axis first (numpy), always
+  with a ``series`` field.
+
+A ``series`` field (multi-date stacks of one place) or a ``pair`` field (a second sensor put on the
+first's grid) makes a source a windowed pre-training dataset of its own, read by ``eolab.data.series``
+(``slovenia``, ``ssl4eo_series``, ``s1s2``); `builtin_sources` lists only the scene sources.
 
 Whatever the kind, a source yields `scenes.Scene` objects in eolab's form: bands selected by name
 into the order the run asks for, digital numbers converted through the sensor card (``cards.py``:

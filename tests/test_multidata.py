@@ -1,4 +1,6 @@
-"""Time-series and paired S1+S2 datasets on the real shared data (eolab.data.timeseries, eolab.data.pairs)."""
+"""Time-series and paired S1+S2 datasets on the real shared data: the windowed source files
+sources/{slovenia,ssl4eo_series,s1s2}.yaml read by eolab.data.series (with the helpers of
+eolab.data.timeseries and eolab.data.pairs)."""
 
 import json
 import re
@@ -10,17 +12,43 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+import yaml
 
 from eolab.data.bands import S2_L2A
-from eolab.data.pairs import PAIR_S2_BANDS, S1_FILL_DB, PairedS1S2
+from eolab.data.pairs import S1_FILL_DB
 from eolab.data.schema import collate, validate
-from eolab.data.sources import load_source, read_source
-from eolab.data.timeseries import (
-    SLOVENIA_DIR,
-    SloveniaSeries,
-    SSL4EOSeries,
-    read_ssl4eo_s2,
-)
+from eolab.data.series import window_dataset
+from eolab.data.sources import BUILTIN_DIR, SourceError, load_source, read_source
+from eolab.data.timeseries import SLOVENIA_DIR
+
+# The ten S2 bands at 10 and 20 m: the 60 m atmospheric bands (B01, B09) carry little surface signal.
+PAIR_S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+def _variant(tmp_path: Path, name: str, edit) -> str:
+    """A copy of the built-in source file ``name`` with ``edit`` applied to its fields."""
+    raw = yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text())
+    edit(raw)
+    path = tmp_path / f"{name}_variant.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def slovenia_series(root, source="slovenia", num_dates=6, seed=0):
+    """The former SloveniaSeries defaults: windows of 32 at stride 16, 6 dates."""
+    return window_dataset(source, root, ("NDVI",), 32, 16, num_dates=num_dates, seed=seed)
+
+
+def paired(root, source="s1s2"):
+    return window_dataset(source, root, (*PAIR_S2_BANDS, "VV", "VH"), 64, 32)
+
+
+def ssl4eo_only(tmp_path, **pair):
+    """s1s2 with its SSL4EO-S12 product only, its pair field updated by ``pair``."""
+    def edit(raw):
+        raw["products"] = raw["products"][:1]
+        raw["products"][0]["pair"].update(pair)
+    return _variant(tmp_path, "s1s2", edit)
 
 
 def _mirror(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
@@ -61,7 +89,7 @@ def test_schema_accepts_series_and_refuses_inconsistent_dates():
 
 @pytest.fixture(scope="module")
 def slovenia(root):
-    return SloveniaSeries(root)
+    return slovenia_series(root)
 
 
 def test_slovenia_samples_follow_the_series_schema(slovenia):
@@ -80,7 +108,7 @@ def test_slovenia_samples_follow_the_series_schema(slovenia):
     assert slovenia[0]["id"] == f"{SLOVENIA_DIR}@0,0+32"
 
 
-def test_slovenia_dates_are_clear_in_their_window_spread_and_seeded(root, slovenia):
+def test_slovenia_dates_are_clear_in_their_window_spread_and_seeded(root, slovenia, tmp_path):
     folder = root / SLOVENIA_DIR
     cloud, has_data = np.load(folder / "mask" / "CLM.npy")[..., 0], np.load(folder / "mask" / "IS_DATA.npy")[..., 0]
     clear = (cloud == 0) & (has_data == 1)  # (T, H, W)
@@ -95,12 +123,12 @@ def test_slovenia_dates_are_clear_in_their_window_spread_and_seeded(root, sloven
         years = {d[:4] for d in s["dates"]}
         assert len(years) >= 2  # spread over the 2015-2017 series, not bunched
         np.testing.assert_array_equal(s["image"][:, 0].numpy(), ndvi[t, r : r + 32, c : c + 32, 0])
-    again, other = SloveniaSeries(root, seed=0), SloveniaSeries(root, seed=1)
+    again, other = slovenia_series(root, seed=0), slovenia_series(root, seed=1)
     assert all(again[i]["dates"] == slovenia[i]["dates"] for i in range(len(slovenia)))
     assert any(other[i]["dates"] != slovenia[i]["dates"] for i in range(len(slovenia)))
-    strict = SloveniaSeries(root, max_cloud=0.0, num_dates=4)
+    strict = slovenia_series(root, _variant(tmp_path, "slovenia", lambda r: r["series"].update(max_cloud=0.0)), num_dates=4)
     for i in range(len(strict)):
-        r, c = strict.rows[i], strict.cols[i]
+        _, r, c = strict.index[i]
         assert clear[strict.date_indices(i), r : r + 32, c : c + 32].all()
 
 
@@ -114,18 +142,18 @@ def test_slovenia_missing_or_misshapen_files_are_named(root, tmp_path):
     src = root / SLOVENIA_DIR
     _mirror(src, tmp_path / "a" / SLOVENIA_DIR, skip=("CLM.npy",))
     with pytest.raises(FileNotFoundError, match=r"mask/CLM.npy"):
-        SloveniaSeries(tmp_path / "a")
+        slovenia_series(tmp_path / "a")
     _mirror(src, tmp_path / "b" / SLOVENIA_DIR, skip=("LULC.npy",))
     np.save(tmp_path / "b" / SLOVENIA_DIR / "mask_timeless" / "LULC.npy", np.zeros((50, 50, 1), np.uint16))
     with pytest.raises(ValueError, match=r"LULC.npy: shape \(50, 50, 1\) disagrees"):
-        SloveniaSeries(tmp_path / "b")
+        slovenia_series(tmp_path / "b")
 
 
 # ---------------------------------------------------------------------------------------------- SSL4EO series
 
 
 def test_ssl4eo_series_has_both_dates_in_reflectance(root):
-    ds = SSL4EOSeries(root)
+    ds = window_dataset("ssl4eo_series", root, S2_L2A, 64, 32)
     assert len(ds) == 49  # 7 x 7 windows of 64 at stride 32 on 264 px
     s = ds[0]
     validate(s, where=s["id"])
@@ -136,14 +164,15 @@ def test_ssl4eo_series_has_both_dates_in_reflectance(root):
     assert batch["image"].shape == (2, 2, 12, 64, 64) and batch["doy"].tolist() == [[156, 226]] * 2
 
 
-def test_single_date_reader_matches_the_scene_reader(root):
-    """Offsets and resampling must be those of the ssl4eo source: the random-access reader gives the same arrays."""
+def test_series_dates_are_the_scene_sources_scenes(root):
+    """Offsets and resampling must be those of the ssl4eo scene source: a series' dates are its scenes."""
     scenes = [s for s in read_source(load_source("ssl4eo"), root, S2_L2A) if s.source == "ssl4eo_s2a"]
-    assert scenes
-    for scene in scenes:
-        again = read_ssl4eo_s2(root / scene.id, root)
-        np.testing.assert_array_equal(again.dn, scene.dn)
-        assert (again.time, again.transform, again.notes) == (scene.time, scene.transform, scene.notes)
+    ds = window_dataset("ssl4eo_series", root, S2_L2A, 64, 32)
+    stack = ds._stacks(0)
+    assert scenes and stack.dates == tuple(s.time for s in scenes)
+    for t, scene in enumerate(scenes):
+        np.testing.assert_array_equal(np.stack([layer[t] for layer in stack.layers]), scene.dn)
+        np.testing.assert_array_equal(stack.clear[t], scene.valid)
 
 
 # ---------------------------------------------------------------------------------------------- pairs
@@ -151,11 +180,15 @@ def test_single_date_reader_matches_the_scene_reader(root):
 
 @pytest.fixture(scope="module")
 def pairs(root):
-    return PairedS1S2(root)
+    return paired(root)
+
+
+def _source(pairs, pair) -> str:
+    return pairs.spec.products[pair.product].name
 
 
 def test_pairs_follow_the_schema(pairs):
-    sources = [pairs.pairs[k].source for k, _, _ in pairs.index]
+    sources = [_source(pairs, pairs.pairs[k]) for k, _, _ in pairs.index]
     assert len(pairs) == 110 and sources.count("ssl4eo") == 98 and sources.count("bigearthnet") == 12
     for i in (0, 97, 98, 109):
         s = pairs[i]
@@ -177,7 +210,7 @@ def test_pairs_follow_the_schema(pairs):
 def test_ssl4eo_pairs_pick_the_nearest_s1_date(root, pairs):
     s1_dates = [date(*map(int, re.search(r"_(\d{4})(\d\d)(\d\d)T", p.name).groups()))
                 for p in (root / "ssl4eo-s12" / "s1" / "0000200").iterdir()]
-    got = {r.s2_date: r.s1_date for r in pairs.pairs if r.source == "ssl4eo"}
+    got = {r.first_time: r.second_time for r in pairs.pairs if _source(pairs, r) == "ssl4eo"}
     assert got == {"2020-06-04": "2020-06-07", "2020-08-13": "2020-09-03"}
     for s2, s1 in got.items():
         gaps = [abs((d - date.fromisoformat(s2)).days) for d in s1_dates]
@@ -185,13 +218,14 @@ def test_ssl4eo_pairs_pick_the_nearest_s1_date(root, pairs):
 
 
 def test_bigearthnet_pairs_are_the_named_ones_on_identical_grids(root, pairs):
-    refs = [r for r in pairs.pairs if r.source == "bigearthnet"]
+    refs = [r for r in pairs.pairs if _source(pairs, r) == "bigearthnet"]
     assert len(refs) == 3  # 6 S1 patches, 3 of whose S2 patches are present
     for r in refs:
-        md = json.loads((r.s1 / f"{r.s1.name}_labels_metadata.json").read_text())
-        assert r.s2.name == md["corresponding_s2_patch"]
+        s1 = root / r.second.rel
+        md = json.loads((s1 / f"{s1.name}_labels_metadata.json").read_text())
+        assert Path(r.first.rel).name == md["corresponding_s2_patch"]
     k = pairs.pairs.index(refs[0])
-    with rasterio.open(next(refs[0].s1.glob("*_VV.tif"))) as f:
+    with rasterio.open(next((root / refs[0].second.rel).glob("*_VV.tif"))) as f:
         np.testing.assert_array_equal(pairs._stacks(k).image[10], f.read(1))  # same grid: values untouched
 
 
@@ -206,12 +240,12 @@ def _edge_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((ea * eb).sum() / np.sqrt((ea * ea).sum() * (eb * eb).sum()))
 
 
-def test_ssl4eo_s1_is_index_aligned_because_its_geotransform_is_off(root, pairs):
+def test_ssl4eo_s1_is_index_aligned_because_its_geotransform_is_off(root, pairs, tmp_path):
     """SSL4EO-S12's S1 and S2 geotransforms disagree by ~4 px; the image content agrees with index alignment."""
-    k = next(k for k, r in enumerate(pairs.pairs) if r.source == "ssl4eo")
+    k = next(k for k, r in enumerate(pairs.pairs) if _source(pairs, r) == "ssl4eo")
     pixel = pairs._stacks(k)
-    georef = PairedS1S2(root, sources=("ssl4eo",), ssl4eo_align="georef")._stacks(0)
-    with rasterio.open(pairs.pairs[k].s1 / "VH.tif") as f:
+    georef = paired(root, ssl4eo_only(tmp_path, align="georef"))._stacks(0)
+    with rasterio.open(root / pairs.pairs[k].second.rel / "VH.tif") as f:
         np.testing.assert_array_equal(pixel.image[11], f.read(1))
     b04 = PAIR_S2_BANDS.index("B04")
     # Measured here: 0.41 by index, 0.23 through the geotransforms (edges of B04 against VH).
@@ -231,7 +265,7 @@ def test_s1_no_data_is_filled_and_mostly_invalid_windows_dropped(root, tmp_path)
         vv.unlink()
         with rasterio.open(vv, "w", **profile) as f:
             f.write(data)
-    ds = PairedS1S2(tmp_path, sources=("ssl4eo",), min_valid=0.9)
+    ds = paired(tmp_path, ssl4eo_only(tmp_path, min_valid=0.9))
     ids = [ds[i]["id"].rsplit("@", 1)[1] for i in range(len(ds))]
     assert "0,0+64" not in ids and "0,32+64" in ids  # 39% versus 8% of the window without S1
     s = ds[ids.index("0,32+64")]
@@ -241,13 +275,15 @@ def test_s1_no_data_is_filled_and_mostly_invalid_windows_dropped(root, tmp_path)
 def test_pair_errors_name_the_missing_file(root, tmp_path):
     _mirror(root / "ssl4eo-s12" / "s2a", tmp_path / "a" / "ssl4eo-s12" / "s2a")
     _mirror(root / "ssl4eo-s12" / "s1", tmp_path / "a" / "ssl4eo-s12" / "s1", skip=("VH.tif",))
-    with pytest.raises(FileNotFoundError, match=r"VH.tif"):
-        PairedS1S2(tmp_path / "a", sources=("ssl4eo",))
+    with pytest.raises(SourceError, match=r"ssl4eo-s12/s1/0000200/S1A\w+: lacks band\(s\) \['VH'\]"):
+        paired(tmp_path / "a", ssl4eo_only(tmp_path))
+    def bigearthnet_only(raw):
+        raw["products"] = raw["products"][1:]
     _mirror(root / "bigearthnet", tmp_path / "b" / "bigearthnet")
     next((tmp_path / "b" / "bigearthnet" / "s2").glob("*_4_55/*_B8A.tif")).unlink()
-    with pytest.raises(FileNotFoundError, match=r"_4_55_B8A.tif"):
-        PairedS1S2(tmp_path / "b", sources=("bigearthnet",))
-    _mirror(root / "bigearthnet" / "s1", tmp_path / "c" / "bigearthnet" / "s1", skip=())
+    with pytest.raises(SourceError, match=r"_4_55: lacks band\(s\) \['B8A'\]"):
+        paired(tmp_path / "b", _variant(tmp_path, "s1s2", bigearthnet_only))
+    _mirror(root / "bigearthnet", tmp_path / "c" / "bigearthnet")
     next((tmp_path / "c" / "bigearthnet" / "s1").glob("*/*_labels_metadata.json")).unlink()
-    with pytest.raises(FileNotFoundError, match=r"_labels_metadata.json"):
-        PairedS1S2(tmp_path / "c", sources=("bigearthnet",))
+    with pytest.raises(SourceError, match=r"_labels_metadata.json: no 'corresponding_s2_patch' .* field 'pair.match.key'"):
+        paired(tmp_path / "c", _variant(tmp_path, "s1s2", bigearthnet_only))

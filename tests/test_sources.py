@@ -256,7 +256,7 @@ def test_a_card_with_an_unknown_unit_names_the_card(tmp_path):
 
 
 def test_bad_source_fields_are_named(tmp_path):
-    with pytest.raises(SourceError, match=r"field 'kind' must be one of geotiff, stac, xarray, torchgeo, got 'hdf'"):
+    with pytest.raises(SourceError, match=r"field 'kind' must be one of geotiff, stac, xarray, torchgeo, eopatch, got 'hdf'"):
         load_source(str(_source(tmp_path, kind="hdf")))
     with pytest.raises(SourceError, match=r"unknown field\(s\) \['scene'\] for kind 'geotiff'"):
         load_source(str(_source(tmp_path, scene="x/*.tif")))

@@ -2,9 +2,9 @@
 pixel (and without torch), so that `ablate` can refuse a missing data root or source before any
 kernel starts instead of each run failing after its kernel start.
 
-The layout is the one the readers expect (see ``scenes.py``, ``pairs.py``, ``timeseries.py`` and
-``eurosat.py``); the pre-training sources' files come from their source files (``sources.py``), built-in
-or a user's YAML.
+The layout is the one the readers expect (see ``scenes.py`` and ``eurosat.py``); the pre-training
+sources' and windowed datasets' files come from their source files (``sources.py``), built-in or a
+user's YAML.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ import os
 from pathlib import Path
 
 from .paths import REPO_ROOT
-from .sources import SourceError, builtin_sources, source_globs
+from .sources import SourceError, builtin_sources, builtin_window_sources, source_globs
 
 SOURCE_FILES = {name: source_globs(name) for name in builtin_sources()}
 """Files each built-in source decodes (any one pattern matching is enough), from its source file."""
 SOURCE_DIRS = {name: patterns[0].split("/", 1)[0] for name, patterns in SOURCE_FILES.items()}
 """Built-in pre-training scene source -> its folder under the data root."""
 
-DATASET_FILES = {
-    "s1s2": ("ssl4eo-s12/s1/*/*/*.tif", "bigearthnet/s1/*/*.tif"),
-    "slovenia": ("eo-learn-slovenia/TestEOPatch/data/NDVI.npy",),
-    "ssl4eo_series": ("ssl4eo-s12/s2a/*/*/B*.tif",),
-}
-"""Files the other pre-training datasets read (any one pattern matching is enough)."""
+DATASET_FILES = {name: source_globs(name) for name in builtin_window_sources()}
+"""Files the windowed pre-training datasets read (s1s2, slovenia, ssl4eo_series: any one pattern
+matching is enough), from their source files."""
 
 EUROSAT_FILES = {"local": ("eurosat-ms/*/*/*.tif",)}
 """The labelled probe set by variant (torchgeo downloads its own copy, so it is not checked here)."""

@@ -1,5 +1,6 @@
 """The unlabelled pre-training set of a run, by dataset name: scene tiles through the packed cache
-(optionally a sampled subset), co-registered S1+S2 windows, time series, or a packed corpus
+(optionally a sampled subset), windows of a windowed source file (time series or co-registered sensor
+pairs: ``slovenia``, ``ssl4eo_series``, ``s1s2``, built by ``eolab.data.series``), or a packed corpus
 (``packed:<folder or URL>``, written by ``python -m eolab data pack`` and streamed by
 ``eolab.data.stream``).
 
@@ -18,20 +19,18 @@ from torch.utils.data import Dataset
 
 from .bands import S2_L2A
 from .cache import PatchDataset, build_scene_cache
-from .pairs import S1_BANDS, PairedS1S2
 from .sampling import Pool, Selection, pool_reference, select
+from .series import WINDOW_DATASETS, is_series, window_bands, window_dataset, window_spec
 from .sources import source_bands
 from .stream import PackedColumn, PackedDataset, open_corpus
-from .timeseries import SloveniaSeries, SSL4EOSeries
 
 DATASET_BANDS: dict[str, tuple[str, ...]] = {
     "scenes": S2_L2A,  # Major-TOM, Hydro, SSL4EO-S12 scenes through the packed cache
-    "s1s2": S2_L2A + S1_BANDS,  # co-registered Sentinel-2 + Sentinel-1 windows (SSL4EO-S12, BigEarthNet)
-    "slovenia": ("NDVI",),  # 68-date NDVI series over Slovenia (eo-learn)
-    "ssl4eo_series": S2_L2A,  # two seasons of one SSL4EO-S12 location
+    # the windowed source files: s1s2 (Sentinel-2 + Sentinel-1 pairs), slovenia (NDVI series), ssl4eo_series
+    **{name: window_bands(name) for name in WINDOW_DATASETS},
 }
 """Pre-training datasets by name, with the bands each can provide."""
-TIME_SERIES = ("slovenia", "ssl4eo_series")
+TIME_SERIES = tuple(name for name in WINDOW_DATASETS if is_series(window_spec(name)))
 PACKED = "packed:"
 """Prefix of a packed corpus as a dataset value: ``packed:/path/to/corpus`` or ``packed:s3://bucket/corpus``."""
 
@@ -100,16 +99,9 @@ def pretraining_set(params: PretrainingParams, root: Path) -> PretrainingSet:
             tiles = tiles.iloc[selection.indices].reset_index(drop=True)
         dataset = PatchDataset(cache, tiles, patch=params.img_size, bands=params.band_list)
         return PretrainingSet(dataset, tiles, list(tiles["id"]), list(tiles["source"]), sample)
-    if params.dataset == "s1s2":
-        s2 = tuple(b for b in params.band_list if b not in S1_BANDS)
-        if tuple(params.band_list) != s2 + S1_BANDS:
-            raise ValueError(f"parameter 'bands' for dataset 's1s2' must list Sentinel-2 bands, then {','.join(S1_BANDS)}")
-        dataset = PairedS1S2(root, patch=params.img_size, stride=params.tile_stride, s2_bands=s2)
-    elif params.dataset == "slovenia":
-        dataset = SloveniaSeries(root, patch=params.img_size, stride=params.tile_stride, num_dates=params.num_dates,
-                                 seed=params.seed)
-    else:  # ssl4eo_series: two seasons of one SSL4EO-S12 location
-        dataset = SSL4EOSeries(root, bands=params.band_list, patch=params.img_size, stride=params.tile_stride)
+    # a windowed source file (eolab/data/sources/<dataset>.yaml): multi-date stacks or sensor pairs
+    dataset = window_dataset(params.dataset, root, params.band_list, params.img_size, params.tile_stride,
+                             num_dates=params.num_dates, seed=params.seed)
     if params.n_pretrain:
         raise ValueError(f"parameter 'n_pretrain' applies to dataset 'scenes' only, not {params.dataset!r}")
     ids = [dataset[i]["id"] for i in range(len(dataset))]

@@ -10,7 +10,13 @@ Each kind is an existing library underneath, so the common cases need no Python:
   mapped to bands through the card's band names and aliases (or an explicit ``assets`` map);
 - ``xarray``: a zarr or netCDF cube with named dimensions, time optional (xarray);
 - ``torchgeo``: a torchgeo ``GeoDataset`` class by name with its arguments; each file it indexes
-  is a scene.
+  is a scene;
+- ``eopatch``: eo-learn EOPatch folders of ``.npy`` arrays with the time axis first (numpy), always
+  with a ``series`` field.
+
+A ``series`` field (multi-date stacks of one place) or a ``pair`` field (a second sensor put on the
+first's grid) makes a source a windowed pre-training dataset of its own, read by ``eolab.data.series``
+(``slovenia``, ``ssl4eo_series``, ``s1s2``); `builtin_sources` lists only the scene sources.
 
 Whatever the kind, a source yields `scenes.Scene` objects in eolab's form: bands selected by name
 into the order the run asks for, digital numbers converted through the sensor card (``cards.py``:
@@ -56,14 +62,18 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "sources"
 """The source files eolab ships (package data): the built-in pre-training sources."""
-KINDS = ("geotiff", "stac", "xarray", "torchgeo")
+KINDS = ("geotiff", "stac", "xarray", "torchgeo", "eopatch")
 FIELDS = {
     "common": {"name", "kind", "card", "products", "offset", "time", "level", "description"},
-    "geotiff": {"scenes", "bands", "grid", "cloud_mask", "quality"},
+    "geotiff": {"scenes", "bands", "grid", "cloud_mask", "quality", "series", "pair"},
     "stac": {"catalog", "assets", "grid", "quality"},
     "xarray": {"path", "variable", "variables", "dims", "crs", "engine"},
     "torchgeo": {"dataset", "args", "bands"},
+    "eopatch": {"path", "arrays", "series"},
 }
+REQUIRED = {"geotiff": "scenes", "stac": "catalog", "xarray": "path", "torchgeo": "dataset", "eopatch": "path"}
+WINDOW_FIELDS = ("series", "pair")
+"""Fields that make a source a windowed pre-training dataset (``eolab.data.series``), not a scene source."""
 
 
 class SourceError(ValueError):
@@ -115,9 +125,27 @@ class _SceneFiles:
     extra: dict = field(default_factory=dict)  # cloud-mask file, quality file, metadata file, time
 
 
+def is_window_source(fields: dict) -> bool:
+    """Whether a source file's (or product's) fields describe windows of multi-date stacks or of
+    sensor pairs (``series``, ``pair``, kind ``eopatch``) rather than single-date scenes."""
+    parts = fields.get("products") or [{}]
+    return any(f in fields or any(isinstance(p, dict) and f in p for p in parts) for f in WINDOW_FIELDS) \
+        or fields.get("kind") == "eopatch"
+
+
+def _builtin(windows: bool) -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml") if is_window_source(yaml.safe_load(p.read_text())) == windows)
+
+
 def builtin_sources() -> list[str]:
-    """Names of the source files eolab ships."""
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    """Names of the scene source files eolab ships (for the scene cache: dataset ``scenes``)."""
+    return _builtin(windows=False)
+
+
+def builtin_window_sources() -> list[str]:
+    """Names of the windowed source files eolab ships: each is a pre-training dataset of its name
+    (multi-date stacks or sensor pairs, read by ``eolab.data.series``)."""
+    return _builtin(windows=True)
 
 
 def is_source_path(ref: str) -> bool:
@@ -130,7 +158,8 @@ def source_file(ref: str) -> Path:
     if not is_source_path(ref):
         path = BUILTIN_DIR / f"{ref}.yaml"
         if not path.is_file():
-            raise SourceError(f"unknown pre-training source {ref!r}; built-in sources: {', '.join(builtin_sources())} "
+            raise SourceError(f"unknown pre-training source {ref!r}; built-in sources: {', '.join(builtin_sources())}, "
+                              f"windowed: {', '.join(builtin_window_sources())} "
                               "(or give the path to a source YAML file)")
         return path
     path = Path(ref).expanduser()
@@ -161,24 +190,29 @@ def load_source(ref: str | Path) -> SourceSpec:
     for i, part in enumerate(parts):
         fields = {**{k: v for k, v in raw.items() if k != "products"}, **part}
         where = f"{path}" + (f": products[{i}]" if raw.get("products") else "")
-        kind = fields.get("kind")
-        if kind not in KINDS:
-            raise SourceError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-        unknown = sorted(set(fields) - FIELDS["common"] - FIELDS[kind])
-        if unknown:
-            raise SourceError(f"{where}: unknown field(s) {unknown} for kind {kind!r}; "
-                              f"it takes {sorted(FIELDS['common'] | FIELDS[kind])}")
-        if "card" not in fields:
-            raise SourceError(f"{where}: missing field 'card' (a sensor card name or the path to a card YAML)")
-        try:
-            card = load_card(fields["card"], base=path.parent)
-        except CardError as exc:
-            raise SourceError(f"{where}: field 'card': {exc}") from exc
-        required = {"geotiff": "scenes", "stac": "catalog", "xarray": "path", "torchgeo": "dataset"}[kind]
-        if required not in fields:
-            raise SourceError(f"{where}: missing field {required!r} for kind {kind!r}")
-        products.append(Product(str(fields.get("name", name)), kind, card, fields, path))
+        products.append(make_product(fields, where, path, str(fields.get("name", name))))
     return SourceSpec(name, path, products, text)
+
+
+def make_product(fields: dict, where: str, path: Path | None, name: str) -> Product:
+    """One product from its fields (a source file's, with a product's overrides, or a ``pair`` field's
+    second sensor); ``where`` names the file and entry in errors."""
+    kind = fields.get("kind")
+    if kind not in KINDS:
+        raise SourceError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    unknown = sorted(set(fields) - FIELDS["common"] - FIELDS[kind])
+    if unknown:
+        raise SourceError(f"{where}: unknown field(s) {unknown} for kind {kind!r}; "
+                          f"it takes {sorted(FIELDS['common'] | FIELDS[kind])}")
+    if "card" not in fields:
+        raise SourceError(f"{where}: missing field 'card' (a sensor card name or the path to a card YAML)")
+    try:
+        card = load_card(fields["card"], base=path.parent if path else None)
+    except CardError as exc:
+        raise SourceError(f"{where}: field 'card': {exc}") from exc
+    if REQUIRED[kind] not in fields:
+        raise SourceError(f"{where}: missing field {REQUIRED[kind]!r} for kind {kind!r}")
+    return Product(name, kind, card, fields, path)
 
 
 # --- where files are: local paths or fsspec URLs ---------------------------------------------------
@@ -320,22 +354,32 @@ def check_source(spec: SourceSpec, root: Path, bands: tuple[str, ...]) -> dict[s
     of one scene in different CRSs without a target grid (``grid.crs``)."""
     found = {}
     for product in spec.products:
-        missing_in_card = [b for b in bands if b not in product.card.band_names]
-        if missing_in_card:
-            raise SourceError(f"{product.where}: the run needs band(s) {missing_in_card} that source {product.name!r} "
-                              f"lacks: its card {product.card.where} has {list(product.card.band_names)}")
-        if product.kind == "geotiff":
-            scenes = _geotiff_scenes(product, root, bands)
-            for sf in scenes:
-                _check_geotiff_scene(product, sf, bands)
-        elif product.kind == "stac":
-            scenes = _stac_scenes(product, root, bands)
-            for sf in scenes:
-                _check_geotiff_scene(product, sf, bands)
-        else:
-            scenes = []  # xarray and torchgeo: their library opens the data; checked as it is read
-        found[product.name] = scenes
+        if is_window_source(product.fields):
+            raise SourceError(f"{product.where}: source {product.name!r} describes windows of multi-date stacks or "
+                              f"sensor pairs (fields {', '.join(WINDOW_FIELDS)} or kind 'eopatch'), not scenes: it is a "
+                              "pre-training dataset of its own (parameter 'dataset'), not an entry of 'sources'")
+        found[product.name] = check_product(product, root, bands)
     return found
+
+
+def check_product(product: Product, root: Path, bands: tuple[str, ...]) -> list[_SceneFiles]:
+    """`check_source` for one product: what it would read (empty for xarray and torchgeo, whose library
+    opens the data; they are checked as they are read)."""
+    missing_in_card = [b for b in bands if b not in product.card.band_names]
+    if missing_in_card:
+        raise SourceError(f"{product.where}: the run needs band(s) {missing_in_card} that source {product.name!r} "
+                          f"lacks: its card {product.card.where} has {list(product.card.band_names)}")
+    if product.kind == "geotiff":
+        scenes = _geotiff_scenes(product, root, bands)
+        for sf in scenes:
+            _check_geotiff_scene(product, sf, bands)
+        return scenes
+    if product.kind == "stac":
+        scenes = _stac_scenes(product, root, bands)
+        for sf in scenes:
+            _check_geotiff_scene(product, sf, bands)
+        return scenes
+    return []
 
 
 def _check_geotiff_scene(product: Product, sf: _SceneFiles, bands: tuple[str, ...]) -> None:
@@ -407,9 +451,11 @@ def _offset_dn(product: Product, sf: _SceneFiles, raw: np.ndarray) -> tuple[int,
         return int(-card.baseline_offset(m.group(1) if m else None)), ""
     if "baseline_from_json" in how:
         spec = how["baseline_from_json"]
-        meta = Path(sf.extra.get("folder", "")) / spec["file"]
-        md = json.loads(meta.read_text()) if meta.exists() else {}
-        return int(-card.baseline_offset(md.get(spec["key"]))), ""
+        value = folder_json_value(sf, spec)
+        if value is not None and spec.get("pattern"):  # the baseline inside a longer value (a product name)
+            m = re.search(spec["pattern"], str(value))
+            value = m.group(1) if m else None
+        return int(-card.baseline_offset(value)), ""
     if "baseline" in sf.extra:
         return int(-card.baseline_offset(sf.extra["baseline"])), ""
     if how.get("infer") == "darkest":
@@ -426,10 +472,25 @@ def _infer_offset(raw: np.ndarray) -> int:
     return 1000 if darkest >= 800 else 0
 
 
-def _time(product: Product, sf: _SceneFiles) -> str | None:
+def folder_json_value(sf: _SceneFiles, spec: dict):
+    """``spec["key"]`` of the JSON file ``spec["file"]`` in a scene's folder (``{name}`` is the folder's
+    name: BigEarthNet's ``{name}_labels_metadata.json``); None if the file or key is absent."""
+    folder = Path(sf.extra.get("folder", ""))
+    meta = folder / str(spec["file"]).replace("{name}", folder.name)
+    md = json.loads(meta.read_text()) if meta.exists() else {}
+    return md.get(spec["key"])
+
+
+def scene_time(product: Product, sf: _SceneFiles) -> str | None:
+    """A scene's ISO date by the source's ``time`` field: from a JSON file of its folder (``from_json``,
+    first ten characters), else from its name (``from_name``, a regex with one group, and ``format``)."""
     if "time" in sf.extra:
         return sf.extra["time"]
     how = product.get("time") or {}
+    if "from_json" in how:
+        value = folder_json_value(sf, how["from_json"])
+        if value:
+            return str(value)[:10]
     if "from_name" in how:
         m = re.search(how["from_name"], sf.rel.rsplit("/", 1)[-1])
         if not m:
@@ -482,7 +543,7 @@ def _scene(product: Product, sf: _SceneFiles, raw: np.ndarray, bands: tuple[str,
         raw = np.where(check.usable[None], np.nan_to_num(raw, nan=0.0), 0)
         dn, unit, scale = _convert(product, raw, bands, 0)
     cloud = None if clear is None else (~clear).astype(np.uint8)
-    scene = make_scene(sf.rel, product.name, bands, dn, nodata, cloud, meta, _time(product, sf),
+    scene = make_scene(sf.rel, product.name, bands, dn, nodata, cloud, meta, scene_time(product, sf),
                        str(product.get("level", card.level)), notes, check)
     scene.unit, scene.scale, scene.sensor = unit, scale, card.sensor
     return scene
@@ -713,8 +774,14 @@ def read_source(spec: SourceSpec, root: Path, bands: tuple[str, ...],
             yield from _read_torchgeo(product, root, bands)
             continue
         for sf in checked[product.name]:
-            raw, meta, notes = _read_stack(product, sf, bands) if sf.stack else _read_band_files(product, sf, bands)
-            yield _scene(product, sf, raw, bands, meta, _clear_mask(product, sf, raw.shape[1:]), notes)
+            yield read_scene(product, sf, bands)
+
+
+def read_scene(product: Product, sf: _SceneFiles, bands: tuple[str, ...]) -> Scene:
+    """One scene of a geotiff or stac product, as `check_product` found it: random access for the
+    windowed datasets, which read one place (or one pair) at a time."""
+    raw, meta, notes = _read_stack(product, sf, bands) if sf.stack else _read_band_files(product, sf, bands)
+    return _scene(product, sf, raw, bands, meta, _clear_mask(product, sf, raw.shape[1:]), notes)
 
 
 def input_files(spec: SourceSpec, checked: dict[str, list[_SceneFiles]], root: Path) -> list[Path]:
@@ -761,6 +828,9 @@ def source_globs(ref: str) -> tuple[str, ...]:
             out.append(str(p.get("catalog")))
         elif p.kind == "xarray":
             out.append(str(p.get("path")))
+        elif p.kind == "eopatch":  # the band arrays of each EOPatch folder
+            bands = (p.get("arrays") or {}).get("bands") or {}
+            out += [f"{p.get('path')}/{f}" for f in (bands.values() if isinstance(bands, dict) else ())]
     return tuple(out)
 
 
@@ -768,17 +838,18 @@ def source_bands(ref: str) -> tuple[str, ...]:
     """The bands a source can provide, by name: the file's band order where the source declares one
     (``bands.order``; for one file per band, ``bands.names``: the bands its folders hold), else its
     card's bands; for a source of several products, the bands every product has."""
-    spec = load_source(ref)
-    per_product = []
-    for p in spec.products:
-        how = p.get("bands")
-        # the file's band order, or the bands a one-file-per-band folder holds (bands.names), else the card's
-        order = (how.get("order") or how.get("names")) if isinstance(how, dict) else None
-        try:
-            names = [p.card.canonical(str(b)) for b in order] if isinstance(order, list) and order else list(p.card.band_names)
-        except KeyError as exc:
-            raise SourceError(f"{p.where}: field 'bands': {exc.args[0]} is not a band of card {p.card.where} "
-                              f"(it has {list(p.card.band_names)})") from None
-        per_product.append(names)
+    per_product = [product_bands(p) for p in load_source(ref).products]
     first = per_product[0] if per_product else []
     return tuple(b for b in first if all(b in names for names in per_product[1:]))
+
+
+def product_bands(p: Product) -> tuple[str, ...]:
+    """The bands one product can provide, by name (see `source_bands`)."""
+    how = p.get("bands")
+    # the file's band order, or the bands a one-file-per-band folder holds (bands.names), else the card's
+    order = (how.get("order") or how.get("names")) if isinstance(how, dict) else None
+    try:
+        return tuple(p.card.canonical(str(b)) for b in order) if isinstance(order, list) and order else p.card.band_names
+    except KeyError as exc:
+        raise SourceError(f"{p.where}: field 'bands': {exc.args[0]} is not a band of card {p.card.where} "
+                          f"(it has {list(p.card.band_names)})") from None

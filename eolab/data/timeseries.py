@@ -1,23 +1,20 @@
-"""Satellite image time series for temporal pre-training: Slovenia NDVI (eo-learn) and SSL4EO-S12 seasons.
+"""Helpers for satellite image time series (multi-date stacks of one place): windows on a raster grid,
+the date-selection rules (one acquisition per day, picks spread over the series), day of year, and
+eo-learn's EOPatch layout. The series datasets themselves are source files with a ``series`` field
+(``sources/slovenia.yaml``, ``sources/ssl4eo_series.yaml``), read by ``eolab.data.series.SeriesDataset``.
 
 Samples follow eolab's schema for series (``eolab.data.schema``): ``image`` is (T, C, H, W), with
 ``doy`` (T,) and ``dates`` (T ISO dates, sorted) so that a temporal tokenizer encodes the real
 acquisition dates rather than the position of an image in the stack.
 
-The eo-learn EOPatch has 68 irregular dates, many cloudy: each window draws its own ``num_dates``
-dates among those that are clear *in that window* (a scene-level cloud percentage would keep
-windows under a cloud and discard clear windows of a partly cloudy scene). SSL4EO-S12 stores a
-fixed number of seasons per location, read through the same per-date reader as ``scenes.py`` so
-the radiometric offset is removed identically.
-
-The window helpers here (grid, valid fraction, centre coordinates, a bounded memo of decoded
-stacks) are shared with ``eolab.data.pairs``.
+EOPatches are folders of ``.npy`` arrays (``data/NDVI.npy`` (T, H, W, 1), ``mask/CLM.npy``, ...) plus
+``timestamps.json`` and ``bbox.geojson``; numpy memory-maps them directly (eo-learn itself is a large
+dependency and would only wrap the same ``np.load``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,16 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_transform
-from torch.utils.data import Dataset
-
-from .bands import S2_L2A
-from .paths import data_root
-from .scenes import Scene, make_scene, offset_from_baseline, read_band_files, screen_pixels, to_reflectance_dn
-
-log = logging.getLogger(__name__)
 
 SLOVENIA_DIR = "eo-learn-slovenia/TestEOPatch"
 NDVI_FILL = 0.0  # written where NDVI is not finite (no data); such pixels also count as not clear
@@ -43,7 +32,7 @@ REFLECTANCE_SCALE = 1e-4  # digital numbers (offset removed) to reflectance
 
 
 # ----------------------------------------------------------------------------------------------
-# Windows on a raster grid (shared with pairs.py)
+# Windows on a raster grid (series and pairs)
 
 
 def window_grid(height: int, width: int, patch: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,174 +154,3 @@ def spread_pick(candidates: np.ndarray, k: int, rng: np.random.Generator) -> np.
     the result stays sorted in time because the chunks are.
     """
     return np.asarray([chunk[rng.integers(len(chunk))] for chunk in np.array_split(candidates, k)], dtype=np.int64)
-
-
-class SloveniaSeries(Dataset):
-    """NDVI time-series windows of the eo-learn Slovenia EOPatch, each with its own clear dates.
-
-    Item ``i`` is window ``i`` of the stride grid with ``num_dates`` dates drawn (seeded by
-    ``(seed, i)``) among the dates whose clear fraction in that window (not cloud in CLM, data in
-    IS_DATA, finite NDVI) is >= 1 - ``max_cloud``, one per calendar day, spread over the series.
-    Windows with fewer such dates are dropped. ``mask`` carries the LULC map of the window
-    (eo-learn land-cover codes, 0 = no data) for segmentation probes.
-    """
-
-    def __init__(self, root: str | Path | None = None, patch: int = 32, stride: int = 16, num_dates: int = 6,
-                 max_cloud: float = 0.1, seed: int = 0, eopatch: str = SLOVENIA_DIR):
-        root = data_root(root)
-        folder = root / eopatch
-        if num_dates < 1:
-            raise ValueError(f"num_dates must be >= 1, got {num_dates}")
-        self.rel, self.patch, self.num_dates, self.seed = eopatch, patch, num_dates, seed
-        ndvi = load_npy(folder / "data" / "NDVI.npy")
-        if ndvi.ndim != 4 or ndvi.shape[-1] != 1:
-            raise ValueError(f"{folder / 'data' / 'NDVI.npy'}: shape {ndvi.shape}, expected (T, H, W, 1)")
-        steps, height, width = ndvi.shape[:3]
-        like = f"data/NDVI.npy {ndvi.shape}"
-        cloud = load_npy(folder / "mask" / "CLM.npy", (steps, height, width, 1), like)
-        has_data = load_npy(folder / "mask" / "IS_DATA.npy", (steps, height, width, 1), like)
-        lulc = load_npy(folder / "mask_timeless" / "LULC.npy", (height, width, 1), like)
-        self.dates = eopatch_dates(folder / "timestamps.json", steps)
-        crs, transform = eopatch_grid(folder / "bbox.geojson", height, width)
-
-        self.ndvi = ndvi[..., 0]  # (T, H, W, 1) -> (T, H, W), still memory-mapped
-        self.lulc = np.asarray(lulc[..., 0], dtype=np.int64)  # (H, W, 1) -> (H, W)
-        clear = (cloud[..., 0] == 0) & (has_data[..., 0] != 0) & np.isfinite(self.ndvi)  # (T, H, W)
-        rows, cols = window_grid(height, width, patch, stride)
-        if len(rows) == 0:
-            raise ValueError(f"{folder}: {height}x{width} px is smaller than one {patch}x{patch} window")
-        frac = window_fraction(clear, rows, cols, patch)  # (T, N)
-        keep, self.candidates = [], []
-        for w in range(len(rows)):
-            dates = one_per_day(np.flatnonzero(frac[:, w] >= 1 - max_cloud), self.dates, frac[:, w])
-            if len(dates) >= num_dates:
-                keep.append(w)
-                self.candidates.append(dates)
-        if len(keep) < len(rows):
-            log.info("%s: dropped %d of %d windows with fewer than %d dates that are >= %.0f%% clear",
-                     eopatch, len(rows) - len(keep), len(rows), num_dates, 100 * (1 - max_cloud))
-        self.rows, self.cols = rows[keep], cols[keep]
-        self.clear_fraction = frac[:, keep]  # (T, N kept): what the date choice was based on
-        self.lonlat = window_lonlat(crs, transform, self.rows, self.cols, patch)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def date_indices(self, i: int) -> np.ndarray:
-        """Indices into the EOPatch time axis of item ``i``'s dates (sorted, deterministic)."""
-        return spread_pick(self.candidates[i], self.num_dates, np.random.default_rng((self.seed, i)))
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} windows")
-        t = self.date_indices(i)
-        r, c, p = int(self.rows[i]), int(self.cols[i]), self.patch
-        window = np.asarray(self.ndvi[t, r : r + p, c : c + p], dtype=np.float32)  # (T, H, W)
-        window = np.where(np.isfinite(window), window, NDVI_FILL)[:, None]  # (T, H, W) -> (T, 1, H, W)
-        dates = tuple(self.dates[k] for k in t)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(window)),
-            "bands": ("NDVI",),
-            "unit": "index",
-            "source": "slovenia",
-            "doy": torch.tensor([day_of_year(d) for d in dates], dtype=torch.int64),
-            "dates": dates,
-            "id": f"{self.rel}@{r},{c}+{p}",
-            "lonlat": torch.from_numpy(self.lonlat[i]),
-            "mask": torch.from_numpy(self.lulc[r : r + p, c : c + p].copy()),
-        }
-
-
-# ----------------------------------------------------------------------------------------------
-# SSL4EO-S12 seasons
-
-
-def read_ssl4eo_s2(date_dir: Path, root: Path, bands: tuple[str, ...] = S2_L2A) -> Scene:
-    """One SSL4EO-S12 Sentinel-2 date, exactly as ``scenes.ssl4eo_s12`` reads it.
-
-    The reader in scenes.py is a generator over every date of every location; datasets that read
-    one date at a time (lazily, in a worker) need random access, so this repeats its few steps with
-    the same helpers: band files resampled to B02's grid, offset from PROCESSING_BASELINE.
-    """
-    rel = str(date_dir.relative_to(root))
-    raw, meta, notes = read_band_files(date_dir, bands, rel)
-    raw, check = screen_pixels(raw, bands, rel)
-    md_path = date_dir / "metadata.json"
-    md = json.loads(md_path.read_text()) if md_path.exists() else {}
-    offset = offset_from_baseline(md.get("PROCESSING_BASELINE"))
-    product, d = date_dir.parent.parent.name, date_dir.name[:8]
-    return make_scene(rel, f"ssl4eo_{product}", bands, to_reflectance_dn(raw, offset), (raw == 0).all(0), None, meta,
-                  f"{d[:4]}-{d[4:6]}-{d[6:]}", "L2A" if product == "s2a" else "L1C",
-                  notes + [f"radiometric offset {offset} removed"], check)
-
-
-class SSL4EOSeries(Dataset):
-    """Windows of SSL4EO-S12 locations with all their Sentinel-2 dates: image (T, C, H, W) reflectance.
-
-    Every location of the release has the same number of seasons (4 in the full data set, 2 in the
-    shared sample); a location with a different count is an error, since its series would not batch.
-    A window is kept when >= ``min_valid`` of its pixels have data on every date. Decoded locations
-    are memoised (``cache_size`` of them), so memory stays bounded on the full archive.
-    """
-
-    def __init__(self, root: str | Path | None = None, bands: tuple[str, ...] = S2_L2A, patch: int = 64,
-                 stride: int = 32, min_valid: float = 0.95, product: str = "s2a", cache_size: int = 8):
-        self.root = data_root(root)
-        self.bands, self.patch = tuple(bands), patch
-        base = self.root / "ssl4eo-s12" / product
-        self.locations = [d for d in sorted(base.glob("*")) if d.is_dir()]
-        if not self.locations:
-            raise FileNotFoundError(f"{base}: no SSL4EO-S12 locations (expected <location>/<date>/B*.tif)")
-        self._series = Recent(self._load, cache_size)
-        self.steps: int | None = None
-        index: list[tuple[int, int, int]] = []
-        lonlat = []
-        for k, loc in enumerate(self.locations):
-            dn, valid, dates, crs, transform = self._series(k)
-            if self.steps is None:
-                self.steps = len(dates)
-            elif len(dates) != self.steps:
-                raise ValueError(f"{loc}: {len(dates)} dates, {self.locations[0]} has {self.steps} (would not batch)")
-            rows, cols = window_grid(*dn.shape[-2:], patch, stride)
-            keep = window_fraction(valid, rows, cols, patch) >= min_valid
-            rows, cols = rows[keep], cols[keep]
-            index += [(k, int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
-            lonlat.append(window_lonlat(crs, transform, rows, cols, patch))
-        self.index = index
-        self.lonlat = np.concatenate(lonlat)
-
-    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str, Affine]:
-        """(T, C, H, W) digital numbers, (H, W) valid on every date, dates, CRS, transform of one location."""
-        loc = self.locations[k]
-        scenes = sorted((read_ssl4eo_s2(d, self.root, self.bands) for d in sorted(loc.glob("*")) if d.is_dir()),
-                        key=lambda s: s.time)
-        if not scenes:
-            raise FileNotFoundError(f"{loc}: no date folders")
-        first = scenes[0]
-        for s in scenes[1:]:
-            if s.dn.shape != first.dn.shape or s.transform != first.transform or s.crs != first.crs:
-                raise ValueError(f"{s.id}: grid {s.dn.shape} {s.crs} {s.transform} differs from {first.id} "
-                                 f"({first.dn.shape} {first.crs} {first.transform})")
-        dn = np.stack([s.dn for s in scenes])  # T x (C, H, W) -> (T, C, H, W)
-        valid = np.logical_and.reduce([s.valid for s in scenes])  # (H, W)
-        return dn, valid, tuple(s.time for s in scenes), first.crs, Affine(*first.transform)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        k, r, c = self.index[i]
-        p = self.patch
-        dn, _, dates, _, _ = self._series(k)
-        window = dn[:, :, r : r + p, c : c + p].astype(np.float32) * REFLECTANCE_SCALE  # (T, C, p, p)
-        rel = self.locations[k].relative_to(self.root)
-        return {
-            "image": torch.from_numpy(window),
-            "bands": self.bands,
-            "unit": "reflectance",
-            "source": "ssl4eo",
-            "doy": torch.tensor([day_of_year(d) for d in dates], dtype=torch.int64),
-            "dates": dates,
-            "id": f"{rel}@{r},{c}+{p}",
-            "lonlat": torch.from_numpy(self.lonlat[i]),
-        }

@@ -371,7 +371,8 @@ def cmd_results_seeds(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"results folder(s) not found: {', '.join(missing)}")
     try:
-        csv_path, md_path = write_seeds(folders, Path(args.out) if args.out else folders[0], versus=args.versus or "")
+        csv_path, md_path = write_seeds(folders, Path(args.out) if args.out else folders[0], versus=args.versus or "",
+                                      ignore=tuple(k.strip() for k in (args.ignore or "").split(",") if k.strip()))
     except SeedsError as exc:
         raise UsageError(str(exc)) from exc
     print(md_path.read_text(), end="")
@@ -528,6 +529,7 @@ COMMANDS: dict[str, Command | Group] = {
             "seeds": Command(cmd_results_seeds, "arms over seeds: means, seed sd, IQM, paired intervals against the baselines",
                              (arg("results_dirs", nargs="+", metavar="RESULTS_DIR", help="results folders of ablations with seeds"),
                               arg("--versus", metavar="KEY=VALUE", help="also pair every arm with the one that differs only in KEY=VALUE"),
+                              arg("--ignore", metavar="KEY,...", help="parameters that make no arm (ones the objectives do not read)"),
                               arg("--out", metavar="DIR", help="where seeds.csv and seeds.md go (default: the first folder)"))),
             "diff": Command(cmd_results_diff, "compare an ablation's runs with a reference's: fold accuracies identical or not",
                             (arg("new", metavar="NEW_DIR", help="results folder of the re-run, e.g. demo-results/mask_ratio"),

@@ -104,3 +104,24 @@ def test_command_writes_table(ablation, capsys):
     csv = pd.read_csv(ablation / "seeds.csv")
     assert len(csv) == 4
     assert "objective=good" in capsys.readouterr().out
+
+
+def test_ignored_parameters_make_no_arm(ablation, tmp_path):
+    # A twin ablation whose runs differ in a parameter the objective does not read: with it ignored,
+    # the twin's runs pair with the first ablation's by seed and fold.
+    twin = tmp_path / "twin"
+    for run in load_runs([ablation]):
+        if run.params["objective"] == "good":
+            folds = {enc: v for enc, v in run.scores[MAIN_SCORE].items()}
+            _write_run(twin, f"objective=good-x-seed={run.seed}-{run.seed:012d}",
+                       {"objective": "good", "lr": 1e-3, "sampler": "old", "unread": 0.0}, run.seed,
+                       {**folds, "pretrained": folds["pretrained"] - 0.02})
+    for run_dir in (ablation / "runs").iterdir():
+        record = json.loads((run_dir / "record.json").read_text())
+        record["params"].update(sampler="new", unread=0.1)
+        (run_dir / "record.json").write_text(json.dumps(record))
+    runs = load_runs([ablation, twin])
+    assert seeds_table(runs, versus="sampler=old")["arm"].str.contains("unread").all()
+    table = seeds_table(runs, versus="sampler=old", ignore=("unread",))
+    good = table[(table["arm"] == "objective=good, sampler=new") & (table["score"] == MAIN_SCORE)].iloc[0]
+    assert good["vs_sampler"] == pytest.approx(0.02) and good["vs_sampler_seeds"] == 3

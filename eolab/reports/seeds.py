@@ -98,12 +98,12 @@ def _benchmark_folds(table: pd.DataFrame, metric: str) -> dict[str, dict[str, np
     return scores
 
 
-def arm_keys(runs: list[Run]) -> list[str]:
-    """The parameters whose values differ between the runs (seed and paths left out), in the
-    order of the first run's parameters."""
+def arm_keys(runs: list[Run], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The parameters whose values differ between the runs (seed, paths and ``ignore`` left out),
+    in the order of the first run's parameters."""
     keys = []
     for key in runs[0].params:
-        if key not in IGNORED_KEYS and len({json.dumps(r.params.get(key), sort_keys=True) for r in runs}) > 1:
+        if key not in (*IGNORED_KEYS, *ignore) and len({json.dumps(r.params.get(key), sort_keys=True) for r in runs}) > 1:
             keys.append(key)
     return keys
 
@@ -112,9 +112,11 @@ def arm_label(params: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{k}={params.get(k)}" for k in keys) or "all runs"
 
 
-def seeds_table(runs: list[Run], versus: str = "", level: float = 0.95) -> pd.DataFrame:
-    """One row per arm and score (see the module docstring); numeric columns, no formatting."""
-    keys = arm_keys(runs)
+def seeds_table(runs: list[Run], versus: str = "", level: float = 0.95, ignore: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per arm and score (see the module docstring); numeric columns, no formatting.
+    ``ignore``: parameters that do not make arms (ones the arms' objectives do not read, such as
+    ``koleo_weight`` beside a MAE), so runs that differ only there are seeds of one arm."""
+    keys = arm_keys(runs, ignore)
     versus_key, _, versus_value = versus.partition("=")
     if versus and versus_key not in keys:
         raise SeedsError(f"--versus {versus!r}: {versus_key!r} is not a parameter that varies across these runs "
@@ -223,9 +225,10 @@ def _cell(row: pd.Series) -> str:
     return text
 
 
-def write_seeds(folders: list[str | Path], out_dir: str | Path, versus: str = "") -> tuple[Path, Path]:
+def write_seeds(folders: list[str | Path], out_dir: str | Path, versus: str = "",
+                ignore: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Write ``seeds.csv`` (every number) and ``seeds.md`` (the table) into ``out_dir``."""
-    table = seeds_table(load_runs(folders), versus=versus)
+    table = seeds_table(load_runs(folders), versus=versus, ignore=ignore)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "seeds.csv", out / "seeds.md"

@@ -128,7 +128,8 @@ def seeds_table(runs: list[Run], versus: str = "", level: float = 0.95, ignore: 
     for label, members in arms.items():
         partner = None
         if versus:
-            wanted = {**members[0].params, versus_key: _typed(versus_value, members[0].params[versus_key])}
+            # matched by the value's text, as `compare --versus` matches (arm labels print values with str)
+            wanted = {**members[0].params, versus_key: versus_value}
             partner = arms.get(arm_label(wanted, keys))
             if partner is members:
                 partner = None
@@ -141,16 +142,6 @@ def seeds_table(runs: list[Run], versus: str = "", level: float = 0.95, ignore: 
                 row[f"vs_{versus_key}_arm"] = arm_label(partner[0].params, keys)
             rows.append({**{k: members[0].params.get(k) for k in keys}, **row})
     return pd.DataFrame(rows)
-
-
-def _typed(text: str, like: Any) -> Any:
-    """KEY=VALUE's value in the type of the runs' values (0.75 for a float parameter)."""
-    if isinstance(like, bool):
-        return text.lower() in ("1", "true", "yes")
-    for kind in (int, float):
-        if isinstance(like, kind):
-            return kind(text)
-    return text
 
 
 def _arm_row(label: str, members: list[Run], score: str, level: float) -> dict[str, Any] | None:

@@ -86,7 +86,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """Validate an ablation spec (YAML) and execute its runs, each a papermill run of the spec's
     notebook into results/<name>/runs/<run_id>/, then rebuild the tables and render the summary.
 
-    Runs already done are skipped (--force re-runs them); a failed run does not stop the batch.
+    Runs already done are skipped (--force re-runs them), except those made under a notebook default
+    that has changed since, which are redone; a failed run does not stop the batch.
     While runs execute, a line shows runs done / running / failed / left, the time left and each
     running run's step, loss and images/s (from its run.log, whose path is printed when the run
     starts); without a terminal, or with --quiet or $CI, plain lines are printed instead.
@@ -95,7 +96,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
       python -m eolab ablate ablations/quick.yaml --results-root demo-results   # one run, about a minute
       python -m eolab ablate ablations/mask_ratio.yaml --dry-run                # list the runs
       python -m eolab ablate ablations/mask_ratio.yaml --workers 2 --only 6f5eda29865a"""
-    from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs
+    from eolab.runner.execute import DEFAULT_RESULTS_ROOT, run_ablation, select_runs, stale_runs
     from eolab.runner.preflight import preflight
     from eolab.runner.spec import load_spec
     from eolab.runner.store import RunStore
@@ -110,10 +111,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         store = RunStore(results_root / spec.name)
         runs = select_runs(spec, args.only)
         print(f"{spec.name}: {len(runs)} run(s) of {spec.notebook} -> {store.results_dir}")
+        stale = {} if args.force else stale_runs(spec, store, runs)
         for run in runs:
-            verdict = "run " if args.force or not store.is_done(run.run_id) else "skip"
+            verdict = "run " if args.force or not store.is_done(run.run_id) else "redo" if run.run_id in stale else "skip"
             values = " ".join(f"{k}={v!r}" for k, v in run.params.items())
-            print(f"  {verdict} {run.run_id}  {values}")
+            why = f"  (made under an earlier default: {', '.join(stale[run.run_id])})" if run.run_id in stale else ""
+            print(f"  {verdict} {run.run_id}  {values}{why}")
         checks = preflight(spec, [(f"run {r.run_id}", r.params) for r in runs])
         print("\n".join(checks.lines()))
         return EXIT_OK if checks.ok else EXIT_USAGE

@@ -35,8 +35,11 @@ STRATEGIES = ("auto", "ddp", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
 (a notebook run by the ablation runner) Lightning can launch processes only by forking:
 ``ddp_notebook``; ``ddp`` and ``fsdp`` re-run a script, so they suit scripts launched by srun."""
 
-BATCH_SAMPLING = ("diverse", "shuffle", "balanced", "balanced_sqrt")
-"""How training batches are drawn (``eolab.data.samplers``); "diverse" is the default."""
+BATCH_SAMPLING = ("balanced", "balanced_sqrt", "diverse", "shuffle")
+"""How training batches are drawn (``eolab.data.samplers``). "balanced" is the default: over three seeds
+it gave the MAE +0.021 [+0.002, +0.040] EuroSAT accuracy against "diverse" and cost SimCLR nothing
+(results/sampler_seeds). The scene-aware samplers need a scene/window index (dataset "scenes"); on
+datasets without one (series, pairs, packed corpora) batches are shuffled, and run.log says so."""
 
 TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -88,7 +91,7 @@ class PretrainConfig:
     tile_stride: int = param(32, "stride (pixels) of the window grid over scenes and series")
     img_size: int = param(64, "window size in pixels")
     num_dates: int = param(4, "time-series datasets: dates per sample")
-    batch_sampling: str = param("diverse", "diverse (scenes mixed, no overlapping windows in a batch) | shuffle | balanced (every batch mixes scenes in proportion to their size, no overlapping windows) | balanced_sqrt (in proportion to the square root of their size)")
+    batch_sampling: str = param("balanced", "balanced (every batch mixes scenes in proportion to their size, no overlapping windows) | balanced_sqrt (in proportion to the square root of their size) | diverse (scenes dealt round-robin, no overlapping windows in a batch) | shuffle; datasets without scene tiles are shuffled")
     eurosat: str = param("local", "local (273 patches in the data root) or torchgeo (full 27,000 and downloads)")
     model_size: str = param("vit_micro", "vit_nano | vit_micro | vit_mini | vit_tiny | vit_small | vit_base", section="model")
     patch_size: int = param(8, "token size in pixels")
@@ -206,8 +209,6 @@ class PretrainConfig:
             ("view_augment", lambda: self.view_augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
             ("augment", lambda: self.augment in AUGMENTATIONS, f"one of {sorted(AUGMENTATIONS)}"),
             ("batch_sampling", lambda: self.batch_sampling in BATCH_SAMPLING, f"one of {BATCH_SAMPLING}"),
-            ("batch_sampling", lambda: not self.batch_sampling.startswith("balanced") or self.dataset == "scenes",
-             "'diverse' or 'shuffle' unless dataset is 'scenes' (balanced batches need its scene/window index)"),
             ("latent_loss", lambda: self.latent_loss in LATENT_LOSSES, f"one of {LATENT_LOSSES}"),
             ("target_encoder", lambda: self.target_encoder in ("ema", "frozen"), "'ema' or 'frozen'"),
             ("ema_momentum", lambda: 0.0 <= self.ema_momentum <= 1.0, "in [0, 1]"),

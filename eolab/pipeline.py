@@ -214,18 +214,20 @@ def pretrain(cfg: PretrainConfig, data: PreparedData, callbacks: list | tuple = 
     steps_per_epoch = math.ceil(len(data.pretrain) // cfg.batch_size / cfg.accumulate)  # optimiser steps
     # A FLOP budget makes objectives of different cost per step comparable at equal compute.
     max_steps = math.ceil(cfg.train_tflops * 1e12 / flops_per_step) if cfg.train_tflops else 0
-    sampler = None
-    if cfg.batch_sampling == "diverse" and data.tiles is not None:
-        sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
-    elif cfg.batch_sampling.startswith("balanced"):
-        if data.tiles is None:
-            raise ValueError(f"parameter 'batch_sampling': {cfg.batch_sampling!r} needs scene tiles (dataset 'scenes'), "
-                             f"but dataset {cfg.dataset!r} has no scene/window index; use 'shuffle'")
-        sampler = BalancedBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed,
-                                       weighting="sqrt" if cfg.batch_sampling == "balanced_sqrt" else "proportional")
     knn = _knn_probe(cfg, data)
     progress = resolve_progress(cfg.progress)
     run_log = out / RUN_LOG_NAME if progress != "none" else None
+    sampler = None
+    if data.tiles is None:
+        # series, pairs and packed corpora carry no scene/window index to balance or deal by
+        if cfg.batch_sampling != "shuffle":
+            log_line(run_log, f"batch_sampling {cfg.batch_sampling!r}: dataset {cfg.dataset!r} has no scene/window "
+                              "index, so batches are shuffled")
+    elif cfg.batch_sampling == "diverse":
+        sampler = SceneDiverseBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed)
+    elif cfg.batch_sampling.startswith("balanced"):
+        sampler = BalancedBatchSampler(data.tiles, cfg.batch_size, patch=cfg.img_size, seed=cfg.seed,
+                                       weighting="sqrt" if cfg.batch_sampling == "balanced_sqrt" else "proportional")
     log_line(run_log, f"data: {len(data.pretrain)} pre-training samples; {len(data.eurosat['label'])} labelled EuroSAT patches")
     loggers = make_loggers(cfg.logger, cfg.tracking_uri, out)
     log_params(loggers, dataclasses.asdict(cfg))

@@ -113,12 +113,12 @@ def test_bad_input_is_named():
         BalancedBatchSampler(tiles, 9999)
 
 
-def test_config_offers_balanced_sampling_for_scene_tiles_only():
+def test_config_makes_balanced_sampling_the_default():
     from eolab.config import ParameterError, PretrainConfig
 
     assert PretrainConfig(batch_sampling="balanced_sqrt").batch_sampling == "balanced_sqrt"
-    assert PretrainConfig().batch_sampling == "diverse"  # not the default until measured
-    with pytest.raises(ParameterError, match="batch_sampling"):
-        PretrainConfig(dataset="slovenia", tokenizer="temporal", bands="NDVI", batch_sampling="balanced")
+    assert PretrainConfig().batch_sampling == "balanced"  # measured in results/sampler_seeds
+    # the default must not make a dataset without scene tiles invalid: those are shuffled
+    assert PretrainConfig(dataset="slovenia", tokenizer="temporal", bands="NDVI").batch_sampling == "balanced"
     with pytest.raises(ParameterError, match="batch_sampling"):
         PretrainConfig(batch_sampling="square")

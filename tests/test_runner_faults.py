@@ -97,6 +97,48 @@ def test_unparsable_record_marks_its_run_failed_and_ablate_redoes_it(tmp_path, n
     assert len(table) == 4 and set(runs["status"]) == {"done"}
 
 
+def _default_notebook(path: Path, y: int) -> Path:
+    """A job notebook whose record says it ran with parameter ``y``, which no spec sets."""
+    parameters = f"x: int = 1\ny: int = {y}\nseed: int = 0\noutput_dir: str = \".\"\n"
+    body = BODY.replace('"params": {"x": x, "seed": seed}', '"params": {"x": x, "y": y, "seed": seed}')
+    nb = new_notebook(cells=[new_code_cell(parameters, metadata={"tags": ["parameters"]}), new_code_cell(body)],
+                      metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_done_run_made_under_a_changed_default_is_redone_and_said(tmp_path, capsys):
+    # The run id hashes what the spec sets only, so a default changed in the notebook would
+    # otherwise leave done runs that ran something else than the spec now asks for.
+    job = _default_notebook(tmp_path / "job.ipynb", y=2)
+    spec, ids = _spec(tmp_path, job, "1, 3")
+    results = tmp_path / "results"
+    assert run_ablation(spec, results_root=results, log=lambda _: None).ok
+    assert run_ablation(spec, results_root=results, log=lambda _: None).executed == []  # same default: skipped
+
+    _default_notebook(job, y=4)
+    assert main(["ablate", str(spec), "--results-root", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"redo {ids[1]}" in out and "(made under an earlier default: y 2 -> 4)" in out
+    lines: list[str] = []
+    summary = run_ablation(spec, results_root=results, log=lines.append)
+    assert sorted(o.run_id for o in summary.executed) == sorted(ids.values()) and summary.ok
+    assert f"redo   {ids[3]} (made under an earlier notebook default: y 2 -> 4)" in lines
+    store = RunStore(results / "faults")
+    assert store.record_params(ids[3])["y"] == 4
+    assert run_ablation(spec, results_root=results, log=lambda _: None).executed == []  # now current
+
+    # a record that does not name the parameter (added to the notebook later) is not judged
+    record = store.run_dir(ids[1]) / "record.json"
+    record.write_text(record.read_text().replace('"y": 4, ', ""))
+    _default_notebook(job, y=5)
+    assert [o.run_id for o in run_ablation(spec, results_root=results, log=lambda _: None).executed] == [ids[3]]
+    # --force already re-runs everything; a spec that sets the parameter is never judged by its default
+    spec.write_text(spec.read_text() + "base:\n  y: 4\n")
+    assert run_ablation(spec, results_root=results, log=lambda _: None).executed != []  # new ids (y is hashed)
+    assert run_ablation(spec, results_root=results, log=lambda _: None).executed == []
+
+
 def test_record_without_required_keys_is_not_done(tmp_path):
     store = RunStore(tmp_path)
     store.mark_finished(store.mark_running("r1", {"x": 1}), error=None)

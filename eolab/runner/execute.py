@@ -39,6 +39,7 @@ from eolab.runner.spec import (
     AblationSpec,
     Run,
     SpecError,
+    changed_defaults,
     load_spec,
 )
 from eolab.runner.store import DONE, FAILED, RUNNING, RunStore, rebuild_table, utc_now
@@ -122,11 +123,16 @@ def run_ablation(
     runs = select_runs(spec, only)
     check_no_secrets(spec, runs)
     store = RunStore(Path(results_root or DEFAULT_RESULTS_ROOT) / spec.name)
-    todo = [r for r in runs if force or not store.is_done(r.run_id)]
+    # a done run made under a notebook default that has changed since ran something else than the
+    # spec now asks for (its id hashes only what the spec sets): it is redone, and said
+    stale = {} if force else stale_runs(spec, store, runs)
+    todo = [r for r in runs if force or not store.is_done(r.run_id) or r.run_id in stale]
     for run in todo:  # a run the runner called done, whose record cannot be used: say so, then redo it
         if (store.status(run.run_id) or {}).get("state") == DONE and (problem := store.record_problem(run.run_id)):
             log(f"redo   {run.run_id} ({problem})")
-    tasks = [make_task(spec, store, run, force=force) for run in todo]
+        elif run.run_id in stale:
+            log(f"redo   {run.run_id} (made under an earlier notebook default: {', '.join(stale[run.run_id])})")
+    tasks = [make_task(spec, store, run, force=force or run.run_id in stale) for run in todo]
     watch = contextlib.nullcontext()
     if executor is None:
         live = AblationProgress(spec.name, run_dirs_of(tasks), workers=workers if executor_kind == "local" else len(tasks),
@@ -140,7 +146,7 @@ def run_ablation(
     if todo or spec.summary:
         check_kernel()
 
-    tasks = [make_task(spec, store, run, force=force) for run in todo]
+    tasks = [make_task(spec, store, run, force=force or run.run_id in stale) for run in todo]
     batch_started = utc_now()
     try:
         try:
@@ -276,6 +282,13 @@ def select_runs(spec: AblationSpec, only: Sequence[str] | None) -> list[Run]:
         )
     wanted = {by_key[key].run_id for key in only}
     return [r for r in runs if r.run_id in wanted]
+
+
+def stale_runs(spec: AblationSpec, store: RunStore, runs: Sequence[Run]) -> dict[str, list[str]]:
+    """Done runs made under notebook defaults that have changed since, with the changes
+    (``spec.changed_defaults``); `run_ablation` redoes them."""
+    return {r.run_id: changed for r in runs if store.is_done(r.run_id)
+            and (changed := changed_defaults(store.record_params(r.run_id), r, spec.parameters))}
 
 
 def make_task(spec: AblationSpec, store: RunStore, run: Run, force: bool = False) -> RunTask:

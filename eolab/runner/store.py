@@ -90,6 +90,12 @@ class RunStore:
         status = self.status(run_id) or {}
         return status.get("state") == DONE and self.record_problem(run_id) is None
 
+    def record_params(self, run_id: str) -> dict[str, Any]:
+        """The parameters the run's record says it ran with ({} without a usable record)."""
+        record = load_record(self.run_dir(run_id) / RECORD_NAME)[0] or {}
+        params = record.get("params")
+        return params if isinstance(params, dict) else {}
+
     def record_problem(self, run_id: str) -> str | None:
         """Why the run's record.json cannot be used (naming the file), or None when it can."""
         return load_record(self.run_dir(run_id) / RECORD_NAME)[1]

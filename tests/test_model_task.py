@@ -47,11 +47,33 @@ def test_random_mask_is_seeded_and_differs_per_sample():
 def test_patchify_matches_token_grid():
     tok = PatchTokenizer(BANDS5, img_size=16, patch_size=4, dim=8)
     x = torch.arange(2 * 5 * 16 * 16, dtype=torch.float32).reshape(2, 5, 16, 16)
-    patches = tok.patchify(x)  # (B, N, p*p*C)
-    assert patches.shape == (2, 16, 4 * 4 * 5)
-    # token 1 is the second patch of the first row: columns 4..7, rows 0..3, channel-last
-    expected = x[0, :, 0:4, 4:8].permute(1, 2, 0).reshape(-1)
+    patches = tok.patchify(x)  # (B, N, C*p*p)
+    assert patches.shape == (2, 16, 5 * 4 * 4)
+    # token 1 is the second patch of the first row: columns 4..7, rows 0..3, band by band
+    expected = x[0, :, 0:4, 4:8].reshape(-1)
     torch.testing.assert_close(patches[0, 1], expected)
+    # the matmul embedding equals the strided convolution it stands for, on every token and on kept ones
+    x = x / x.max()  # values of normalised bands: float sums in another order stay within 1e-5
+    tok.embed_as = "conv"
+    conv = tok(x)
+    tok.embed_as = "matmul"
+    torch.testing.assert_close(tok(x), conv, rtol=1e-4, atol=1e-5)
+    keep = torch.tensor([[3, 0, 9], [15, 7, 1]])
+    torch.testing.assert_close(tok(x, keep=keep), torch.gather(conv, 1, keep[..., None].expand(-1, -1, 8)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_fast_loss_parts_equal_their_plain_definitions():
+    from eolab.models.tokenizers import gather_tokens
+    from eolab.tasks.common import normalize_patches, patch_mse
+
+    torch.manual_seed(0)
+    x, pred = torch.randn(3, 10, 52) * 5 + 2, torch.randn(3, 10, 52)
+    index = torch.tensor([[9, 0, 4], [1, 1, 2], [5, 8, 3]])
+    assert torch.equal(gather_tokens(x, index), torch.gather(x, 1, index[..., None].expand(-1, -1, 52)))
+    plain = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6).sqrt()  # MAE's norm-pix target
+    torch.testing.assert_close(normalize_patches(x), plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patch_mse(pred, x), ((pred - x) ** 2).mean(-1))
 
 
 @pytest.mark.parametrize("mask", sorted(MASKS))

@@ -59,12 +59,24 @@ def wavelength_code(bands: tuple[str, ...], dim: int) -> Tensor:
 
 
 def patchify(image: Tensor, patch_size: int) -> Tensor:
-    """(B, C, H, W) -> (B, N, p*p*C): the pixel values of each patch, row-major, channel-last."""
+    """(B, C, H, W) -> (B, N, C*p*p): the pixel values of each patch, patches row-major, each
+    patch band by band (the layout of a convolution's weight (D, C, p, p)). Band-major because the
+    copy then moves rows of p pixels; a channel-last patch (p, p, C) gathers every pixel from C
+    planes, which measured 2x slower on CPU with 13 bands."""
     b, c, h, w = image.shape
     p = patch_size
     x = image.reshape(b, c, h // p, p, w // p, p)  # (B, C, gh, p, gw, p)
-    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, p, p)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """The tokens ``index`` (B, K) of ``x`` (B, N, D): (B, K, D). The same as ``torch.gather`` with
+    the index expanded over D, as whole-row copies (``index_select`` on (B*N, D)), which does not
+    read an index per element."""
+    b, n, d = x.shape
+    rows = (index + torch.arange(b, device=index.device)[:, None] * n).flatten()  # (B*K,) rows of (B*N, D)
+    return x.reshape(b * n, d).index_select(0, rows).view(b, index.shape[1], d)
 
 
 class _GridTokenizer(nn.Module):
@@ -122,17 +134,17 @@ class PatchTokenizer(_GridTokenizer):
             x = x + self.pos
             return x if keep is None else torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
         if patches is None:
-            patches = self.patchify(image)  # (B, N, p*p*C), channel-last within a patch
+            patches = self.patchify(image)  # (B, N, C*p*p), band-major within a patch
         pos = self.pos.expand(patches.shape[0], -1, -1)  # (B, N, D)
         if keep is not None:
-            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, P)
-            pos = torch.gather(pos, 1, keep[..., None].expand(-1, -1, pos.shape[-1]))  # (B, K, D)
-        # The conv weight (D, C, p, p) in patchify's (p, p, C) order: (D, P).
-        weight = self.proj.weight.permute(0, 2, 3, 1).reshape(self.dim, -1)
+            patches = gather_tokens(patches, keep)  # (B, K, P)
+            pos = self.pos[keep]  # (B, K, D)
+        # The conv weight (D, C, p, p) is already in patchify's (C, p, p) order: (D, P).
+        weight = self.proj.weight.reshape(self.dim, -1)
         return torch.addmm(self.proj.bias, patches.flatten(0, 1), weight.t()).view(*patches.shape[:2], -1) + pos
 
     def patchify(self, image: Tensor) -> Tensor:
-        return patchify(image, self.patch_size)  # (B, N, p*p*C)
+        return patchify(image, self.patch_size)  # (B, N, C*p*p)
 
 
 class GroupTokenizer(_GridTokenizer):
@@ -203,8 +215,8 @@ class TemporalTokenizer(_GridTokenizer):
 
     def patchify(self, image: Tensor) -> Tensor:
         b, t = image.shape[:2]
-        x = patchify(image.flatten(0, 1), self.patch_size)  # (B*T, N, p*p*C)
-        return x.reshape(b, t * x.shape[1], x.shape[2])  # (B, T*N, p*p*C)
+        x = patchify(image.flatten(0, 1), self.patch_size)  # (B*T, N, C*p*p)
+        return x.reshape(b, t * x.shape[1], x.shape[2])  # (B, T*N, C*p*p)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -13,7 +13,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer, init_weights
+from .tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer, gather_tokens, init_weights
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ViTEncoder(nn.Module):
                 blank = self.tokenizer(torch.zeros_like(image), **context)  # (B, N, D) positions only
                 x = torch.where(mask[..., None], blank + token.to(x.dtype), x)
             if keep is not None:
-                x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+                x = gather_tokens(x, keep)  # (B, K, D)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+K, D)
 
     def forward(self, image: Tensor, keep: Tensor | None = None, return_layers: bool = False,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ..models.tokenizers import init_weights, sincos_2d
+from ..models.tokenizers import gather_tokens, init_weights, sincos_2d
 
 CONTEXT_KEYS = ("doy",)
 """Batch fields, besides the image, that an encoder's tokeniser may need (day of year of dates)."""
@@ -52,7 +55,7 @@ class TokenDecoder(nn.Module):
             x = block(x)
         x = x[:, 1:]  # (B, G*N, Dd)
         if select is not None:
-            x = torch.gather(x, 1, select[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, Dd)
+            x = gather_tokens(x, select)  # (B, M, Dd)
         return self.pred(self.norm(x))
 
     def predict_masked(self, latent: Tensor, keep: Tensor, masked: Tensor, mask_token: Tensor) -> Tensor:
@@ -75,7 +78,7 @@ def patch_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tens
     every entry is real (the common case, which then costs no masking).
     """
     if valid is None:
-        return ((pred - target) ** 2).mean(-1)
+        return F.mse_loss(pred, target, reduction="none").mean(-1)
     valid = valid.to(pred.dtype)
     return ((pred - target) ** 2 * valid).sum(-1) / valid.sum(-1)
 
@@ -84,7 +87,10 @@ def normalize_patches(target: Tensor, valid: Tensor | None = None, eps: float = 
     """Standardise each token's target over its real entries (MAE's norm-pix loss): the target
     becomes local structure rather than absolute brightness. Padding stays zero."""
     if valid is None:
-        return (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + eps).sqrt()
+        # (x - mean) / sqrt(var_unbiased + eps) as one layer norm (biased variance, one fused pass;
+        # torch.var measured 5x slower on CPU): var_unbiased = var * P / (P - 1), rescaled exactly.
+        p = target.shape[-1]
+        return F.layer_norm(target, (p,), eps=eps * (p - 1) / p) * math.sqrt((p - 1) / p)
     v = valid.to(target.dtype)
     count = v.sum(-1, keepdim=True)
     mean = (target * v).sum(-1, keepdim=True) / count

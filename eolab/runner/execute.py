@@ -29,7 +29,7 @@ from eolab.progress import hms
 from eolab.runner.faults import EXIT_FAULT, BatchStopped, Interrupted, ResultsFolderError, is_storage_fault, os_error_text
 from eolab.runner.notebook import LocalExecutor, check_kernel, execute_notebook
 from eolab.runner.pool import PoolExecutor
-from eolab.runner.preflight import preflight
+from eolab.runner.preflight import notebook_defaults, preflight
 from eolab.runner.progress import AblationProgress, run_dirs_of
 from eolab.runner.render import render_html
 from eolab.runner.spec import (
@@ -39,7 +39,6 @@ from eolab.runner.spec import (
     AblationSpec,
     Run,
     SpecError,
-    changed_defaults,
     load_spec,
 )
 from eolab.runner.store import DONE, FAILED, RUNNING, RunStore, rebuild_table, utc_now
@@ -285,10 +284,24 @@ def select_runs(spec: AblationSpec, only: Sequence[str] | None) -> list[Run]:
 
 
 def stale_runs(spec: AblationSpec, store: RunStore, runs: Sequence[Run]) -> dict[str, list[str]]:
-    """Done runs made under notebook defaults that have changed since, with the changes
-    (``spec.changed_defaults``); `run_ablation` redoes them."""
-    return {r.run_id: changed for r in runs if store.is_done(r.run_id)
-            and (changed := changed_defaults(store.record_params(r.run_id), r, spec.parameters))}
+    """Done runs made under notebook defaults that have changed since, each with its changes
+    (``name 'old' -> 'new'``); `run_ablation` redoes them.
+
+    The run id hashes only what the spec sets, so a run made before a default changed keeps its id;
+    its record's ``params`` say which value it really ran with. A parameter the spec sets, one absent
+    from the record (added to the notebook later) or one with a non-literal default is not judged.
+    """
+    defaults = notebook_defaults(spec)
+    stale = {}
+    for run in runs:
+        if not store.is_done(run.run_id):
+            continue
+        made_with = store.record_params(run.run_id)
+        changed = [f"{name} {made_with[name]!r} -> {default!r}" for name, default in defaults.items()
+                   if name not in run.params and name in made_with and made_with[name] != default]
+        if changed:
+            stale[run.run_id] = changed
+    return stale
 
 
 def make_task(spec: AblationSpec, store: RunStore, run: Run, force: bool = False) -> RunTask:

@@ -114,35 +114,6 @@ class NotebookParameter:
         inferred = type(default).__name__
         return inferred if inferred in _SIMPLE_CHECKS else None
 
-    def default_value(self) -> Any:
-        """The default as a Python value, or ``NO_LITERAL`` when its source is not a literal."""
-        try:
-            return ast.literal_eval(self.default)
-        except (ValueError, SyntaxError):
-            return NO_LITERAL
-
-
-NO_LITERAL = object()
-"""What `NotebookParameter.default_value` gives for a default that is an expression, not a literal."""
-
-
-def changed_defaults(made_with: dict[str, Any], run: Run, parameters: dict[str, NotebookParameter]) -> list[str]:
-    """Parameters a done run left to the notebook's defaults whose default has changed since.
-
-    The run id hashes only what the spec sets, so a run made before a default changed keeps its id;
-    its record's ``params`` (``made_with``) say which value it really ran with. A parameter absent
-    from the record (added to the notebook later) or with a non-literal default is not judged.
-    Each entry reads ``name 'old' -> 'new'``.
-    """
-    changed = []
-    for name, parameter in parameters.items():
-        if name in run.params or name == OUTPUT_DIR_PARAM or name not in made_with:
-            continue
-        default = parameter.default_value()
-        if default is not NO_LITERAL and made_with[name] != default:
-            changed.append(f"{name} {made_with[name]!r} -> {default!r}")
-    return changed
-
 
 @dataclass(frozen=True)
 class Run:

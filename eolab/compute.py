@@ -77,16 +77,26 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
     """
     total = 0
 
-    def block_hook(module: nn.Module, args: tuple, _out) -> None:
+    def block_hook(module: nn.Module, args: tuple, kwargs: dict, _out) -> None:
         nonlocal total
         b, t, d = args[0].shape  # (B, T, D) tokens entering the block
         weights = sum(p.numel() for p in module.parameters() if p.ndim >= 2)  # biases and norms are elementwise
+        # A block read at some tokens only (``DecoderBlock(x, rows=...)``, M of T): keys and values
+        # for all T, the queries, attention outputs and MLP for the M.
+        rows = kwargs.get("rows")
+        m, kv = t, 0
+        if rows is not None:
+            m, qkv = rows.shape[1], module.attn.qkv.weight  # qkv (3A, D): queries, keys, values
+            kv = (qkv.shape[0] // 3) * 2 * qkv.shape[1]  # the key and value weights, run on all T
         trained = torch.is_grad_enabled()  # a teacher's block runs under no_grad: forward only
-        total += (6 if trained else 2) * weights * b * t + (12 if trained else 4) * b * t * t * d
+        total += (6 if trained else 2) * b * ((weights - kv) * m + kv * t) + (12 if trained else 4) * b * m * t * d
 
     def layer_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         nonlocal total
-        positions = out.numel() // module.weight.shape[0]  # rows (Linear) or pixels (Conv) produced
+        if isinstance(module, nn.Linear):  # rows in, read from the input: a head may return its loss instead
+            positions = args[0].numel() // module.in_features
+        else:
+            positions = out.numel() // module.weight.shape[0]  # pixels produced (Conv)
         # The backward pass needs the input's gradient only where the input came from the network:
         # the patch projection of the image has the weight's gradient alone (forward 2 + backward 2).
         per_weight = 6 if args[0].requires_grad else 4
@@ -104,7 +114,7 @@ def analytic_training_flops(task: nn.Module, batch: dict, seed: int = 0) -> int:
         total += (4 if torch.is_grad_enabled() else 2) * module.proj.weight.numel() * positions
 
     inside_blocks = {id(m) for blk in task.modules() if _is_block(blk) for m in blk.modules()}
-    handles = [m.register_forward_hook(block_hook) for m in task.modules() if _is_block(m)]
+    handles = [m.register_forward_hook(block_hook, with_kwargs=True) for m in task.modules() if _is_block(m)]
     handles += [m.register_forward_hook(embed_hook) for m in task.modules() if getattr(m, "selects_tokens", False)]
     handles += [m.register_forward_hook(layer_hook) for m in task.modules()
                 if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in inside_blocks]

@@ -76,6 +76,82 @@ def test_fast_loss_parts_equal_their_plain_definitions():
     torch.testing.assert_close(patch_mse(pred, x), ((pred - x) ** 2).mean(-1))
 
 
+@pytest.mark.parametrize("target_grad", [False, True])
+def test_fused_losses_equal_mse_loss_in_value_and_gradients(target_grad):
+    from eolab.tasks.common import PixelHead, mean_squared_error
+
+    torch.manual_seed(0)
+    pred = torch.randn(4, 7, 30, requires_grad=True)
+    target = torch.randn(4, 7, 30, requires_grad=target_grad)
+    loss = mean_squared_error(pred, target)
+    reference = torch.nn.functional.mse_loss(pred, target)
+    torch.testing.assert_close(loss, reference)
+    inputs = [pred, target] if target_grad else [pred]
+    for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"pred \(4, 7, 30\) and target \(4, 7, 31\)"):
+        mean_squared_error(pred, torch.zeros(4, 7, 31))
+
+    # The head that scores itself: 28 rows of 30 pixels, reduced in chunks of 4369 rows (one chunk)
+    # and, with a wider head, of fewer rows than there are (several chunks, the last one short).
+    for pixels in (30, 10000):
+        head, feats = PixelHead(5, pixels), torch.randn(4, 7, 5, requires_grad=True)
+        goal = torch.randn(4, 7, pixels, requires_grad=target_grad)
+        loss, reference = head(feats, goal), torch.nn.functional.mse_loss(head(feats), goal)
+        torch.testing.assert_close(loss, reference)
+        inputs = [feats, head.weight, head.bias] + ([goal] if target_grad else [])
+        for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"features \(4, 7, 5\) through a head to 10000 pixels do not match"):
+        head(feats, goal[:, :6])
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_decoder_block_at_selected_rows_equals_the_full_block(qk_norm):
+    from eolab.models.tokenizers import gather_tokens
+    from eolab.tasks.common import DecoderBlock
+
+    torch.manual_seed(0)
+    block = DecoderBlock(16, 2, 4.0, qkv_bias=not qk_norm, qk_norm=qk_norm).eval()
+    x = torch.randn(3, 9, 16)
+    rows = torch.tensor([[0, 4, 8], [2, 2, 5], [7, 1, 3]])
+    for fused in (True, False):
+        block.attn.fused_attn = fused
+        torch.testing.assert_close(block(x, rows=rows), gather_tokens(block(x), rows), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="without attention masks"):
+        block(x, is_causal=True, rows=rows)
+
+
+def test_mae_fused_loss_matches_the_plain_head_and_loss():
+    from eolab.tasks import common
+
+    torch.manual_seed(0)
+    enc = build_encoder("vit_nano", BANDS5, img_size=16, patch_size=4)
+    task = MaskedAutoencoder(enc, decoder_dim=32, decoder_depth=2, decoder_heads=2)
+    batch = {"image": torch.randn(3, 5, 16, 16)}
+    fused = task(batch, generator=torch.Generator().manual_seed(1))["loss"]
+    params = list(task.parameters())
+    fused_grads = torch.autograd.grad(fused, params, allow_unused=True)
+    # The same step by the plain definitions: every block over every token, the head, mse_loss.
+    keep, masked = task.mask_fn(3, enc.tokenizer.num_tokens, task.mask_ratio, torch.Generator().manual_seed(1),
+                                "cpu", groups=1)
+    latent = task.encoder(batch["image"], keep=keep)
+    x = task.decoder.embed(latent)
+    full = task.mask_token.expand(3, 16, -1).clone()
+    full.scatter_(1, keep[..., None].expand(-1, -1, 32), x[:, 1:])
+    x = torch.cat([x[:, :1], full + task.decoder.position()], dim=1)
+    for block in task.decoder.blocks:
+        x = block(x)
+    pred = task.decoder.pred(task.decoder.norm(common.gather_tokens(x[:, 1:], masked)))
+    target = common.normalize_patches(common.gather_tokens(enc.tokenizer.patchify(batch["image"]), masked))
+    plain = torch.nn.functional.mse_loss(pred, target)
+    torch.testing.assert_close(fused, plain)
+    for got, want in zip(fused_grads, torch.autograd.grad(plain, params, allow_unused=True), strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("mask", sorted(MASKS))
 @pytest.mark.parametrize("bands", [("B04",), BANDS5, tuple(f"B{i:02d}" for i in range(1, 10))])
 def test_mae_loss_is_finite_and_reaches_the_encoder(bands, mask):

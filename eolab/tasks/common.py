@@ -20,6 +20,107 @@ def encoder_context(batch: dict) -> dict:
     return {k: batch[k] for k in CONTEXT_KEYS if k in batch}
 
 
+class DecoderBlock(Block):
+    """timm's transformer ``Block`` that can also be read at some tokens only.
+
+    ``block(x, rows=rows)`` with token indices ``rows`` (B, M) gives ``gather_tokens(block(x), rows)``
+    (B, M, D) without computing the other tokens' queries, attention outputs and MLP; every token
+    still gives its keys and values. A decoder's last block needs the masked tokens only (a quarter
+    fewer rows at MAE's 75% mask; the step 1.05x on one CPU thread at micro-64). Parameters and their
+    names are ``Block``'s, so checkpoints do not change."""
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, rows: Tensor | None = None) -> Tensor:
+        if rows is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise ValueError("DecoderBlock: rows= reads a block without attention masks")
+        attn = self.attn
+        b, n, _ = x.shape
+        m, h, hd, a = rows.shape[1], attn.num_heads, attn.head_dim, attn.attn_dim
+        y = self.norm1(x)  # (B, L, D)
+        y_rows = gather_tokens(y, rows)  # (B, M, D)
+        weight, bias = attn.qkv.weight, attn.qkv.bias  # (3A, D), (3A,): rows q, then k, then v
+        q = F.linear(y_rows, weight[:a], None if bias is None else bias[:a])  # (B, M, A)
+        kv = F.linear(y, weight[a:], None if bias is None else bias[a:])  # (B, L, 2A)
+        q = attn.q_norm(q.view(b, m, h, hd).transpose(1, 2))  # (B, H, M, hd)
+        k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
+        k = attn.k_norm(k)
+        if attn.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        else:
+            o = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v  # (B, H, M, hd)
+        o = attn.norm(o.transpose(1, 2).reshape(b, m, a))  # (B, M, A)
+        if attn.gate is not None:
+            o = o * attn.gate(y_rows).sigmoid()
+        o = attn.proj_drop(attn.proj(o))  # (B, M, D)
+        x = gather_tokens(x, rows) + self.drop_path1(self.ls1(o))  # (B, M, D)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class _LinearMeanSquaredError(torch.autograd.Function):
+    """mean((x W^T + b - target)^2) with one (R, P) tensor for the head's output and the loss.
+
+    The plain form allocates and passes over three of them (the head's output, the difference, its
+    scaled copy as the gradient), 10 MB each at micro-64, beyond a CPU's L2 cache. Here the output
+    becomes the difference in place, chunk by chunk, each chunk reduced while it is in cache; backward
+    applies the loss's scale to the small (R, Dd) and (P, Dd) products instead of the (R, P) one. The
+    same matmuls as ``nn.Linear``, so FLOP counts do not change."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor, rows: int) -> Tensor:
+        # x (R, Dd), weight (P, Dd), bias (P,), target (R, P); rows: chunk length of the reduction
+        diff = torch.addmm(bias, x, weight.t())  # (R, P): the prediction, then in place its error
+        total = x.new_zeros(())
+        for s in range(0, diff.shape[0], rows):
+            chunk = diff[s : s + rows].sub_(target[s : s + rows]).view(-1)
+            total += torch.dot(chunk, chunk)
+        ctx.save_for_backward(x, weight, diff)
+        return total / diff.numel()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, diff = ctx.saved_tensors
+        scale = grad * (2.0 / diff.numel())  # d loss / d pred = scale * diff, never formed at (R, P)
+        need_x, need_w, need_b, need_t = ctx.needs_input_grad[:4]
+        grad_x = (diff @ weight).mul_(scale) if need_x else None  # (R, Dd)
+        grad_w = (diff.t() @ x).mul_(scale) if need_w else None  # (P, Dd)
+        grad_b = diff.sum(0).mul_(scale) if need_b else None  # (P,)
+        grad_t = diff * -scale if need_t else None  # (R, P)
+        return grad_x, grad_w, grad_b, grad_t, None
+
+
+class PixelHead(nn.Linear):
+    """The decoder's linear head to each token's pixels, which can also score its prediction.
+
+    ``head(x)``: features (..., Dd) -> pixels (..., P). ``head(x, target)``: the mean squared error of
+    those pixels against ``target`` (..., P), a scalar, the value of ``F.mse_loss(head(x), target)``.
+    On a CPU, eagerly in fp32, without the pixels' tensor written and read three times
+    (``_LinearMeanSquaredError``: the MAE step 1.06x on one CPU thread at micro-64); elsewhere (a
+    GPU, autocast, ``torch.compile``) the plain form, which cuBLAS and inductor's fusion serve."""
+
+    def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        if target is None:
+            return super().forward(x)
+        if x.shape[:-1] != target.shape[:-1] or target.shape[-1] != self.out_features:
+            raise ValueError(
+                f"PixelHead: features {tuple(x.shape)} through a head to {self.out_features} pixels "
+                f"do not match target {tuple(target.shape)}"
+            )
+        plain = (
+            torch.compiler.is_compiling()
+            or x.device.type != "cpu"
+            or torch.is_autocast_enabled(x.device.type)
+            or self.bias is None
+            or not (x.dtype == target.dtype == self.weight.dtype == torch.float32)
+        )
+        if plain:
+            return mean_squared_error(super().forward(x), target)
+        rows = max(1, (1 << 17) // self.out_features)  # chunks of about 128k outputs: 0.5 MB
+        flat_x = x.reshape(-1, x.shape[-1])  # (R, Dd)
+        flat_t = target.reshape(-1, target.shape[-1])  # (R, P)
+        return _LinearMeanSquaredError.apply(flat_x, self.weight, self.bias, flat_t, rows)
+
+
 class TokenDecoder(nn.Module):
     """A light transformer over a full token layout (G x grid*grid) predicting each token's pixels.
 
@@ -36,9 +137,9 @@ class TokenDecoder(nn.Module):
         self.embed = nn.Linear(in_dim, dim)
         self.register_buffer("pos", sincos_2d(tokenizer.grid, dim), persistent=False)  # (N, Dd)
         self.group_embed = nn.Parameter(torch.zeros(self.groups, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.pred = nn.Linear(dim, out_dim or tokenizer.target_mask.shape[1])  # pixels of a token by default
+        self.pred = PixelHead(dim, out_dim or tokenizer.target_mask.shape[1])  # pixels of a token by default
         for m in (self.embed, self.blocks, self.norm, self.pred):
             m.apply(init_weights)
         nn.init.normal_(self.group_embed, std=0.02)
@@ -47,28 +148,37 @@ class TokenDecoder(nn.Module):
         """(G*N, Dd) encoding of every token position in the layout, group-major."""
         return (self.group_embed[:, None] + self.pos[None]).flatten(0, 1)
 
-    def forward(self, x: Tensor, select: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, select: Tensor | None = None, head: bool = True) -> Tensor:
         """(B, 1+G*N, Dd) tokens, [CLS] first, positions added -> (B, G*N, P) pixel predictions,
         or only those of the token indices ``select`` (B, M): the masked autoencoder needs the
-        masked tokens' pixels only, and predicting the others is a quarter of its step on a CPU."""
-        for block in self.blocks:
-            x = block(x)
-        x = x[:, 1:]  # (B, G*N, Dd)
-        if select is not None:
-            x = gather_tokens(x, select)  # (B, M, Dd)
-        return self.pred(self.norm(x))
+        masked tokens' pixels only, and predicting the others is a quarter of its step on a CPU.
+        ``head=False`` stops before the head ``pred``: the normed features (B, M or G*N, Dd), for a
+        loss that calls the head with its target (``PixelHead``)."""
+        if select is None or not len(self.blocks):
+            for block in self.blocks:
+                x = block(x)
+            x = x[:, 1:]  # (B, G*N, Dd)
+            x = self.norm(x if select is None else gather_tokens(x, select))
+        else:
+            for block in self.blocks[:-1]:
+                x = block(x)
+            # The last block is read at the selected tokens only: every token gives keys and values,
+            # but queries, attention output and MLP run on those rows (DecoderBlock).
+            x = self.norm(self.blocks[-1](x, rows=select + 1))  # (B, M, Dd); +1 skips [CLS]
+        return self.pred(x) if head else x
 
-    def predict_masked(self, latent: Tensor, keep: Tensor, masked: Tensor, mask_token: Tensor) -> Tensor:
+    def predict_masked(self, latent: Tensor, keep: Tensor, masked: Tensor, mask_token: Tensor, head: bool = True) -> Tensor:
         """Predictions (B, M, out) for the ``masked`` tokens (B, M) from the encoder's output on the
         ``keep`` tokens (B, 1+K, D), [CLS] first: visible latents and ``mask_token`` (1, 1, Dd) are
-        scattered back to their layout positions, positions added, and the decoder run over all."""
+        scattered back to their layout positions, positions added, and the decoder run over all.
+        ``head=False``: their features before the head (B, M, Dd), as ``forward``."""
         x = self.embed(latent)  # (B, 1+K, Dd)
         b, n = x.shape[0], self.groups * self.cells
         # Under autocast the projected latents are bf16/fp16 while the parameter is fp32: match them.
         full = mask_token.to(x.dtype).expand(b, n, -1).clone()  # (B, N, Dd)
         full.scatter_(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
         full = full + self.position()
-        return self(torch.cat([x[:, :1], full], dim=1), select=masked)  # (B, M, out): masked tokens only
+        return self(torch.cat([x[:, :1], full], dim=1), select=masked, head=head)  # (B, M, out): masked tokens only
 
 
 def patch_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -85,14 +195,51 @@ def patch_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tens
     return ((pred - target) ** 2 * valid).sum(-1) / valid.sum(-1)
 
 
+class _MeanSquaredError(torch.autograd.Function):
+    """mean((pred - target)^2) over every element, with the two passes a step needs over the
+    (B, M, P) tensors: the difference (kept for backward) and its dot product with itself, then in
+    backward one scaled copy of it. ``F.mse_loss`` makes three more (the elementwise loss, a zero-filled
+    gradient and the backward kernel's own read of both inputs); at micro-64 those tensors are 10 MB
+    each, so the passes, not the arithmetic, are what the loss costs."""
+
+    @staticmethod
+    def forward(ctx, pred: Tensor, target: Tensor) -> Tensor:
+        with torch.autocast(pred.device.type, enabled=False):  # the dot stays in the promoted dtype
+            diff = pred - target  # (...,) in the promoted dtype (fp32 when the target is)
+            flat = diff.reshape(-1)
+            loss = torch.dot(flat, flat) / flat.numel()
+        ctx.save_for_backward(diff)
+        ctx.dtypes = pred.dtype, target.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        (diff,) = ctx.saved_tensors
+        scaled = diff * (grad * (2.0 / diff.numel()))  # d loss / d pred
+        grad_target = -scaled.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return (scaled.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None), grad_target
+
+
+def mean_squared_error(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over every element of ``pred`` and ``target`` (same shape): a scalar. The
+    value of ``F.mse_loss``; eagerly in fewer passes over memory (``_MeanSquaredError``), under ``torch.compile`` the plain form, which inductor fuses itself."""
+    if pred.shape != target.shape:
+        raise ValueError(f"mean_squared_error: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    if torch.compiler.is_compiling():
+        return ((pred - target) ** 2).mean()
+    return _MeanSquaredError.apply(pred, target)
+
+
 def normalize_patches(target: Tensor, valid: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """Standardise each token's target over its real entries (MAE's norm-pix loss): the target
     becomes local structure rather than absolute brightness. Padding stays zero."""
     if valid is None:
         # (x - mean) / sqrt(var_unbiased + eps) as one layer norm (biased variance, one fused pass;
-        # torch.var measured 5x slower on CPU): var_unbiased = var * P / (P - 1), rescaled exactly.
+        # torch.var measured 5x slower on CPU): var_unbiased = var * P / (P - 1), rescaled exactly,
+        # the rescaling as the norm's weight (in its pass, not one more over the target).
         p = target.shape[-1]
-        return F.layer_norm(target, (p,), eps=eps * (p - 1) / p) * math.sqrt((p - 1) / p)
+        scale = torch.full((p,), math.sqrt((p - 1) / p), dtype=target.dtype, device=target.device)
+        return F.layer_norm(target, (p,), weight=scale, eps=eps * (p - 1) / p)
     v = valid.to(target.dtype)
     count = v.sum(-1, keepdim=True)
     mean = (target * v).sum(-1, keepdim=True) / count

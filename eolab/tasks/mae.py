@@ -58,7 +58,9 @@ class MaskedAutoencoder(nn.Module):
         patches = tok.patchify(image)
         shared = {"patches": patches} if getattr(tok, "selects_tokens", False) else {}
         latent = self.encoder(image, keep=keep, **shared, **encoder_context(batch))  # (B, 1+K, D): visible tokens only
-        pred = self.decoder.predict_masked(latent, keep, masked, self.mask_token)  # (B, M, P): masked tokens only
+        # The masked tokens' decoder features (B, M, Dd), before the pixel head: with nothing padded and
+        # no per-group errors to report, the head scores them against the target itself (PixelHead).
+        feats = self.decoder.predict_masked(latent, keep, masked, self.mask_token, head=False)
 
         cells = n // groups
         target = patches  # (B, N, P), zero-padded where a group has fewer bands
@@ -68,9 +70,13 @@ class MaskedAutoencoder(nn.Module):
         valid = tok.target_mask[group] if tok.padded_targets else None
         if self.norm_pix_loss:
             target = normalize_patches(target, valid)
+        if valid is None and not self.group_names:
+            # Every token has P real entries and every sample hides M tokens: the mean over tokens
+            # is the mean over all entries, computed without the (B, M) per-token errors or pixels.
+            return {"loss": self.decoder.pred(feats, target)}, latent, keep
+        pred = self.decoder.pred(feats)  # (B, M, P): the masked tokens' pixels
         per_token = patch_mse(pred, target, valid)  # (B, M)
-        loss = per_token.mean()  # every sample hides the same number of tokens
-        out = {"loss": loss}
+        out = {"loss": per_token.mean()}  # every sample hides the same number of tokens
         if self.group_names:
             with torch.no_grad():
                 # Error per group: which bands (or dates) are hard to infer from the rest.

@@ -78,20 +78,9 @@ def test_fast_loss_parts_equal_their_plain_definitions():
 
 @pytest.mark.parametrize("target_grad", [False, True])
 def test_fused_losses_equal_mse_loss_in_value_and_gradients(target_grad):
-    from eolab.tasks.common import PixelHead, mean_squared_error
+    from eolab.tasks.common import PixelHead
 
     torch.manual_seed(0)
-    pred = torch.randn(4, 7, 30, requires_grad=True)
-    target = torch.randn(4, 7, 30, requires_grad=target_grad)
-    loss = mean_squared_error(pred, target)
-    reference = torch.nn.functional.mse_loss(pred, target)
-    torch.testing.assert_close(loss, reference)
-    inputs = [pred, target] if target_grad else [pred]
-    for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
-        torch.testing.assert_close(got, want)
-    with pytest.raises(ValueError, match=r"pred \(4, 7, 30\) and target \(4, 7, 31\)"):
-        mean_squared_error(pred, torch.zeros(4, 7, 31))
-
     # The head that scores itself: 28 rows of 30 pixels, reduced in chunks of 4369 rows (one chunk)
     # and, with a wider head, of fewer rows than there are (several chunks, the last one short).
     for pixels in (30, 10000):
@@ -102,6 +91,14 @@ def test_fused_losses_equal_mse_loss_in_value_and_gradients(target_grad):
         inputs = [feats, head.weight, head.bias] + ([goal] if target_grad else [])
         for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
             torch.testing.assert_close(got, want)
+    # A head without bias takes the plain form: the same value and gradients.
+    plain_head = PixelHead(5, 30, bias=False)
+    plain_goal = torch.randn(4, 7, 30, requires_grad=target_grad)
+    loss, reference = plain_head(feats, plain_goal), torch.nn.functional.mse_loss(plain_head(feats), plain_goal)
+    torch.testing.assert_close(loss, reference)
+    inputs = [feats, plain_head.weight] + ([plain_goal] if target_grad else [])
+    for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
+        torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match=r"features \(4, 7, 5\) through a head to 10000 pixels do not match"):
         head(feats, goal[:, :6])
 

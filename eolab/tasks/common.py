@@ -96,7 +96,8 @@ class PixelHead(nn.Linear):
     those pixels against ``target`` (..., P), a scalar, the value of ``F.mse_loss(head(x), target)``.
     On a CPU, eagerly in fp32, without the pixels' tensor written and read three times
     (``_LinearMeanSquaredError``: the MAE step 1.06x on one CPU thread at micro-64); elsewhere (a
-    GPU, autocast, ``torch.compile``) the plain form, which cuBLAS and inductor's fusion serve."""
+    GPU, autocast, ``torch.compile``, a head without bias) the plain ``F.mse_loss``, which cuBLAS,
+    autocast's fp32 loss and inductor's fusion serve."""
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         if target is None:
@@ -114,7 +115,7 @@ class PixelHead(nn.Linear):
             or not (x.dtype == target.dtype == self.weight.dtype == torch.float32)
         )
         if plain:
-            return mean_squared_error(super().forward(x), target)
+            return F.mse_loss(super().forward(x), target)
         rows = max(1, (1 << 17) // self.out_features)  # chunks of about 128k outputs: 0.5 MB
         flat_x = x.reshape(-1, x.shape[-1])  # (R, Dd)
         flat_t = target.reshape(-1, target.shape[-1])  # (R, P)
@@ -193,41 +194,6 @@ def patch_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tens
         return F.mse_loss(pred, target, reduction="none").mean(-1)  # one kernel each way, eagerly
     valid = valid.to(pred.dtype)
     return ((pred - target) ** 2 * valid).sum(-1) / valid.sum(-1)
-
-
-class _MeanSquaredError(torch.autograd.Function):
-    """mean((pred - target)^2) over every element, with the two passes a step needs over the
-    (B, M, P) tensors: the difference (kept for backward) and its dot product with itself, then in
-    backward one scaled copy of it. ``F.mse_loss`` makes three more (the elementwise loss, a zero-filled
-    gradient and the backward kernel's own read of both inputs); at micro-64 those tensors are 10 MB
-    each, so the passes, not the arithmetic, are what the loss costs."""
-
-    @staticmethod
-    def forward(ctx, pred: Tensor, target: Tensor) -> Tensor:
-        with torch.autocast(pred.device.type, enabled=False):  # the dot stays in the promoted dtype
-            diff = pred - target  # (...,) in the promoted dtype (fp32 when the target is)
-            flat = diff.reshape(-1)
-            loss = torch.dot(flat, flat) / flat.numel()
-        ctx.save_for_backward(diff)
-        ctx.dtypes = pred.dtype, target.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        (diff,) = ctx.saved_tensors
-        scaled = diff * (grad * (2.0 / diff.numel()))  # d loss / d pred
-        grad_target = -scaled.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return (scaled.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None), grad_target
-
-
-def mean_squared_error(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over every element of ``pred`` and ``target`` (same shape): a scalar. The
-    value of ``F.mse_loss``; eagerly in fewer passes over memory (``_MeanSquaredError``), under ``torch.compile`` the plain form, which inductor fuses itself."""
-    if pred.shape != target.shape:
-        raise ValueError(f"mean_squared_error: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    if torch.compiler.is_compiling():
-        return ((pred - target) ** 2).mean()
-    return _MeanSquaredError.apply(pred, target)
 
 
 def normalize_patches(target: Tensor, valid: Tensor | None = None, eps: float = 1e-6) -> Tensor:

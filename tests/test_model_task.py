@@ -103,6 +103,49 @@ def test_fused_losses_equal_mse_loss_in_value_and_gradients(target_grad):
         head(feats, goal[:, :6])
 
 
+def test_fused_loss_gathers_and_standardises_its_target_as_the_plain_form():
+    from eolab.models.tokenizers import gather_tokens
+    from eolab.tasks.common import PixelHead, normalize_patches
+
+    torch.manual_seed(0)
+    # Pixels of 9 tokens per sample, 7 of them scored (one repeated), in one chunk and in several.
+    patches, rows = torch.randn(4, 9, 30) * 3 + 1, torch.tensor([[0, 8, 3, 3, 1, 2, 5]] * 3 + [[7, 6, 5, 4, 3, 2, 1]])
+    for pixels in (30, 10000):
+        head, feats = PixelHead(5, pixels), torch.randn(4, 7, 5, requires_grad=True)
+        source = patches if pixels == 30 else torch.randn(4, 9, pixels)
+        for normalize in (False, True):
+            goal = gather_tokens(source, rows)
+            goal = normalize_patches(goal) if normalize else goal
+            loss = head(feats, source, rows=rows, normalize=normalize)
+            reference = torch.nn.functional.mse_loss(head(feats), goal)
+            torch.testing.assert_close(loss, reference)
+            assert torch.equal(loss, head(feats, goal))  # the same chunks' values as a gathered target's
+            inputs = [feats, head.weight, head.bias]
+            for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(reference, inputs), strict=True):
+                torch.testing.assert_close(got, want)
+    # A target that needs its gradient takes the plain form, which gives it one.
+    wanted = patches.clone().requires_grad_()
+    loss = PixelHead(5, 30)(feats, wanted, rows=rows, normalize=True)
+    assert torch.autograd.grad(loss, wanted)[0].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"do not match target \(4, 9, 30\) at rows \(4, 6\)"):
+        PixelHead(5, 30)(feats, patches, rows=rows[:, :6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("patch", [2, 4, 5, 8])
+def test_patchify_reads_wide_elements_with_the_same_values(dtype, patch):
+    from eolab.models.tokenizers import patchify
+
+    def plain(image, p):  # (B, C, gh, p, gw, p) -> (B, gh, gw, C, p, p), value by value
+        b, c, h, w = image.shape
+        return image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // p**2, c * p * p)
+
+    torch.manual_seed(0)
+    image = torch.randn(2, 3, 4 * patch, 4 * patch + 1).to(dtype)
+    for x in (image[..., 1:].contiguous(), image[..., 1:], image[..., :-1].clone().requires_grad_()):
+        assert torch.equal(patchify(x, patch), plain(x, patch))
+
+
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_decoder_block_at_selected_rows_equals_the_full_block(qk_norm):
     from eolab.models.tokenizers import gather_tokens

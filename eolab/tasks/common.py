@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ..models.tokenizers import gather_tokens, init_weights, sincos_2d
+from ..models.tokenizers import flat_rows, gather_tokens, init_weights, sincos_2d
 
 CONTEXT_KEYS = ("doy",)
 """Batch fields, besides the image, that an encoder's tokeniser may need (day of year of dates)."""
@@ -62,17 +62,26 @@ class _LinearMeanSquaredError(torch.autograd.Function):
 
     The plain form allocates and passes over three of them (the head's output, the difference, its
     scaled copy as the gradient), 10 MB each at micro-64, beyond a CPU's L2 cache. Here the output
-    becomes the difference in place, chunk by chunk, each chunk reduced while it is in cache; backward
-    applies the loss's scale to the small (R, Dd) and (P, Dd) products instead of the (R, P) one. The
-    same matmuls as ``nn.Linear``, so FLOP counts do not change."""
+    is computed chunk by chunk of rows, and while a chunk is in cache it becomes its error in place
+    and is reduced; the chunk's target is gathered (``index``) and standardised (``normalize``) there
+    too, so the masked tokens' target never exists as a whole (two more (R, P) tensors that a fresh
+    allocation page-faults in every step). Backward applies the loss's scale to the small (R, Dd) and
+    (P, Dd) products instead of the (R, P) one. The same matmuls as ``nn.Linear``, so FLOP counts do
+    not change; every row's values are those of the unchunked kernels (tests compare bitwise)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor, rows: int) -> Tensor:
-        # x (R, Dd), weight (P, Dd), bias (P,), target (R, P); rows: chunk length of the reduction
-        diff = torch.addmm(bias, x, weight.t())  # (R, P): the prediction, then in place its error
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor, index: Tensor | None,
+                normalize: bool, rows: int) -> Tensor:
+        # x (R, Dd), weight (P, Dd), bias (P,); target (R, P), or (S, P) read at rows ``index`` (R,)
+        diff = x.new_empty(x.shape[0], weight.shape[0])  # (R, P): the prediction, then in place its error
+        weight_t = weight.t()
         total = x.new_zeros(())
         for s in range(0, diff.shape[0], rows):
-            chunk = diff[s : s + rows].sub_(target[s : s + rows]).view(-1)
+            chunk = torch.addmm(bias, x[s : s + rows], weight_t, out=diff[s : s + rows])
+            goal = target[s : s + rows] if index is None else target.index_select(0, index[s : s + rows])
+            if normalize:
+                goal = normalize_patches(goal)
+            chunk = chunk.sub_(goal).view(-1)
             total += torch.dot(chunk, chunk)
         ctx.save_for_backward(x, weight, diff)
         return total / diff.numel()
@@ -85,8 +94,8 @@ class _LinearMeanSquaredError(torch.autograd.Function):
         grad_x = (diff @ weight).mul_(scale) if need_x else None  # (R, Dd)
         grad_w = (diff.t() @ x).mul_(scale) if need_w else None  # (P, Dd)
         grad_b = diff.sum(0).mul_(scale) if need_b else None  # (P,)
-        grad_t = diff * -scale if need_t else None  # (R, P)
-        return grad_x, grad_w, grad_b, grad_t, None
+        grad_t = diff * -scale if need_t else None  # (R, P); the head routes gathered targets elsewhere
+        return grad_x, grad_w, grad_b, grad_t, None, None, None
 
 
 class PixelHead(nn.Linear):
@@ -94,18 +103,24 @@ class PixelHead(nn.Linear):
 
     ``head(x)``: features (..., Dd) -> pixels (..., P). ``head(x, target)``: the mean squared error of
     those pixels against ``target`` (..., P), a scalar, the value of ``F.mse_loss(head(x), target)``.
-    On a CPU, eagerly in fp32, without the pixels' tensor written and read three times
-    (``_LinearMeanSquaredError``: the MAE step 1.06x on one CPU thread at micro-64); elsewhere (a
-    GPU, autocast, ``torch.compile``, a head without bias) the plain ``F.mse_loss``, which cuBLAS,
+    ``head(x, target, rows=rows)`` with features (B, M, Dd), token indices ``rows`` (B, M) and pixels
+    of every token ``target`` (B, N, P): the error against ``gather_tokens(target, rows)`` (the
+    masked tokens' pixels, gathered inside the loss); ``normalize=True``: against
+    ``normalize_patches`` of those (MAE's norm-pix target).
+    On a CPU, eagerly in fp32, without the pixels' tensor written and read three times, nor the
+    target's gathered and standardised copies (``_LinearMeanSquaredError``); elsewhere (a GPU,
+    autocast, ``torch.compile``, a head without bias) the plain ``F.mse_loss``, which cuBLAS,
     autocast's fp32 loss and inductor's fusion serve."""
 
-    def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, target: Tensor | None = None, rows: Tensor | None = None,
+                normalize: bool = False) -> Tensor:
         if target is None:
             return super().forward(x)
-        if x.shape[:-1] != target.shape[:-1] or target.shape[-1] != self.out_features:
+        lead = x.shape[:-1] if rows is None else (x.shape[0], *target.shape[1:-1])
+        if (rows is not None and rows.shape != x.shape[:-1]) or target.shape[:-1] != lead or target.shape[-1] != self.out_features:
             raise ValueError(
                 f"PixelHead: features {tuple(x.shape)} through a head to {self.out_features} pixels "
-                f"do not match target {tuple(target.shape)}"
+                f"do not match target {tuple(target.shape)}" + ("" if rows is None else f" at rows {tuple(rows.shape)}")
             )
         plain = (
             torch.compiler.is_compiling()
@@ -113,13 +128,16 @@ class PixelHead(nn.Linear):
             or torch.is_autocast_enabled(x.device.type)
             or self.bias is None
             or not (x.dtype == target.dtype == self.weight.dtype == torch.float32)
+            or (target.requires_grad and (rows is not None or normalize))
         )
         if plain:
-            return F.mse_loss(super().forward(x), target)
-        rows = max(1, (1 << 17) // self.out_features)  # chunks of about 128k outputs: 0.5 MB
+            goal = target if rows is None else gather_tokens(target, rows)  # (B, M, P)
+            return F.mse_loss(super().forward(x), normalize_patches(goal) if normalize else goal)
+        chunk = max(1, (1 << 17) // self.out_features)  # chunks of about 128k outputs: 0.5 MB
         flat_x = x.reshape(-1, x.shape[-1])  # (R, Dd)
-        flat_t = target.reshape(-1, target.shape[-1])  # (R, P)
-        return _LinearMeanSquaredError.apply(flat_x, self.weight, self.bias, flat_t, rows)
+        flat_t = target.reshape(-1, target.shape[-1])  # (R, P), or (B*N, P) read at rows
+        index = None if rows is None else flat_rows(rows, target.shape[1])  # (R,) rows of flat_t
+        return _LinearMeanSquaredError.apply(flat_x, self.weight, self.bias, flat_t, index, normalize, chunk)
 
 
 class TokenDecoder(nn.Module):

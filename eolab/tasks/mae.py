@@ -62,18 +62,18 @@ class MaskedAutoencoder(nn.Module):
         # no per-group errors to report, the head scores them against the target itself (PixelHead).
         feats = self.decoder.predict_masked(latent, keep, masked, self.mask_token, head=False)
 
+        if not tok.padded_targets and not self.group_names:
+            # Every token has P real entries and every sample hides M tokens: the mean over tokens
+            # is the mean over all entries, computed without the (B, M) per-token errors or pixels,
+            # and the head gathers (and standardises) the masked tokens' targets itself.
+            return {"loss": self.decoder.pred(feats, patches, rows=masked, normalize=self.norm_pix_loss)}, latent, keep
         cells = n // groups
-        target = patches  # (B, N, P), zero-padded where a group has fewer bands
-        target = gather_tokens(target, masked)  # (B, M, P)
+        target = gather_tokens(patches, masked)  # (B, M, P), zero-padded where a group has fewer bands
         group = masked // cells  # (B, M) group (band group, modality or date) of each masked token
         # Real target entries (B, M, P), or None when no group is zero-padded (skips the masking).
         valid = tok.target_mask[group] if tok.padded_targets else None
         if self.norm_pix_loss:
             target = normalize_patches(target, valid)
-        if valid is None and not self.group_names:
-            # Every token has P real entries and every sample hides M tokens: the mean over tokens
-            # is the mean over all entries, computed without the (B, M) per-token errors or pixels.
-            return {"loss": self.decoder.pred(feats, target)}, latent, keep
         pred = self.decoder.pred(feats)  # (B, M, P): the masked tokens' pixels
         per_token = patch_mse(pred, target, valid)  # (B, M)
         out = {"loss": per_token.mean()}  # every sample hides the same number of tokens

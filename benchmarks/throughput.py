@@ -39,6 +39,8 @@ What a number means:
              run: ``embed=conv`` (the patch embedding as a strided convolution over every patch
              instead of patchify + matmul over the kept ones), ``optimizer=foreach|for-loop|fused``
              (AdamW's implementation instead of ``eolab.train.adamw_impl``'s choice),
+             ``attention=sdpa`` (PyTorch's SDPA in every block, instead of
+             ``eolab.models.attention``'s plain kernel for short sequences on a CPU),
              ``compile=blocks`` (only the transformer blocks compiled; with --compile).
   batch      ``auto``: on a GPU the largest batch (DEFAULT_BATCH doubled, at most twice) at which
              every model's fp32 step fits in memory; on a CPU DEFAULT_BATCH.
@@ -128,7 +130,8 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 """``--clock``: wall-clock seconds, or this process's CPU seconds (a CPU device at one thread: what a
 step costs in CPU time, which other jobs on a shared machine do not inflate as they do wall time)."""
 
-EOLAB_OPTIONS = {"embed": ("matmul", "conv"), "optimizer": ("auto", "fused", "foreach", "for-loop")}
+EOLAB_OPTIONS = {"embed": ("matmul", "conv"), "optimizer": ("auto", "fused", "foreach", "for-loop"),
+                 "attention": ("auto", "sdpa")}
 """eolab's step options that ``--variants`` times against its defaults (the first of each)."""
 
 # A loss function of a batch of images: the model's whole training forward pass, masking included.
@@ -138,10 +141,11 @@ LossFn = Callable[[Tensor], Tensor]
 # --------------------------------------------------------------------------------------------- models
 
 
-def build_eolab(shape: MAEShape, embed: str = "matmul") -> tuple[nn.Module, LossFn]:
+def build_eolab(shape: MAEShape, embed: str = "matmul", attention: str = "auto") -> tuple[nn.Module, LossFn]:
     """eolab's masked autoencoder, through its public constructors only (``embed``: how the patch
-    tokeniser embeds, see ``PatchTokenizer``)."""
+    tokeniser embeds, see ``PatchTokenizer``; ``attention``: its layers' ``kernel``)."""
     from eolab.data.bands import S2_L1C
+    from eolab.models.attention import Attention
     from eolab.models.tokenizers import PatchTokenizer
     from eolab.models.vit import ViTEncoder
     from eolab.tasks.mae import MaskedAutoencoder
@@ -154,6 +158,9 @@ def build_eolab(shape: MAEShape, embed: str = "matmul") -> tuple[nn.Module, Loss
         encoder, mask_ratio=shape.mask_ratio, mask="random", decoder_dim=shape.decoder_dim,
         decoder_depth=shape.decoder_depth, decoder_heads=shape.decoder_heads, norm_pix_loss=True,
     )
+    for layer in model.modules():
+        if isinstance(layer, Attention):
+            layer.kernel = attention
     return model, lambda x: model({"image": x})["loss"]
 
 
@@ -236,6 +243,11 @@ def attention_impl(name: str, model: nn.Module) -> str:
     if name == "hf":
         return str(model.config._attn_implementation)
     blocks = [m for m in model.modules() if hasattr(m, "fused_attn")]  # timm Attention
+    kernels = {getattr(m, "kernel", None) for m in blocks} - {None}  # eolab.models.attention.Attention
+    if kernels == {"auto"}:
+        from eolab.models.attention import SHORT_KEYS
+
+        return f"eolab auto (CPU fp32 eager, keys <= {SHORT_KEYS}: plain kernel; else SDPA)"
     return "sdpa (timm fused_attn)" if blocks and all(m.fused_attn for m in blocks) else "timm eager"
 
 
@@ -408,7 +420,7 @@ def build_trainer(arm: Arm, precision: str, shape: MAEShape, device: torch.devic
 
     torch.manual_seed(0)
     if arm.model == "eolab":
-        model, loss_fn = build_eolab(shape, embed=arm.option("embed", "matmul"))
+        model, loss_fn = build_eolab(shape, embed=arm.option("embed", "matmul"), attention=arm.option("attention", "auto"))
         model.to(device).train()
         optimizer = adamw(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, device=device,
                           impl=arm.option("optimizer", "auto"))

@@ -16,6 +16,7 @@ import torch
 from benchmarks import gpu_check, throughput
 from eolab.data.bands import S2_L1C
 from eolab.data.stats import Normalization
+from eolab.models import attention as attn_mod
 from eolab.models.tokenizers import PatchTokenizer
 from eolab.models.vit import build_encoder
 from eolab.reports import history as history_report
@@ -88,6 +89,54 @@ def test_adamw_choice_per_device_and_bad_names():
         adamw([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, betas=(0.9, 0.95), device="cpu", impl="fastest")
 
 
+@pytest.mark.parametrize("lq,lk", [(17, 17), (5, 13)])
+def test_short_attention_kernel_is_sdpa_in_values_and_gradients(lq, lk):
+    """The plain kernel (kept probabilities, its own backward) against SDPA: outputs and the
+    gradients of queries, keys and values, on strided views as a fused qkv projection gives them."""
+    torch.manual_seed(0)
+    qkv = torch.randn(3, lk, 3, 2, 8, dtype=torch.float64).float()  # (B, L, 3, H, hd)
+    base = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd): non-contiguous views
+    grads = []
+    for kernel in ("auto", "sdpa"):
+        q, k, v = (t.detach().clone().requires_grad_() for t in base.unbind(0))
+        q_rows = q[:, :, :lq]
+        assert attn_mod.short_kernel(q_rows, k) and not q_rows.is_contiguous()
+        out = attn_mod.attention(q_rows, k, v, kernel=kernel)  # (B, H, Lq, hd)
+        weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+        (out * weight).sum().backward()
+        grads.append((out.detach(), q.grad, k.grad, v.grad))
+    for mine, sdpa in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, sdpa, rtol=1e-5, atol=1e-6)
+
+
+def test_short_attention_kernel_only_where_it_measured_faster():
+    q = torch.randn(2, 2, 4, 8)
+    long_k = torch.randn(2, 2, attn_mod.SHORT_KEYS + 1, 8)
+    assert attn_mod.short_kernel(q, q)
+    assert not attn_mod.short_kernel(q, long_k)  # long sequences: SDPA's blocks win
+    assert not attn_mod.short_kernel(q, q, dropout_p=0.1)
+    assert not attn_mod.short_kernel(q.bfloat16(), q.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not attn_mod.short_kernel(q, q)
+
+
+def test_attention_layer_keeps_timm_parameters_and_masked_path():
+    """Checkpoints of timm's layer load into eolab's and give the same output, with and without a
+    mask (masks go to timm's own path)."""
+    from timm.layers import Attention as TimmAttention
+
+    torch.manual_seed(0)
+    timm_layer, layer = TimmAttention(32, num_heads=4, qkv_bias=True), attn_mod.Attention(32, num_heads=4, qkv_bias=True)
+    layer.load_state_dict(timm_layer.state_dict())  # strict: the same names and shapes
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(layer(x), timm_layer(x), rtol=1e-5, atol=1e-6)
+    mask = torch.rand(2, 1, 9, 9) > 0.3
+    mask[..., 0] = True
+    torch.testing.assert_close(layer(x, attn_mask=mask), timm_layer(x, attn_mask=mask))
+    enc = build_encoder("vit_nano", BANDS, img_size=16, patch_size=4)
+    assert all(isinstance(b.attn, attn_mod.Attention) for b in enc.blocks)
+
+
 def test_fit_refuses_an_unknown_compile_scope():
     task = build_task("mae", build_encoder("vit_nano", BANDS, img_size=16, patch_size=4), TaskParams(decoder_dim=32))
     norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.5), dict.fromkeys(BANDS, 0.3))
@@ -106,6 +155,9 @@ def test_benchmark_configurations_and_variants():
     assert arm.model == "eolab" and arm.label == "eolab embed=conv optimizer=for-loop"
     with pytest.raises(Exception, match="embed=matmul|conv"):
         throughput.parse_variant("embed=fft")
+    model, _ = throughput.build_eolab(throughput.MAEShape(img_size=16, patch_size=8), attention="sdpa")
+    kernels = {m.kernel for m in model.modules() if isinstance(m, attn_mod.Attention)}
+    assert kernels == {"sdpa"} and throughput.attention_impl("eolab", model).startswith("sdpa")
     with pytest.raises(SystemExit):
         throughput.build_parser().parse_args(["--configs", "huge-512"])
 

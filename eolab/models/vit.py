@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from .attention import Attention
 from .tokenizers import GroupTokenizer, PatchTokenizer, TemporalTokenizer, gather_tokens, init_weights
 
 
@@ -47,8 +48,9 @@ class ViTEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.dim = dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        # timm's Block uses F.scaled_dot_product_attention (fused attention) when available.
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
+        # timm's Block with eolab's attention layer (timm's parameters; SDPA, or a plain kernel for
+        # the short sequences of a CPU step: eolab.models.attention).
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, attn_layer=Attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.apply(init_weights)
         nn.init.normal_(self.cls_token, std=0.02)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from ..models.attention import Attention, attention
 from ..models.tokenizers import flat_rows, gather_tokens, init_weights, sincos_2d
 
 CONTEXT_KEYS = ("doy",)
@@ -46,7 +47,7 @@ class DecoderBlock(Block):
         k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
         k = attn.k_norm(k)
         if attn.fused_attn:
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+            o = attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0, kernel=getattr(attn, "kernel", "auto"))
         else:
             o = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v  # (B, H, M, hd)
         o = attn.norm(o.transpose(1, 2).reshape(b, m, a))  # (B, M, A)
@@ -161,7 +162,7 @@ class TokenDecoder(nn.Module):
         self.embed = nn.Linear(in_dim, dim)
         self.register_buffer("pos", sincos_2d(tokenizer.grid, dim), persistent=False)  # (N, Dd)
         self.group_embed = nn.Parameter(torch.zeros(self.groups, dim))
-        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, 4.0, qkv_bias=True, attn_layer=Attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.pred = PixelHead(dim, out_dim or tokenizer.target_mask.shape[1])  # pixels of a token by default
         for m in (self.embed, self.blocks, self.norm, self.pred):

@@ -19,7 +19,8 @@ from torch import Tensor
 
 SHORT_KEYS = 96
 """Longest key sequence for the plain kernel (``attention``): one thread fp32, forward and backward
-of a (64, 4, 17, 32) block 0.6x SDPA's time and of (64, 2, 65, 32) 0.85x; at (16, 8, 145, 32) 1.2x."""
+of a (64, 4, 17, 32) block 0.43x and 0.72x SDPA's time in two throw-away timings, of (64, 2, 65, 32) 0.83x and 0.86x; at
+(16, 8, 145, 32) 1.24x."""
 
 KERNELS = ("auto", "sdpa")
 """``Attention.kernel``: "auto" takes the plain kernel where ``attention`` would, "sdpa" always SDPA

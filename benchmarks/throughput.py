@@ -24,6 +24,10 @@ What a number means:
   vs peer    images/s divided by the fastest *other library's* model at the same precision and
              compilation (> 1: eolab is ahead); "vs eager": divided by the fastest other library's
              eager rate (the issue's "default" rate).
+  paired     the "vs eager" ratio repeat by repeat: the fastest eager peer's seconds over this
+             row's in the same repeat (timed next to each other, so a slow phase of the machine
+             mostly cancels), the median over repeats and a bootstrap 90% interval of that median
+             (``paired_ratio``). On a noisy machine it is the steadier figure of the two.
   MFU        FLOPs of one step (torch.utils.flop_counter: forward + backward matmuls, convolutions and
              attention; the work each model actually does) x steps/s, divided by this machine's
              measured matmul peak at that precision (best of repeated large torch.matmul, same
@@ -538,6 +542,7 @@ def bench_models(
         log(f"  repeat {r + 1}/{repeats} done")
 
     for row, secs in zip(rows, seconds, strict=True):
+        row["repeat_s"] = secs  # seconds of each repeat (``steps`` steps), in repeat order
         per_step = statistics.median(secs) / steps
         row["batch_size"] = batch
         row["images_per_s"] = batch / per_step
@@ -555,10 +560,27 @@ def bench_models(
         row["ratio_to_fastest_peer"] = row["images_per_s"] / max(peers) if peers else None
         eager_peers = [o["images_per_s"] for o in others if not o["compiled"]]
         row["ratio_to_fastest_peer_eager"] = row["images_per_s"] / max(eager_peers) if eager_peers else None
+        eager_rows = [o for o in others if not o["compiled"]]
+        fastest = max(eager_rows, key=lambda o: o["images_per_s"]) if eager_rows else None
+        row["paired_ratio_to_fastest_peer_eager"] = (
+            paired_ratio(fastest["repeat_s"], row["repeat_s"]) if fastest else None)  # [median, low, high]
         eager = [o["images_per_s"] for o in rows if not o["compiled"] and o["label"] == row["label"]
                  and o["precision"] == row["precision"]]
         row["compile_speedup"] = row["images_per_s"] / eager[0] if row["compiled"] and eager else None
     return rows
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], resamples: int = 2000,
+                 seed: int = 0) -> list[float]:
+    """[median, 5th, 95th percentile]: the median over repeats of ``numerator[r] / denominator[r]``
+    (two arms' seconds in the same repeat) and a bootstrap 90% interval of that median (``resamples``
+    resamplings of the repeats, seeded: the same timings give the same interval)."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired_ratio: {len(numerator)} and {len(denominator)} repeats; need the same, at least one")
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    rng = np.random.default_rng(seed)
+    boot = np.median(rng.choice(ratios, size=(resamples, len(ratios))), axis=1)
+    return [float(statistics.median(ratios)), float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))]
 
 
 # ------------------------------------------------------------------------------------------- loader
@@ -695,20 +717,23 @@ def format_table(table: dict[str, Any]) -> str:
     lines = [
         f"== {table['config']}: {table['shape_label']}, batch {table['batch_size']}",
         (f"{'model':<30} {'precision':<9} {'images/s':>9} {'best':>7} {'ms/step':>8} {'spread':>7} {'vs peer':>8} "
-         f"{'vs eager':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention"),
+         f"{'vs eager':>8} {'paired [90%]':>19} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>7}  attention"),
     ]
     for r in table["train"]:
         ratio = f"{r['ratio_to_fastest_peer']:.2f}x" if r["ratio_to_fastest_peer"] else "-"
         eager = f"{r['ratio_to_fastest_peer_eager']:.2f}x" if r["ratio_to_fastest_peer_eager"] else "-"
+        pair = r.get("paired_ratio_to_fastest_peer_eager")
+        paired = f"{pair[0]:.2f}x [{pair[1]:.2f}, {pair[2]:.2f}]" if pair else "-"
         model = f"{r['label']}+compile" if r.get("compiled") else r["label"]
         lines.append(
             f"{model:<30} {r['precision']:<9} {r['images_per_s']:>9.1f} {r['best_images_per_s']:>7.1f} "
             f"{r['ms_per_step']:>8.1f} "
-            f"{r['spread']:>6.0%} {ratio:>8} {eager:>8} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
+            f"{r['spread']:>6.0%} {ratio:>8} {eager:>8} {paired:>19} {r['gflop_per_step']:>10.2f} {r['achieved_tflops']:>8.3f} "
             f"{r['mfu']:>6.1%}  {r['attention']}"
         )
     lines.append("vs peer: / the fastest other library at the same precision and compilation; "
-                 "vs eager: / the fastest other library's eager rate at the same precision")
+                 "vs eager: / the fastest other library's eager rate at the same precision; "
+                 "paired: that ratio repeat by repeat, median [bootstrap 90% interval]")
     compiled = [r for r in table["train"] if r.get("compile_speedup")]
     if compiled:
         lines += ["torch.compile (eolab: its whole task, as fit(compile='task'); peers: Module.compile()):"]

@@ -20,6 +20,8 @@ def test_quick_bench_writes_a_row_per_model_and_precision(tmp_path):
         assert float(r["images_per_s"]) > 0, key
         assert float(r["gflop_per_step"]) > 0, key
         assert 0 < float(r["mfu"]) <= 1, key
+    median, low, high = (float(v) for v in train[("eolab", "fp32")]["paired_ratio_to_fastest_peer_eager"].strip("[]").split(","))
+    assert 0 < low <= median <= high
 
     loader = {r["loader"]: r for r in rows if r["section"] == "loader"}
     assert set(loader) == {"scene_cache", "geotiff"}

@@ -138,6 +138,21 @@ def test_attention_layer_keeps_timm_parameters_and_masked_path():
     assert all(isinstance(b.attn, attn_mod.Attention) for b in enc.blocks)
 
 
+def test_paired_ratio_cancels_what_both_arms_share():
+    """A slow phase that hits both arms of a repeat alike drops out of the paired ratio, not out of
+    the ratio of medians; the interval is seeded (same timings, same interval)."""
+    eolab = [1.0, 1.0, 3.0, 3.0, 3.0]  # a slow phase in the last three repeats
+    peer = [1.5, 1.5, 4.5, 4.5, 4.5]  # the peer, 1.5x slower in every repeat
+    assert throughput.paired_ratio(peer, eolab) == [1.5, 1.5, 1.5]
+    shifted = [1.5, 1.5, 1.5, 4.5, 4.5]  # the slow phase came one repeat later for the peer
+    assert throughput.paired_ratio(shifted, eolab)[0] == 1.5
+    noisy = [1.4, 1.6, 4.4, 4.7, 4.5]
+    median, low, high = throughput.paired_ratio(noisy, eolab)
+    assert low <= median <= high and throughput.paired_ratio(noisy, eolab) == [median, low, high]
+    with pytest.raises(ValueError, match="same, at least one"):
+        throughput.paired_ratio([1.0], [1.0, 2.0])
+
+
 def test_fit_refuses_an_unknown_compile_scope():
     task = build_task("mae", build_encoder("vit_nano", BANDS, img_size=16, patch_size=4), TaskParams(decoder_dim=32))
     norm = Normalization(BANDS, "reflectance", dict.fromkeys(BANDS, 0.5), dict.fromkeys(BANDS, 0.3))

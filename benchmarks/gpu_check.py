@@ -164,11 +164,6 @@ def write_readme(out: Path, report: dict[str, Any]) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "results" / "gpu_check", help="folder for the results")
@@ -184,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from eolab.data.paths import data_root
+    from eolab.provenance import git_commit
 
     problem = gpu_problem()
     if problem and not args.allow_cpu:
@@ -242,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if record.is_file():
         pretrain["metrics"] = json.loads(record.read_text()).get("metrics", {})
 
-    report = {"device": device_label(), "tiny": tiny, "data_root": str(root), "git_commit": git_commit(),
+    report = {"device": device_label(), "tiny": tiny, "data_root": str(root), "git_commit": git_commit(short=True),
               "finished_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "seconds": time.perf_counter() - start, "bench_parts": bench_parts, "bench": bench, "pretrain": pretrain}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))

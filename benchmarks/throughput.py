@@ -754,6 +754,7 @@ def format_report(result: dict[str, Any]) -> str:
     """The human-readable tables, one per configuration."""
     lines = [
         (f"device {result['device']}, {result['threads']} threads, torch {result['versions']['torch']}, "
+         f"commit {result['commit']}, "
          f"{'CPU seconds (--clock cpu)' if result['clock'] == 'cpu' else 'wall-clock seconds'}"),
         "matmul peak (measured): " + ", ".join(
             f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in result["peaks"].items()
@@ -767,14 +768,16 @@ def format_report(result: dict[str, Any]) -> str:
 def write_output(result: dict[str, Any], out: Path) -> None:
     """JSON (everything) for a .json path; otherwise CSV with one row per measurement:
     section "train" (config, model, variant, precision, compiled), "loader" (config, loader,
-    workers) or "peak" (precision)."""
+    workers) or "peak" (precision), each with the commit and the device."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         out.write_text(json.dumps(result, indent=1))
         return
-    rows = [{"section": "train", "config": t["config"], **r} for t in result["tables"] for r in t["train"]]
-    rows += [{"section": "loader", "config": t["config"], **r} for t in result["tables"] for r in t["loader"]]
-    rows += [{"section": "peak", "precision": p, "peak_tflops": v / 1e12} for p, v in result["peaks"].items()]
+    # every row says which code and machine it came from, so a CSV row read alone is still a record
+    where = {"commit": result["commit"], "device": result["device"]}
+    rows = [{"section": "train", "config": t["config"], **r, **where} for t in result["tables"] for r in t["train"]]
+    rows += [{"section": "loader", "config": t["config"], **r, **where} for t in result["tables"] for r in t["loader"]]
+    rows += [{"section": "peak", "precision": p, "peak_tflops": v / 1e12, **where} for p, v in result["peaks"].items()]
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -901,7 +904,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             "analytic_gflop_per_step": analytic_flops(shape, batch) / 1e9,
         })
         log(format_table(tables[-1]))
+    from eolab.provenance import git_commit
+
     return {
+        "commit": git_commit(),  # the code these figures were measured with ("-dirty": with local changes)
         "device": device_name(device), "device_type": device.type,
         "threads": torch.get_num_threads(), "clock": args.clock, "warmup": args.warmup,
         "steps": args.steps, "repeats": args.repeats, "peak_size": peak_size,

@@ -7,6 +7,7 @@ precision produced a row with positive throughput and an MFU that is a fraction 
 import csv
 
 from benchmarks.throughput import MODELS, PRECISIONS, main
+from eolab.provenance import git_commit
 
 
 def test_quick_bench_writes_a_row_per_model_and_precision(tmp_path):
@@ -27,3 +28,4 @@ def test_quick_bench_writes_a_row_per_model_and_precision(tmp_path):
     assert set(loader) == {"scene_cache", "geotiff"}
     assert all(float(r["images_per_s"]) > 0 for r in loader.values())
     assert {r["precision"] for r in rows if r["section"] == "peak"} == set(PRECISIONS)
+    assert {r["commit"] for r in rows} == {git_commit()}  # every row names the code it measured

@@ -5,7 +5,7 @@
                           [--variants embed=conv,optimizer=foreach,...] [--batch-size auto|N]
                           [--warmup 3] [--steps 5] [--repeats 7] [--threads N]
                           [--loader-workers 0,2] [--loader-batches 32] [--loader-seconds 10]
-                          [--out bench.csv|bench.json] [--quick]
+                          [--profile] [--out bench.csv|bench.json] [--quick]
 
 Why: an ablation budget is set in images/s, so we need to know whether eolab's own masked autoencoder
 costs more per step than the libraries we could have used instead, at the sizes users train, and
@@ -48,6 +48,11 @@ What a number means:
              ``compile=blocks`` (only the transformer blocks compiled; with --compile).
   batch      ``auto``: on a GPU the largest batch (DEFAULT_BATCH doubled, at most twice) at which
              every model's fp32 step fits in memory; on a CPU DEFAULT_BATCH.
+  profile    with --profile, each eager row's step as torch's profiler sees it after the timed
+             repeats (every model still in the process, as timed): the share of self CPU time by
+             kind of op (``PROFILE_KINDS``: matmuls, attention, copies, GELU, layer norm, ...;
+             "other" is the rest, mostly per-op dispatch), so where a step's time goes is a
+             figure of the kept command, not of a throw-away script. CPU only.
   loader     images/s of eolab's packed scene cache vs decoding the original GeoTIFFs per sample
              (real data, windows of the configuration's size), and their ratio to eolab's fastest
              training rate in the table (>= 1: the loader keeps up).
@@ -489,6 +494,7 @@ def bench_models(
     log: Callable[[str], None],
     compile: bool = False,
     clock: str = "wall",
+    profile: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every (arm, precision) on the same synthetic batch; one row each (two with
     ``compile``: eager and compiled), all repeats interleaved round robin."""
@@ -541,6 +547,12 @@ def bench_models(
             seconds[i].append(t.timed_block(x, steps))
         log(f"  repeat {r + 1}/{repeats} done")
 
+    if profile:  # after the timed repeats, so that they are not disturbed; eager rows only
+        for row, t in zip(rows, trainers, strict=True):
+            if not row["compiled"]:
+                row["profile"] = profile_step(t, x, steps)
+                synchronize(device)
+
     for row, secs in zip(rows, seconds, strict=True):
         row["repeat_s"] = secs  # seconds of each repeat (``steps`` steps), in repeat order
         per_step = statistics.median(secs) / steps
@@ -568,6 +580,41 @@ def bench_models(
                  and o["precision"] == row["precision"]]
         row["compile_speedup"] = row["images_per_s"] / eager[0] if row["compiled"] and eager else None
     return rows
+
+
+PROFILE_KINDS: dict[str, tuple[str, ...]] = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::baddbmm", "aten::convolution_backward", "aten::mkldnn_convolution"),
+    "attention": ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+    "copy": ("aten::copy_", "aten::cat", "aten::fill_", "aten::zero_"),
+    "gelu": ("aten::gelu", "aten::gelu_backward"),
+    "layer norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "gather/scatter": ("aten::index_select", "aten::gather", "aten::scatter", "aten::scatter_add_", "aten::index_add_"),
+}
+"""``--profile``'s kinds of op by name (self CPU time). Every op inside the optimiser's step counts as
+"optimizer" whatever its name (fused, foreach and for-loop AdamW run different ops); a name in no
+kind counts as "other"."""
+
+
+def profile_step(trainer: Trainer, x: Tensor, steps: int) -> dict[str, Any]:
+    """``steps`` steps of ``trainer`` under torch's profiler: milliseconds per step (as profiled, so
+    a little above the timed rate) and each kind's share of the self CPU time (summing to 1)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kind_of = {name: kind for kind, names in PROFILE_KINDS.items() for name in names}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step(x)
+    shares = dict.fromkeys([*PROFILE_KINDS, "optimizer", "other"], 0.0)
+    for event in prof.events():
+        parent, in_optimizer = event, False
+        while parent is not None and not in_optimizer:  # the optimiser's step encloses its ops
+            in_optimizer = parent.name.startswith("Optimizer.step")
+            parent = parent.cpu_parent
+        shares["optimizer" if in_optimizer else kind_of.get(event.name, "other")] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {"ms_per_step": total / steps / 1e3, "shares": {k: v / total for k, v in shares.items()}}
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], resamples: int = 2000,
@@ -739,6 +786,11 @@ def format_table(table: dict[str, Any]) -> str:
         lines += ["torch.compile (eolab: its whole task, as fit(compile='task'); peers: Module.compile()):"]
         lines += [f"  {r['label']}/{r['precision']}: {r['compile_speedup']:.2f}x eager images/s, "
                   f"first step (compiling) {r['compile_s']:.1f} s" for r in compiled]
+    profiled = [r for r in table["train"] if r.get("profile")]
+    if profiled:
+        lines += ["profile (eager; share of self CPU time by kind of op, ms/step as profiled):"]
+        lines += [f"  {r['label']}/{r['precision']}: {r['profile']['ms_per_step']:.1f} ms; " + ", ".join(
+            f"{k} {v:.1%}" for k, v in sorted(r["profile"]["shares"].items(), key=lambda kv: -kv[1])) for r in profiled]
     lines.append(f"analytic estimate for this configuration: {table['analytic_gflop_per_step']:.2f} GFLOP/step")
     if table["loader"]:
         ref = table["loader_reference"]
@@ -765,6 +817,17 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def flat_profile(row: dict[str, Any]) -> dict[str, Any]:
+    """A train row with ``--profile``'s nested figures as columns (``profile_ms_per_step``,
+    ``profile_matmul``, ...), for a CSV row."""
+    row = dict(row)
+    prof = row.pop("profile", None)
+    if prof:
+        row["profile_ms_per_step"] = prof["ms_per_step"]
+        row.update({f"profile_{k.replace(' ', '_').replace('/', '_')}": v for k, v in prof["shares"].items()})
+    return row
+
+
 def write_output(result: dict[str, Any], out: Path) -> None:
     """JSON (everything) for a .json path; otherwise CSV with one row per measurement:
     section "train" (config, model, variant, precision, compiled), "loader" (config, loader,
@@ -775,7 +838,8 @@ def write_output(result: dict[str, Any], out: Path) -> None:
         return
     # every row says which code and machine it came from, so a CSV row read alone is still a record
     where = {"commit": result["commit"], "device": result["device"]}
-    rows = [{"section": "train", "config": t["config"], **r, **where} for t in result["tables"] for r in t["train"]]
+    rows = [{"section": "train", "config": t["config"], **flat_profile(r), **where}
+            for t in result["tables"] for r in t["train"]]
     rows += [{"section": "loader", "config": t["config"], **r, **where} for t in result["tables"] for r in t["loader"]]
     rows += [{"section": "peak", "precision": p, "peak_tflops": v / 1e12, **where} for p, v in result["peaks"].items()]
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -845,6 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the peers with Module.compile()")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall seconds, or cpu: this process's CPU seconds (CPU device, --threads 1; for shared machines)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed repeats, profile each eager row's step: share of CPU time by kind of op")
     p.add_argument("--out", type=Path, default=None, help="write the results: .json, or CSV otherwise")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (tests): batch 8, 1 warm-up, 2 steps, 1 repeat, small peak, 2 loader batches")
@@ -871,6 +937,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise SystemExit("error: --clock cpu times a CPU device at one thread (--device cpu --threads 1): "
                          "with more threads it would count their spin-waiting, on a GPU it misses the kernels")
+    if args.profile and device.type != "cpu":
+        raise SystemExit("error: --profile reads CPU time (--device cpu); on a GPU use torch.profiler with CUDA activity")
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     arms = [Arm(m) for m in args.models] + [a for a in args.variants if a not in [Arm(m) for m in args.models]]
 
@@ -887,7 +955,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 batch = largest_batch(arms, shape, device, batch, log, most=2)
         log(f"{config}: training step, batch {batch} ...")
         train = bench_models(arms, args.precisions, shape, batch, args.warmup, args.steps, args.repeats, device,
-                             peaks, log, compile=args.compile, clock=args.clock)
+                             peaks, log, compile=args.compile, clock=args.clock,
+                             profile=args.profile)
         loader: list[dict[str, Any]] = []
         eolab_rows = [r for r in train if r["model"] == "eolab" and not r["variant"]]
         reference = max(eolab_rows or train, key=lambda r: r["images_per_s"])

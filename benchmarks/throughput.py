@@ -550,8 +550,7 @@ def bench_models(
     if profile:  # after the timed repeats, so that they are not disturbed; eager rows only
         for row, t in zip(rows, trainers, strict=True):
             if not row["compiled"]:
-                row["profile"] = profile_step(t, x, steps)
-                synchronize(device)
+                row["profile"] = profile_step(t, x, steps)  # CPU only (run checks): nothing to synchronise
 
     for row, secs in zip(rows, seconds, strict=True):
         row["repeat_s"] = secs  # seconds of each repeat (``steps`` steps), in repeat order
